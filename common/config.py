@@ -1,0 +1,228 @@
+"""One typed configuration object, built from the INI file and ASYNCMAIL_* variables.
+
+Every key of the reference ``config.ini`` keeps its name and meaning.  Keys are unique across
+sections, so ``ASYNCMAIL_<KEY>`` overrides a key wherever it lives.  A bad value raises
+``ConfigError`` with one line naming the key; entry points print it and exit.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "asyncmail.ini"
+PRIORITY_NAMES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _delays(text: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in text.split(",") if part.strip())
+    if not values or any(v < 0 for v in values):
+        raise ValueError("expected a comma-separated list of non-negative seconds")
+    return values
+
+
+def _priority(text: str) -> int:
+    text = text.strip().lower()
+    value = PRIORITY_NAMES[text] if text in PRIORITY_NAMES else int(text)
+    if not 0 <= value <= 3:
+        raise ValueError("expected 0-3 or immediate/high/medium/low")
+    return value
+
+
+def _synchronous(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ValueError("expected OFF, NORMAL, FULL or EXTRA")
+    return value
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _nonneg(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    return parse
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    return parse
+
+
+def _key(section: str, parser=str, **kwargs):
+    """A dataclass field that knows its INI section and how to parse its text."""
+    return field(metadata={"section": section, "parse": parser}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the service, typed; see SPEC §3 for the meaning of each key."""
+
+    var_dir: Path = Path("var")
+    config_path: Path | None = None
+    secret_key: str | None = field(default=None, repr=False)
+
+    # [storage]
+    db_path: Path | None = _key("storage", Path, default=None)
+    synchronous: str = _key("storage", _synchronous, default="FULL")
+    # [server]
+    host: str = _key("server", default="127.0.0.1")
+    port: int = _key("server", _positive(int), default=8000)
+    api_token: str | None = _key("server", _optional, default=None, repr=False)
+    workers: int = _key("server", _positive(int), default=2)
+    max_request_bytes: int = _key("server", _positive(int), default=25 * 1024 * 1024)
+    metrics_public: bool = _key("server", _bool, default=False)
+    # [client]
+    client_sync_url: str | None = _key("client", _optional, default=None)
+    client_sync_user: str | None = _key("client", _optional, default=None)
+    client_sync_password: str | None = _key("client", _optional, default=None, repr=False)
+    client_sync_token: str | None = _key("client", _optional, default=None, repr=False)
+    client_sync_signing_key: str | None = _key("client", _optional, default=None, repr=False)
+    # [scheduler]
+    active: bool = _key("scheduler", _bool, default=True)
+    # [delivery]
+    send_interval_seconds: float = _key("delivery", _positive(float), default=0.5)
+    test_mode: bool = _key("delivery", _bool, default=False)
+    default_priority: int = _key("delivery", _priority, default=2)
+    delivery_report_retention_seconds: int = _key("delivery", _nonneg(int), default=604800)
+    batch_size_per_account: int = _key("delivery", _positive(int), default=50)
+    max_retries: int = _key("delivery", _nonneg(int), default=5)
+    retry_delays: tuple[int, ...] = _key("delivery", _delays, default=(60, 300, 900, 3600, 7200))
+    dispatchers: int = _key("delivery", _positive(int), default=2)
+    lease_seconds: int = _key("delivery", _positive(int), default=120)
+    client_sync_idle_seconds: int = _key("delivery", _nonneg(int), default=300)
+    report_batch_size: int = _key("delivery", _positive(int), default=500)
+    # [attachments]
+    attachment_timeout_seconds: float = _key("attachments", _positive(float), default=30.0)
+    attachment_max_bytes: int = _key("attachments", _positive(int), default=25 * 1024 * 1024)
+    allow_private_attachment_urls: bool = _key("attachments", _bool, default=False)
+    s3_endpoint_url: str | None = _key("attachments", _optional, default=None)
+    s3_region: str | None = _key("attachments", _optional, default=None)
+    s3_access_key_id: str | None = _key("attachments", _optional, default=None)
+    s3_secret_access_key: str | None = _key("attachments", _optional, default=None, repr=False)
+    # [smtp] the implicit "default" account
+    smtp_host: str | None = _key("smtp", _optional, default=None)
+    smtp_port: int | None = _key("smtp", _positive(int), default=None)
+    smtp_user: str | None = _key("smtp", _optional, default=None)
+    smtp_password: str | None = _key("smtp", _optional, default=None, repr=False)
+    smtp_use_tls: bool | None = _key("smtp", _bool, default=None)
+    smtp_starttls: bool = _key("smtp", _bool, default=False)
+    # [logging]
+    delivery_activity: bool = _key("logging", _bool, default=False)
+    log_level: str = _key("logging", _log_level, default="INFO")
+
+    # -- derived paths -------------------------------------------------------------------
+    @property
+    def database(self) -> Path:
+        return self.db_path or self.var_dir / "asyncmail.db"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def ratelimit_dir(self) -> Path:
+        return self.var_dir / "ratelimit"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.var_dir / "metrics"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def has_default_account(self) -> bool:
+        return self.smtp_host is not None
+
+
+# The [smtp] section's keys are spelled plainly in the INI file (host, port, ...) but would
+# clash with [server] host/port; inside [smtp] they map to smtp_*, and the environment uses
+# ASYNCMAIL_SMTP_HOST and so on.
+SMTP_KEYS = {"host", "port", "user", "password", "use_tls", "starttls"}
+
+
+def _fields_by_ini_name() -> dict[tuple[str, str], dataclasses.Field]:
+    table = {}
+    for f in dataclasses.fields(Config):
+        section = f.metadata.get("section")
+        if section is None:
+            continue
+        name = f.name.removeprefix("smtp_") if section == "smtp" else f.name
+        table[(section, name)] = f
+    return table
+
+
+def _parse(f: dataclasses.Field, text: str, origin: str):
+    try:
+        return f.metadata["parse"](text)
+    except (ValueError, KeyError) as exc:
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "invalid value"
+        raise ConfigError(f"{origin}: {text!r} is not valid ({reason})") from None
+
+
+def load_config(path: str | os.PathLike | None = None, environ=None, **overrides) -> Config:
+    """Build the Config from the INI file, then ASYNCMAIL_* variables, then keyword overrides."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("ASYNCMAIL_CONFIG") or DEFAULT_CONFIG)
+    parser = configparser.ConfigParser(interpolation=None)
+    if path.exists():
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: cannot parse ({exc.message.splitlines()[0]})") from None
+    elif "ASYNCMAIL_CONFIG" in environ or path != DEFAULT_CONFIG:
+        raise ConfigError(f"ASYNCMAIL_CONFIG: file {path} does not exist")
+
+    values: dict[str, object] = {}
+    for (section, name), f in _fields_by_ini_name().items():
+        if parser.has_option(section, name):
+            values[f.name] = _parse(f, parser.get(section, name), f"[{section}] {name}")
+        env_name = "ASYNCMAIL_" + f.name.upper()
+        if env_name in environ:
+            values[f.name] = _parse(f, environ[env_name], env_name)
+
+    var_dir = Path(environ.get("ASYNCMAIL_VAR_DIR") or "var").resolve()
+    values.setdefault("db_path", None)
+    if values["db_path"] is not None:
+        values["db_path"] = Path(os.path.expanduser(str(values["db_path"])))
+    values.update(overrides)
+    values.setdefault("var_dir", var_dir)
+    values.setdefault("config_path", path if path.exists() else None)
+    values.setdefault("secret_key", environ.get("ASYNCMAIL_SECRET_KEY") or None)
+    return Config(**values)

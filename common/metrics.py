@@ -1,0 +1,137 @@
+"""Prometheus metrics shared by every process, and the scrape-time view of the database.
+
+Under supervisord ``PROMETHEUS_MULTIPROC_DIR`` is set before anything imports
+prometheus_client, so each process writes its own files and ``render()`` merges them.  The
+directory is wiped by the supervisord start command, never by a program.  Gauges that describe
+the queue are read from the database at scrape time (``QueueCollector``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# -- the reference's names ------------------------------------------------------------------
+SENT = Counter("asyncmail_sent", "Messages accepted by the SMTP server.", ["account_id"])
+ERRORS = Counter("asyncmail_errors", "Messages that failed permanently.", ["account_id"])
+DEFERRED = Counter(
+    "asyncmail_deferred", "Messages deferred (retry or rate limit).", ["account_id"]
+)
+RATE_LIMITED = Counter(
+    "asyncmail_rate_limited", "Sends held back by an account rate limit.", ["account_id"]
+)
+# asyncmail_pending_messages is a scrape-time gauge, see QueueCollector.
+
+# -- ours -----------------------------------------------------------------------------------
+ATTEMPTS = Counter(
+    "asyncmail_attempts", "Delivery attempts by outcome.", ["account_id", "outcome"]
+)
+SMTP_SEND_SECONDS = Histogram(
+    "asyncmail_smtp_send_seconds",
+    "Time of one SMTP transaction (MAIL FROM to end of DATA).",
+    ["account_id"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ENQUEUE_TO_SENT_SECONDS = Histogram(
+    "asyncmail_enqueue_to_sent_seconds",
+    "Time from enqueue to the SMTP server's acceptance.",
+    ["account_id"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
+)
+REPORT_BATCHES = Counter(
+    "asyncmail_report_batches", "proxy_sync requests by result.", ["result"]
+)
+REPORT_ITEMS = Counter("asyncmail_report_items", "Delivery report items acknowledged.")
+REPORT_LAG_SECONDS = Histogram(
+    "asyncmail_report_lag_seconds",
+    "Time from a message's outcome to its acknowledged report.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300, 3600),
+)
+HTTP_REQUESTS = Counter(
+    "asyncmail_http_requests", "API requests by route and status code.", ["route", "code"]
+)
+HTTP_SECONDS = Histogram(
+    "asyncmail_http_request_seconds",
+    "API request duration by route.",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+HEARTBEAT = Gauge(
+    "asyncmail_process_heartbeat_timestamp_seconds",
+    "Last loop iteration of each dispatcher and reporter process.",
+    ["process"],
+    multiprocess_mode="max",
+)
+
+
+class QueueCollector:
+    """Gauges computed from the database at scrape time."""
+
+    def __init__(self, connect):
+        self.connect = connect  # () -> apsw connection, opened lazily by the caller
+
+    def collect(self):
+        from common import store
+
+        conn = self.connect()
+        now = time.time()
+        counts = store.status_counts(conn, now)
+        pending = counts["queued"] + counts["deferred"] + counts["sending"]
+        yield GaugeMetricFamily(
+            "asyncmail_pending_messages", "Messages not yet sent or failed.", value=pending
+        )
+        by_status = GaugeMetricFamily(
+            "asyncmail_messages", "Stored messages by status.", labels=["status"]
+        )
+        for status, n in counts.items():
+            by_status.add_metric([status], n)
+        yield by_status
+        by_priority = GaugeMetricFamily(
+            "asyncmail_pending_by_priority", "Unsent messages by priority.", labels=["priority"]
+        )
+        for priority, n in store.pending_by_priority(conn).items():
+            by_priority.add_metric([str(priority)], n)
+        yield by_priority
+        yield GaugeMetricFamily(
+            "asyncmail_oldest_ready_age_seconds",
+            "How long the oldest claimable message has waited.",
+            value=store.oldest_ready_age(conn, now),
+        )
+        beats = GaugeMetricFamily(
+            "asyncmail_heartbeat_age_seconds",
+            "Seconds since each process's last recorded heartbeat.",
+            labels=["process", "kind"],
+        )
+        for beat in store.heartbeats(conn, now):
+            beats.add_metric([beat["process"], beat["kind"]], beat["age_seconds"])
+        yield beats
+
+
+def render(connect) -> bytes:
+    """The text exposition: every process's counters plus the database gauges."""
+    queue = CollectorRegistry()
+    queue.register(QueueCollector(connect))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged) + generate_latest(queue)
+    return generate_latest(REGISTRY) + generate_latest(queue)
+
+
+def mark_dead(pid: int) -> None:
+    """Tell multiprocess mode a process is gone (its live gauges stop counting)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,296 @@
+"""Payload models: what a message and an account may look like, with reasons for rejection.
+
+The API and the CLI validate with the same code.  A message is validated on its own; the
+result is either a ``Message`` or a one-sentence reason a person can act on.  The stored
+payload keeps the client's values for every known field exactly as they were sent, so a
+message reads back byte-identical; unknown fields are dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from common.config import PRIORITY_NAMES
+
+MAX_ID_LENGTH = 255
+MAX_BATCH = 1000  # most messages one add-messages request may carry
+ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF (header injection)")
+    return value
+
+
+def _check_address(addr: str) -> str:
+    if not ADDR_SPEC.match(addr):
+        raise ValueError(f"{addr!r} is not an email address")
+    return addr
+
+
+def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
+    """(name, address) pairs from a list or a comma-separated string; raises on a bad one."""
+    items = [value] if isinstance(value, str) else value
+    pairs = []
+    for item in items:
+        _no_line_breaks(item)
+        for name, addr in email.utils.getaddresses([item]):
+            if not addr and not name:
+                continue
+            pairs.append((name, _check_address(addr)))
+    return pairs
+
+
+def _address_list(value: Any) -> Any:
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        parse_address_list(value)
+        return value
+    raise ValueError("must be an address string or a list of address strings")
+
+
+def _single_address(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    pairs = parse_address_list(value)
+    if len(pairs) != 1:
+        raise ValueError("must be exactly one email address")
+    return value
+
+
+def _header_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return _no_line_breaks(value)
+
+
+def parse_priority(value: Any) -> int:
+    """0-3 or one of immediate/high/medium/low; raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("must be 0-3 or immediate/high/medium/low")
+    if isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.strip().lower()]
+    if isinstance(value, int) and 0 <= value <= 3:
+        return value
+    raise ValueError("must be 0-3 or immediate/high/medium/low")
+
+
+def _priority(value: Any) -> Any:
+    parse_priority(value)
+    return value
+
+
+def _epoch(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("must be epoch seconds (a non-negative number)")
+    return value
+
+
+AddressList = Annotated[Any, BeforeValidator(_address_list)]
+SingleAddress = Annotated[Any, BeforeValidator(_single_address)]
+HeaderText = Annotated[Any, BeforeValidator(_header_text)]
+
+
+class S3Source(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    bucket: StrictStr = Field(min_length=1)
+    key: StrictStr = Field(min_length=1)
+
+
+class Attachment(BaseModel):
+    """One attachment: exactly one of inline base64 ``content``, an ``url`` or an ``s3`` object."""
+
+    model_config = ConfigDict(extra="ignore")
+    filename: HeaderText
+    content: StrictStr | None = None
+    url: StrictStr | None = None
+    s3: S3Source | None = None
+    mime_type: HeaderText | None = None
+    content_id: HeaderText | None = None
+
+    @field_validator("filename")
+    @classmethod
+    def _filename_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _valid_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode("".join(value.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("is not valid base64") from None
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value, re.I):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("mime_type")
+    @classmethod
+    def _mime_type(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[\w.+-]+/[\w.+-]+$", value):
+            raise ValueError("must look like type/subtype")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Attachment:
+        sources = [s for s in (self.content, self.url, self.s3) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("needs exactly one source: content (base64), url or s3")
+        return self
+
+
+class Message(BaseModel):
+    """A message as a client submits it (SPEC §5 'Message fields')."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    account_id: StrictStr | None = None
+    from_: SingleAddress = Field(alias="from")
+    from_name: HeaderText | None = None
+    to: AddressList
+    cc: AddressList | None = None
+    bcc: AddressList | None = None
+    reply_to: AddressList | None = None
+    return_path: SingleAddress | None = None
+    subject: HeaderText
+    body: StrictStr
+    content_type: Literal["plain", "html"] | None = None
+    html: StrictBool | None = None
+    headers: dict[StrictStr, HeaderText] | None = None
+    message_id: HeaderText | None = None
+    priority: Annotated[Any, BeforeValidator(_priority)] = None
+    deferred_ts: Annotated[Any, BeforeValidator(_epoch)] = None
+    attachments: list[Attachment] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if not value.isprintable() or not value.strip():
+            raise ValueError("must be printable characters only")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _has_recipient(cls, value: Any) -> Any:
+        if not parse_address_list(value):
+            raise ValueError("must name at least one recipient")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict | None) -> dict | None:
+        for name in value or {}:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid header field name")
+        return value
+
+    @property
+    def is_html(self) -> bool:
+        return self.content_type == "html" or (self.content_type is None and bool(self.html))
+
+    def resolved_priority(self, default: int) -> int:
+        return default if self.priority is None else parse_priority(self.priority)
+
+    def recipients(self) -> list[str]:
+        """Every envelope recipient: to, cc and bcc addresses."""
+        found = []
+        for value in (self.to, self.cc, self.bcc):
+            if value:
+                found.extend(addr for _, addr in parse_address_list(value))
+        return found
+
+
+MESSAGE_FIELDS = {f.alias or name for name, f in Message.model_fields.items()}
+
+
+def explain(error: ValidationError) -> str:
+    """One sentence from the first pydantic error, naming the field."""
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "message"
+    if first["type"] == "missing":
+        return f"missing required field '{loc}'"
+    if first["type"] in {"string_type", "int_type", "bool_type", "dict_type", "list_type"}:
+        return f"field '{loc}' has the wrong type ({first['msg'].lower()})"
+    if first["type"] == "string_too_short":
+        return f"field '{loc}' must not be empty"
+    message = first["msg"].removeprefix("Value error, ")
+    separator = " " if message[:1].islower() else ": "
+    return f"field '{loc}'{separator}{message}"
+
+
+def validate_message(item: Any) -> tuple[Message | None, dict | None, str | None]:
+    """(model, stored payload, None) for a good item, (None, None, reason) for a bad one."""
+    if not isinstance(item, dict):
+        return None, None, "each message must be a JSON object"
+    try:
+        model = Message.model_validate(item)
+    except ValidationError as exc:
+        return None, None, explain(exc)
+    payload = {key: item[key] for key in item if key in MESSAGE_FIELDS}
+    return model, payload, None
+
+
+class Account(BaseModel):
+    """An SMTP account as POST /account takes it; the reference's fields plus ours."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[\w.@+-]+$")
+    host: StrictStr = Field(min_length=1, pattern=r"^[^\s/]+$")
+    port: StrictInt = Field(ge=1, le=65535)
+    user: StrictStr | None = None
+    password: StrictStr | None = None
+    use_tls: StrictBool | None = None
+    starttls: StrictBool = False
+    ttl: StrictInt = Field(default=300, ge=1)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    limit_per_second: StrictInt | None = Field(default=None, ge=1)
+    limit_per_minute: StrictInt | None = Field(default=None, ge=1)
+    limit_per_hour: StrictInt | None = Field(default=None, ge=1)
+    limit_per_day: StrictInt | None = Field(default=None, ge=1)
+    limit_behavior: Literal["defer", "reject"] = "defer"
+    batch_size: StrictInt | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_modes(self) -> Account:
+        if self.use_tls and self.starttls:
+            raise ValueError("use_tls (implicit TLS) and starttls cannot both be true")
+        return self
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.port == 465 if self.use_tls is None else self.use_tls

@@ -1,0 +1,308 @@
+"""Named queries over messages, accounts, settings and heartbeats (API and CLI side).
+
+Dispatch-side SQL (claim, record outcome) lives in ``common.queue``; report-side SQL in
+``common.reports``.  Every function takes an open connection and the current time where the
+answer depends on it, so tests can pass a fixed clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from common.db import write
+from common.status import STATUS_CASE_SQL, STATUS_SQL, Status, status_of
+
+ACCOUNT_COLUMNS = (
+    "id, host, port, user, use_tls, starttls, ttl, timeout, limit_per_second, "
+    "limit_per_minute, limit_per_hour, limit_per_day, limit_behavior, batch_size, "
+    "created_at, updated_at"
+)
+MESSAGE_COLUMNS = (
+    "id, account_id, priority, payload, created_at, updated_at, deferred_ts, sent_ts, "
+    "error_ts, error, reported_ts, lease_owner, lease_expires, attempts, smtp_code, refused, "
+    "possible_duplicate"
+)
+PURGE_BATCH = 500  # rows deleted per write transaction: short enough never to stall enqueues
+
+
+# -- settings -------------------------------------------------------------------------------
+def get_setting(conn, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return default if row is None else row["value"]
+
+
+def set_setting(conn, key: str, value: str) -> None:
+    with write(conn):
+        conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def is_active(conn, configured: bool) -> bool:
+    """The persisted scheduler switch, or the configured start value until the API sets it."""
+    value = get_setting(conn, "active")
+    return configured if value is None else value == "1"
+
+
+def set_active(conn, active: bool) -> None:
+    set_setting(conn, "active", "1" if active else "0")
+
+
+# -- accounts -------------------------------------------------------------------------------
+def upsert_account(conn, account: dict, now: int) -> None:
+    """Create or replace an account; ``account['password']`` is already in stored form."""
+    columns = [c for c in account if c not in {"created_at", "updated_at"}]
+    placeholders = ", ".join(f":{c}" for c in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
+    with write(conn):
+        conn.execute(
+            f"INSERT INTO accounts({', '.join(columns)}, created_at, updated_at) "
+            f"VALUES ({placeholders}, :now, :now) "
+            f"ON CONFLICT(id) DO UPDATE SET {updates}, updated_at = :now",
+            {**account, "now": now},
+        )
+
+
+def _account_out(row: dict) -> dict:
+    for flag in ("use_tls", "starttls"):
+        if row.get(flag) is not None:
+            row[flag] = bool(row[flag])
+    return row
+
+
+def list_accounts(conn) -> list[dict]:
+    """Every account, without passwords."""
+    rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id").fetchall()
+    return [_account_out(row) for row in rows]
+
+
+def get_account(conn, account_id: str, with_password: bool = False) -> dict | None:
+    columns = ACCOUNT_COLUMNS + (", password" if with_password else "")
+    row = conn.execute(f"SELECT {columns} FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return None if row is None else _account_out(row)
+
+
+def account_ids(conn) -> set[str]:
+    return {row["id"] for row in conn.execute("SELECT id FROM accounts")}
+
+
+def count_unsent(conn, account_id: str) -> int:
+    return conn.execute(
+        "SELECT count(*) AS n FROM messages WHERE account_id = ? "
+        "AND sent_ts IS NULL AND error_ts IS NULL",
+        (account_id,),
+    ).fetchone()["n"]
+
+
+def delete_account(conn, account_id: str, purge: bool) -> tuple[bool, int]:
+    """(deleted, unsent messages); refuses while unsent messages exist unless ``purge``."""
+    with write(conn):
+        if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+            return False, 0
+        unsent = count_unsent(conn, account_id)
+        if unsent and not purge:
+            return False, unsent
+        conn.execute("DELETE FROM messages WHERE account_id = ?", (account_id,))
+        conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+        return True, unsent
+
+
+# -- enqueue --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NewMessage:
+    id: str
+    account_id: str | None
+    priority: int
+    payload: dict
+    deferred_ts: int | None
+
+
+_UPSERT = """
+INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, deferred_ts,
+                      ready_at, enqueued_at)
+VALUES (:id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts, :ready_at, :now)
+ON CONFLICT(id) DO UPDATE SET
+    account_id = excluded.account_id, priority = excluded.priority,
+    payload = excluded.payload, updated_at = excluded.updated_at,
+    deferred_ts = excluded.deferred_ts, ready_at = excluded.ready_at,
+    enqueued_at = excluded.enqueued_at,
+    error_ts = NULL, error = NULL, reported_ts = NULL, outcome_at = NULL,
+    lease_owner = NULL, lease_expires = NULL, attempts = 0, smtp_code = NULL, refused = NULL
+WHERE sent_ts IS NULL AND (lease_expires IS NULL OR lease_expires <= :now)
+"""
+
+
+def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str | None]:
+    """Store messages in one transaction: {id: None if queued, else the rejection reason}.
+
+    A known id is replaced while no dispatcher holds it and it has not been sent (an
+    errored message may be resubmitted, as with the reference service).
+    """
+    results: dict[str, str | None] = {}
+    with write(conn):
+        for msg in messages:
+            params = {
+                "id": msg.id,
+                "account_id": msg.account_id,
+                "priority": msg.priority,
+                "payload": json.dumps(msg.payload, ensure_ascii=False, separators=(",", ":")),
+                "deferred_ts": msg.deferred_ts,
+                "ready_at": max(now, msg.deferred_ts or 0),
+                "now": now,
+                "now_s": int(now),
+            }
+            conn.execute(_UPSERT, params)
+            results[msg.id] = None if conn.changes() else _why_not_replaced(conn, msg.id)
+    return results
+
+
+def _why_not_replaced(conn, message_id: str) -> str:
+    row = conn.execute("SELECT sent_ts FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return "already sent" if row and row["sent_ts"] is not None else "in flight"
+
+
+# -- delete, cleanup --------------------------------------------------------------------------
+def delete_messages(conn, ids: list[str], now: float) -> dict[str, list[str]]:
+    """Remove messages no dispatcher holds; report which were missing or in flight."""
+    out: dict[str, list[str]] = {"removed": [], "not_found": [], "in_flight": []}
+    with write(conn):
+        for message_id in dict.fromkeys(ids):
+            conn.execute(
+                "DELETE FROM messages WHERE id = ? AND NOT "
+                "(sent_ts IS NULL AND error_ts IS NULL AND lease_expires > ?)",
+                (message_id, now),
+            )
+            if conn.changes():
+                out["removed"].append(message_id)
+            elif conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone():
+                out["in_flight"].append(message_id)
+            else:
+                out["not_found"].append(message_id)
+    return out
+
+
+def purge_reported(conn, reported_before: float, batch: int = PURGE_BATCH) -> int:
+    """Delete rows reported before the cutoff, ``batch`` rows per short transaction."""
+    removed = 0
+    while True:
+        with write(conn):
+            conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                "WHERE reported_ts IS NOT NULL AND reported_ts < ? LIMIT ?)",
+                (reported_before, batch),
+            )
+            changed = conn.changes()
+        removed += changed
+        if changed < batch:
+            return removed
+
+
+# -- reading messages -------------------------------------------------------------------------
+def _message_out(row: dict, now: float) -> dict:
+    row["status"] = status_of(row, now).value
+    row["message"] = json.loads(row.pop("payload"))
+    row["refused"] = json.loads(row["refused"]) if row["refused"] else None
+    row["possible_duplicate"] = bool(row["possible_duplicate"])
+    row["lease_expires"] = None if row["lease_expires"] is None else int(row["lease_expires"])
+    return row
+
+
+def list_messages(
+    conn,
+    now: float,
+    *,
+    status: Status | None = None,
+    active_only: bool = False,
+    account_id: str | None = None,
+    limit: int = 100,
+    cursor: int = 0,
+) -> tuple[list[dict], int | None]:
+    """A page of messages in storage order, and the cursor of the next page (or None)."""
+    where, params = ["rowid > :cursor"], {"cursor": cursor, "now": now, "limit": limit}
+    if status is not None:
+        where.append(f"({STATUS_SQL[status]})")
+    if active_only:
+        where.append("sent_ts IS NULL AND error_ts IS NULL")
+    if account_id is not None:
+        where.append("account_id = :account_id")
+        params["account_id"] = account_id
+    rows = conn.execute(
+        f"SELECT rowid AS _rowid, {MESSAGE_COLUMNS} FROM messages "
+        f"WHERE {' AND '.join(where)} ORDER BY rowid LIMIT :limit",
+        params,
+    ).fetchall()
+    next_cursor = rows[-1]["_rowid"] if len(rows) == limit else None
+    for row in rows:
+        del row["_rowid"]
+    return [_message_out(row, now) for row in rows], next_cursor
+
+
+def get_message(conn, message_id: str, now: float) -> dict | None:
+    """One message with its attempts, or None."""
+    row = conn.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    record = _message_out(row, now)
+    record["attempt_log"] = [
+        {**a, "ts": int(a["ts"])}
+        for a in conn.execute(
+            "SELECT ts, outcome, smtp_code, detail, duration, process FROM attempts "
+            "WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+    ]
+    return record
+
+
+def status_counts(conn, now: float) -> dict[str, int]:
+    counts = {s.value: 0 for s in Status}
+    for row in conn.execute(
+        f"SELECT {STATUS_CASE_SQL} AS status, count(*) AS n FROM messages GROUP BY 1",
+        {"now": now},
+    ):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def pending_by_priority(conn) -> dict[int, int]:
+    counts = {p: 0 for p in range(4)}
+    for row in conn.execute(
+        "SELECT priority, count(*) AS n FROM messages "
+        "WHERE sent_ts IS NULL AND error_ts IS NULL GROUP BY priority"
+    ):
+        counts[row["priority"]] = row["n"]
+    return counts
+
+
+def oldest_ready_age(conn, now: float) -> float:
+    """Seconds the oldest claimable message has waited (0 when none is ready)."""
+    row = conn.execute(
+        "SELECT min(ready_at) AS t FROM messages WHERE sent_ts IS NULL AND error_ts IS NULL "
+        "AND ready_at <= ?",
+        (now,),
+    ).fetchone()
+    return 0.0 if row["t"] is None else max(0.0, now - row["t"])
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+def beat(conn, process: str, kind: str, pid: int, now: float) -> None:
+    """Record that a process is alive."""
+    with write(conn):
+        conn.execute(
+            "INSERT INTO heartbeats(process, kind, pid, ts) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(process) DO UPDATE SET kind = excluded.kind, pid = excluded.pid, "
+            "ts = excluded.ts",
+            (process, kind, pid, now),
+        )
+
+
+def heartbeats(conn, now: float) -> list[dict]:
+    rows = conn.execute("SELECT process, kind, pid, ts FROM heartbeats ORDER BY process")
+    return [{**r, "ts": int(r["ts"]), "age_seconds": round(now - r["ts"], 3)} for r in rows]
+
