@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export ASYNCMAIL_VAR_DIR ?= $(CURDIR)/var
+export ASYNCMAIL_DISPATCHERS ?= 2
 SUPERVISORD_CONF := etc/supervisord.conf
 STAMP := $(VENV)/.installed
 
