@@ -2,8 +2,17 @@
 
 Under supervisord ``PROMETHEUS_MULTIPROC_DIR`` is set before anything imports
 prometheus_client, so each process writes its own files and ``render()`` merges them.  The
-directory is wiped by the supervisord start command, never by a program.  Gauges that describe
-the queue are read from the database at scrape time (``QueueCollector``).
+directory is wiped by the supervisord start command (``asyncmail supervisord``), never by a
+program: a restarted dispatcher would erase everyone's counters.  Gauges that describe the
+queue are read from the database at scrape time (``QueueCollector``), so they are exact
+whichever process answers the scrape.
+
+Gauge modes, chosen on purpose:
+  HEARTBEAT  ``max``: a timestamp per process name; a restarted process (new pid, same name)
+             overtakes its predecessor's value, and a dead one keeps its last beat, which is
+             exactly what "when did dispatcher-01 last work" should show.
+A process that exits calls ``mark_dead(os.getpid())`` (gunicorn's ``child_exit`` does it for
+web workers, ``at_exit()`` for dispatchers and the reporter) so ``live*`` gauges forget it.
 """
 
 from __future__ import annotations
@@ -25,18 +34,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 # -- the reference's names ------------------------------------------------------------------
 SENT = Counter("asyncmail_sent", "Messages accepted by the SMTP server.", ["account_id"])
 ERRORS = Counter("asyncmail_errors", "Messages that failed permanently.", ["account_id"])
-DEFERRED = Counter(
-    "asyncmail_deferred", "Messages deferred (retry or rate limit).", ["account_id"]
-)
+DEFERRED = Counter("asyncmail_deferred", "Messages deferred (retry or rate limit).", ["account_id"])
 RATE_LIMITED = Counter(
     "asyncmail_rate_limited", "Sends held back by an account rate limit.", ["account_id"]
 )
 # asyncmail_pending_messages is a scrape-time gauge, see QueueCollector.
 
 # -- ours -----------------------------------------------------------------------------------
-ATTEMPTS = Counter(
-    "asyncmail_attempts", "Delivery attempts by outcome.", ["account_id", "outcome"]
-)
+ATTEMPTS = Counter("asyncmail_attempts", "Delivery attempts by outcome.", ["account_id", "outcome"])
 SMTP_SEND_SECONDS = Histogram(
     "asyncmail_smtp_send_seconds",
     "Time of one SMTP transaction (MAIL FROM to end of DATA).",
@@ -49,9 +54,7 @@ ENQUEUE_TO_SENT_SECONDS = Histogram(
     ["account_id"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
 )
-REPORT_BATCHES = Counter(
-    "asyncmail_report_batches", "proxy_sync requests by result.", ["result"]
-)
+REPORT_BATCHES = Counter("asyncmail_report_batches", "proxy_sync requests by result.", ["result"])
 REPORT_ITEMS = Counter("asyncmail_report_items", "Delivery report items acknowledged.")
 REPORT_LAG_SECONDS = Histogram(
     "asyncmail_report_lag_seconds",
@@ -116,6 +119,11 @@ class QueueCollector:
         for beat in store.heartbeats(conn, now):
             beats.add_metric([beat["process"], beat["kind"]], beat["age_seconds"])
         yield beats
+        yield GaugeMetricFamily(
+            "asyncmail_oldest_unreported_age_seconds",
+            "How long the oldest outcome has waited for its delivery report.",
+            value=store.oldest_unreported_age(conn, now),
+        )
 
 
 def render(connect) -> bytes:
@@ -135,3 +143,8 @@ def mark_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+def at_exit() -> None:
+    """Call once when a dispatcher or the reporter leaves its loop, before it exits."""
+    mark_dead(os.getpid())

@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import apsw
+
 from common.db import write
 from common.status import STATUS_CASE_SQL, STATUS_SQL, Status, status_of
 
@@ -155,7 +157,11 @@ def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str |
                 "now": now,
                 "now_s": int(now),
             }
-            conn.execute(_UPSERT, params)
+            try:
+                conn.execute(_UPSERT, params)
+            except apsw.ConstraintError:  # its account was deleted since the caller checked
+                results[msg.id] = f"unknown account_id {msg.account_id!r}"
+                continue
             results[msg.id] = None if conn.changes() else _why_not_replaced(conn, msg.id)
     return results
 
@@ -202,12 +208,18 @@ def purge_reported(conn, reported_before: float, batch: int = PURGE_BATCH) -> in
 
 
 # -- reading messages -------------------------------------------------------------------------
+EPOCH_FIELDS = ("created_at", "updated_at", "deferred_ts", "sent_ts", "error_ts", "reported_ts",
+                "lease_expires")  # integers in every API answer, as in the reference
+
+
 def _message_out(row: dict, now: float) -> dict:
     row["status"] = status_of(row, now).value
     row["message"] = json.loads(row.pop("payload"))
     row["refused"] = json.loads(row["refused"]) if row["refused"] else None
     row["possible_duplicate"] = bool(row["possible_duplicate"])
-    row["lease_expires"] = None if row["lease_expires"] is None else int(row["lease_expires"])
+    for name in EPOCH_FIELDS:
+        if row[name] is not None:
+            row[name] = int(row[name])
     return row
 
 
@@ -222,7 +234,8 @@ def list_messages(
     cursor: int = 0,
 ) -> tuple[list[dict], int | None]:
     """A page of messages in storage order, and the cursor of the next page (or None)."""
-    where, params = ["rowid > :cursor"], {"cursor": cursor, "now": now, "limit": limit}
+    where = ["rowid > :cursor"]
+    params = {"cursor": cursor, "now": now, "limit": limit + 1}  # one more: is there a next page?
     if status is not None:
         where.append(f"({STATUS_SQL[status]})")
     if active_only:
@@ -235,7 +248,9 @@ def list_messages(
         f"WHERE {' AND '.join(where)} ORDER BY rowid LIMIT :limit",
         params,
     ).fetchall()
-    next_cursor = rows[-1]["_rowid"] if len(rows) == limit else None
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = rows[-1]["_rowid"] if has_more else None
     for row in rows:
         del row["_rowid"]
     return [_message_out(row, now) for row in rows], next_cursor
@@ -306,3 +321,19 @@ def heartbeats(conn, now: float) -> list[dict]:
     rows = conn.execute("SELECT process, kind, pid, ts FROM heartbeats ORDER BY process")
     return [{**r, "ts": int(r["ts"]), "age_seconds": round(now - r["ts"], 3)} for r in rows]
 
+
+
+def clear_heartbeats(conn) -> int:
+    """Forget every heartbeat; the launcher calls it before supervisord starts the processes."""
+    with write(conn):
+        conn.execute("DELETE FROM heartbeats")
+        return conn.changes()
+
+
+def oldest_unreported_age(conn, now: float) -> float:
+    """Seconds since the oldest outcome still waiting for its delivery report (0 when none)."""
+    row = conn.execute(
+        "SELECT min(outcome_at) AS t FROM messages "
+        "WHERE reported_ts IS NULL AND outcome_at IS NOT NULL"
+    ).fetchone()
+    return 0.0 if row["t"] is None else max(0.0, now - row["t"])
