@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,42 @@ def _optional(text: str) -> str | None:
     return text.strip() or None
 
 
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("expected a TCP port between 1 and 65535")
+    return value
+
+
 def _delays(text: str) -> tuple[int, ...]:
-    values = tuple(int(part) for part in text.split(",") if part.strip())
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
     if not values or any(v < 0 for v in values):
         raise ValueError("expected a comma-separated list of non-negative seconds")
     return values
@@ -43,7 +78,7 @@ def _delays(text: str) -> tuple[int, ...]:
 
 def _priority(text: str) -> int:
     text = text.strip().lower()
-    value = PRIORITY_NAMES[text] if text in PRIORITY_NAMES else int(text)
+    value = PRIORITY_NAMES.get(text, int(text) if text.isdigit() else -1)
     if not 0 <= value <= 3:
         raise ValueError("expected 0-3 or immediate/high/medium/low")
     return value
@@ -60,6 +95,13 @@ def _log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _url(text: str) -> str | None:
+    value = _optional(text)
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
     return value
 
 
@@ -100,14 +142,14 @@ class Config:
     db_path: Path | None = _key("storage", Path, default=None)
     synchronous: str = _key("storage", _synchronous, default="FULL")
     # [server]
-    host: str = _key("server", default="127.0.0.1")
-    port: int = _key("server", _positive(int), default=8000)
+    host: str = _key("server", _text, default="127.0.0.1")
+    port: int = _key("server", _port, default=8000)
     api_token: str | None = _key("server", _optional, default=None, repr=False)
-    workers: int = _key("server", _positive(int), default=2)
-    max_request_bytes: int = _key("server", _positive(int), default=25 * 1024 * 1024)
+    workers: int = _key("server", _positive(_int), default=2)
+    max_request_bytes: int = _key("server", _positive(_int), default=25 * 1024 * 1024)
     metrics_public: bool = _key("server", _bool, default=False)
     # [client]
-    client_sync_url: str | None = _key("client", _optional, default=None)
+    client_sync_url: str | None = _key("client", _url, default=None)
     client_sync_user: str | None = _key("client", _optional, default=None)
     client_sync_password: str | None = _key("client", _optional, default=None, repr=False)
     client_sync_token: str | None = _key("client", _optional, default=None, repr=False)
@@ -115,28 +157,28 @@ class Config:
     # [scheduler]
     active: bool = _key("scheduler", _bool, default=True)
     # [delivery]
-    send_interval_seconds: float = _key("delivery", _positive(float), default=0.5)
+    send_interval_seconds: float = _key("delivery", _positive(_float), default=0.5)
     test_mode: bool = _key("delivery", _bool, default=False)
     default_priority: int = _key("delivery", _priority, default=2)
-    delivery_report_retention_seconds: int = _key("delivery", _nonneg(int), default=604800)
-    batch_size_per_account: int = _key("delivery", _positive(int), default=50)
-    max_retries: int = _key("delivery", _nonneg(int), default=5)
+    delivery_report_retention_seconds: int = _key("delivery", _nonneg(_int), default=604800)
+    batch_size_per_account: int = _key("delivery", _positive(_int), default=50)
+    max_retries: int = _key("delivery", _nonneg(_int), default=5)
     retry_delays: tuple[int, ...] = _key("delivery", _delays, default=(60, 300, 900, 3600, 7200))
-    dispatchers: int = _key("delivery", _positive(int), default=2)
-    lease_seconds: int = _key("delivery", _positive(int), default=120)
-    client_sync_idle_seconds: int = _key("delivery", _nonneg(int), default=300)
-    report_batch_size: int = _key("delivery", _positive(int), default=500)
+    dispatchers: int = _key("delivery", _positive(_int), default=2)
+    lease_seconds: int = _key("delivery", _positive(_int), default=120)
+    client_sync_idle_seconds: int = _key("delivery", _nonneg(_int), default=300)
+    report_batch_size: int = _key("delivery", _positive(_int), default=500)
     # [attachments]
-    attachment_timeout_seconds: float = _key("attachments", _positive(float), default=30.0)
-    attachment_max_bytes: int = _key("attachments", _positive(int), default=25 * 1024 * 1024)
+    attachment_timeout_seconds: float = _key("attachments", _positive(_float), default=30.0)
+    attachment_max_bytes: int = _key("attachments", _positive(_int), default=25 * 1024 * 1024)
     allow_private_attachment_urls: bool = _key("attachments", _bool, default=False)
-    s3_endpoint_url: str | None = _key("attachments", _optional, default=None)
+    s3_endpoint_url: str | None = _key("attachments", _url, default=None)
     s3_region: str | None = _key("attachments", _optional, default=None)
     s3_access_key_id: str | None = _key("attachments", _optional, default=None)
     s3_secret_access_key: str | None = _key("attachments", _optional, default=None, repr=False)
     # [smtp] the implicit "default" account
     smtp_host: str | None = _key("smtp", _optional, default=None)
-    smtp_port: int | None = _key("smtp", _positive(int), default=None)
+    smtp_port: int | None = _key("smtp", _port, default=None)
     smtp_user: str | None = _key("smtp", _optional, default=None)
     smtp_password: str | None = _key("smtp", _optional, default=None, repr=False)
     smtp_use_tls: bool | None = _key("smtp", _bool, default=None)
@@ -225,4 +267,6 @@ def load_config(path: str | os.PathLike | None = None, environ=None, **overrides
     values.setdefault("var_dir", var_dir)
     values.setdefault("config_path", path if path.exists() else None)
     values.setdefault("secret_key", environ.get("ASYNCMAIL_SECRET_KEY") or None)
+    if values.get("smtp_use_tls") and values.get("smtp_starttls"):
+        raise ConfigError("[smtp] use_tls and starttls: choose one (implicit TLS or STARTTLS)")
     return Config(**values)

@@ -21,12 +21,14 @@ class BatchResult:
 
 def _reject(result: BatchResult, item, reason: str) -> None:
     message_id = item.get("id") if isinstance(item, dict) else None
-    result.rejected.append({"id": message_id if isinstance(message_id, str) else None,
-                            "reason": reason})
+    result.rejected.append(
+        {"id": message_id if isinstance(message_id, str) else None, "reason": reason}
+    )
 
 
-def accept_batch(conn, config: Config, items: list, now: float,
-                 default_priority: int | None = None) -> BatchResult:
+def accept_batch(
+    conn, config: Config, items: list, now: float, default_priority: int | None = None
+) -> BatchResult:
     """Validate every item on its own, store the valid ones in one transaction."""
     result = BatchResult()
     priority_default = config.default_priority if default_priority is None else default_priority
@@ -39,19 +41,25 @@ def accept_batch(conn, config: Config, items: list, now: float,
             reason = "duplicate id in this batch"
         if reason is None and model.account_id is None and not config.has_default_account:
             reason = "no account_id given and no default [smtp] account is configured"
-        if reason is None and model.account_id is not None and model.account_id not in known_accounts:
+        if (
+            reason is None
+            and model.account_id is not None
+            and model.account_id not in known_accounts
+        ):
             reason = f"unknown account_id {model.account_id!r}"
         if reason is not None:
             _reject(result, item, reason)
             continue
         seen.add(model.id)
-        batch.append(store.NewMessage(
-            id=model.id,
-            account_id=model.account_id,
-            priority=model.resolved_priority(priority_default),
-            payload=payload,
-            deferred_ts=None if model.deferred_ts is None else int(model.deferred_ts),
-        ))
+        batch.append(
+            store.NewMessage(
+                id=model.id,
+                account_id=model.account_id,
+                priority=model.resolved_priority(priority_default),
+                payload=payload,
+                deferred_ts=None if model.deferred_ts is None else int(model.deferred_ts),
+            )
+        )
     if batch:
         for message_id, reason in store.enqueue(conn, batch, now).items():
             if reason is None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -31,6 +33,7 @@ from common.config import PRIORITY_NAMES
 
 MAX_ID_LENGTH = 255
 MAX_BATCH = 1000  # most messages one add-messages request may carry
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
 ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 
@@ -38,6 +41,8 @@ HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII
 def _no_line_breaks(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("must not contain CR or LF (header injection)")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     return value
 
 
@@ -85,12 +90,11 @@ def _header_text(value: Any) -> Any:
 
 
 def parse_priority(value: Any) -> int:
-    """0-3 or one of immediate/high/medium/low; raises ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("must be 0-3 or immediate/high/medium/low")
-    if isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
-        return PRIORITY_NAMES[value.strip().lower()]
-    if isinstance(value, int) and 0 <= value <= 3:
+    """0-3 (also "0"-"3", as the reference accepts) or immediate/high/medium/low."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        value = PRIORITY_NAMES.get(text, int(text) if text in {"0", "1", "2", "3"} else None)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
         return value
     raise ValueError("must be 0-3 or immediate/high/medium/low")
 
@@ -101,8 +105,13 @@ def _priority(value: Any) -> Any:
 
 
 def _epoch(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError("must be epoch seconds (a non-negative number)")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_EPOCH
+    ):
+        raise ValueError("must be epoch seconds (a number between 0 and year 9999)")
     return value
 
 
@@ -262,6 +271,10 @@ def validate_message(item: Any) -> tuple[Message | None, dict | None, str | None
     except ValidationError as exc:
         return None, None, explain(exc)
     payload = {key: item[key] for key in item if key in MESSAGE_FIELDS}
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, None, "the message contains text that is not valid Unicode (lone surrogate)"
     return model, payload, None
 
 

@@ -1,37 +1,64 @@
-"""The REST API: a Flask app factory; gunicorn serves ``web.wsgi:app``."""
+"""The REST API: a Flask app factory; gunicorn serves ``web.wsgi:app``.
+
+Every start-up path (gunicorn, the test client, any caller of ``create_app``) goes through
+``create_app``, which installs authentication, JSON error answers and request metrics before
+any route exists, so no configuration can produce an unauthenticated or HTML-answering app.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
+import logging
 import os
 import time
 
-from flask import Flask, Response, abort, g, jsonify, request
-from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, abort, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from common import crypto, db, intake, metrics, store, wakeup
+from common import db, metrics
 from common.config import Config, load_config
-from common.models import MAX_BATCH, Account, explain, parse_priority
-from common.status import Status
-from web.openapi import OPENAPI
+from common.logs import fields
 
-OPEN_PATHS = {"/health"}  # answered without a token
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health"})  # answered without a token: load balancers probe it
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+DEFAULT_ACCOUNT = "default"  # metric label of the implicit [smtp] account, as in the reference
+REFERENCE_COUNTERS = (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED)
+
+
+class ApiFlask(Flask):
+    """Flask whose automatic OPTIONS answer is JSON like every other answer."""
+
+    def make_default_options_response(self) -> Response:
+        allowed = sorted(super().make_default_options_response().allow)
+        response = jsonify(ok=True, allow=allowed)
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
 
 
 def create_app(config: Config | None = None, **overrides) -> Flask:
     """Build the API for one configuration; every start-up path goes through here."""
-    config = config or load_config(**overrides)
-    app = Flask(__name__)
+    if config is None:
+        config = load_config(**overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    from web.routes import blueprint  # routes import helpers from this module
+
+    app = ApiFlask(__name__)
     app.config["ASYNCMAIL"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
-    app.before_request(_authenticate)
     app.before_request(_start_timer)
+    app.before_request(_authenticate)
     app.after_request(_count_request)
-    app.register_error_handler(HTTPException, _json_error)
-    app.register_blueprint(_routes())
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+    app.register_blueprint(blueprint)
+    for counter in REFERENCE_COUNTERS:  # the reference's names show before the first send
+        counter.labels(DEFAULT_ACCOUNT)
     return app
 
 
@@ -47,21 +74,24 @@ def connection(config: Config):
     return _connections[key]
 
 
-def _config() -> Config:
-    from flask import current_app
-
+def app_config() -> Config:
+    """The configuration of the app serving the current request."""
     return current_app.config["ASYNCMAIL"]
 
 
-def _conn():
-    return connection(_config())
+def conn():
+    """The database connection for the current request."""
+    return connection(app_config())
 
 
+# -- authentication -------------------------------------------------------------------------
 def _is_loopback(address: str | None) -> bool:
     try:
-        return ipaddress.ip_address(address or "").is_loopback
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def _presented_token() -> str | None:
@@ -73,19 +103,30 @@ def _presented_token() -> str | None:
 
 
 def _authenticate():
-    config = _config()
+    """Refuse the request unless it carries the API token (or, without one, is local)."""
+    config = app_config()
     if request.path in OPEN_PATHS or (request.path == "/metrics" and config.metrics_public):
-        return None
-    if config.api_token is None:
+        return
+    expected = config.api_token or None  # an empty token never authenticates anyone
+    if expected is None:
         if not _is_loopback(request.remote_addr):
-            abort(401, "No api_token is configured, so only loopback clients are served.")
-        return None
+            abort(
+                401,
+                "No api_token is configured, so only loopback clients are served; "
+                "set [server] api_token to accept remote clients.",
+            )
+        return
     token = _presented_token()
-    if token is None or not hmac.compare_digest(token.encode(), config.api_token.encode()):
-        abort(401, "Missing or wrong API token: send X-API-Token or Authorization: Bearer.")
-    return None
+    if token is None:
+        abort(
+            401,
+            "Missing API token: send 'X-API-Token: <token>' or 'Authorization: Bearer <token>'.",
+        )
+    if not hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode("utf-8")):
+        abort(401, "Wrong API token: check the value of [server] api_token.")
 
 
+# -- request metrics ------------------------------------------------------------------------
 def _start_timer():
     g.started = time.perf_counter()
 
@@ -98,164 +139,48 @@ def _count_request(response: Response) -> Response:
     return response
 
 
-def _json_error(exc: HTTPException):
-    return jsonify(ok=False, error=exc.description), exc.code
-
-
-def _body() -> dict:
-    """The request's JSON object, or a 400 that says what is wrong."""
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        abort(400, "The request body is not valid JSON.")
-    if not isinstance(data, dict):
-        abort(400, "The request body must be a JSON object.")
-    return data
-
-
-def _routes():
-    from flask import Blueprint
-
-    bp = Blueprint("api", __name__)
-
-    @bp.get("/health")
-    def health():
-        try:
-            _conn().execute("SELECT 1").fetchall()
-        except Exception as exc:  # any database failure means unhealthy
-            return jsonify(ok=False, status="unavailable", error=f"database: {exc}"), 503
-        return jsonify(ok=True, status="ok")
-
-    @bp.get("/status")
-    def status():
-        config, conn, now = _config(), _conn(), time.time()
-        return jsonify(
-            ok=True,
-            active=store.is_active(conn, config.active),
-            test_mode=config.test_mode,
-            counts=store.status_counts(conn, now),
-            pending_by_priority=store.pending_by_priority(conn),
-            oldest_ready_age_seconds=round(store.oldest_ready_age(conn, now), 3),
-            processes=store.heartbeats(conn, now),
+# -- errors as JSON -------------------------------------------------------------------------
+def _describe(exc: HTTPException) -> str:
+    """A sentence a person can act on, for the errors werkzeug raises by itself."""
+    if exc.code == 404 and request.url_rule is None:
+        return (
+            f"No endpoint {request.method} {request.path}; the API is described at /openapi.json."
         )
-
-    @bp.post("/commands/add-messages")
-    def add_messages():
-        body = _body()
-        items = body.get("messages")
-        if not isinstance(items, list):
-            abort(400, "'messages' must be a list of message objects.")
-        if len(items) > MAX_BATCH:
-            abort(400, f"At most {MAX_BATCH} messages per request; split the batch.")
-        default_priority = None
-        if body.get("default_priority") is not None:
-            try:
-                default_priority = parse_priority(body["default_priority"])
-            except ValueError:
-                abort(400, "'default_priority' must be 0-3 or immediate/high/medium/low.")
-        result = intake.accept_batch(_conn(), _config(), items, time.time(), default_priority)
-        if items and not result.queued:
-            return jsonify(ok=False, error="No message was valid; see 'rejected'.",
-                           queued=0, rejected=result.rejected), 400
-        return jsonify(ok=True, queued=len(result.queued), rejected=result.rejected)
-
-    @bp.post("/commands/delete-messages")
-    def delete_messages():
-        ids = _body().get("ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            abort(400, "'ids' must be a list of message id strings.")
-        out = store.delete_messages(_conn(), ids, time.time())
-        return jsonify(ok=True, removed=len(out["removed"]), not_found=out["not_found"],
-                       in_flight=out["in_flight"])
-
-    @bp.post("/commands/cleanup-messages")
-    def cleanup_messages():
-        body = _body() if request.get_data() else {}
-        older = body.get("older_than_seconds", _config().delivery_report_retention_seconds)
-        if isinstance(older, bool) or not isinstance(older, int) or older < 0:
-            abort(400, "'older_than_seconds' must be a non-negative integer.")
-        removed = store.purge_reported(_conn(), time.time() - older)
-        return jsonify(ok=True, removed=removed)
-
-    @bp.post("/commands/run-now")
-    def run_now():
-        config = _config()
-        store.set_setting(_conn(), "run_now_at", repr(time.time()))
-        woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
-        woken += wakeup.notify(config.run_dir, wakeup.REPORTER)
-        return jsonify(ok=True, woken=woken)
-
-    @bp.post("/commands/suspend")
-    def suspend():
-        store.set_active(_conn(), False)
-        return jsonify(ok=True, active=False)
-
-    @bp.post("/commands/activate")
-    def activate():
-        store.set_active(_conn(), True)
-        wakeup.notify(_config().run_dir, wakeup.DISPATCHER)
-        return jsonify(ok=True, active=True)
-
-    @bp.post("/account")
-    def add_account():
-        try:
-            account = Account.model_validate(_body())
-        except ValidationError as exc:
-            abort(400, "Invalid account: " + explain(exc) + ".")
-        row = account.model_dump()
-        row["password"] = crypto.seal(account.password, _config().secret_key)
-        conn = _conn()
-        store.upsert_account(conn, row, int(time.time()))
-        wakeup.notify(_config().run_dir, wakeup.DISPATCHER)
-        return jsonify(ok=True, account=store.get_account(conn, account.id))
-
-    @bp.get("/accounts")
-    def accounts():
-        return jsonify(ok=True, accounts=store.list_accounts(_conn()))
-
-    @bp.delete("/account/<path:account_id>")
-    def delete_account(account_id: str):
-        purge = request.args.get("purge", "").lower() in {"1", "true", "yes"}
-        deleted, unsent = store.delete_account(_conn(), account_id, purge)
-        if deleted:
-            return jsonify(ok=True, removed=account_id, purged_messages=unsent)
-        if unsent:
-            abort(409, f"Account {account_id!r} has {unsent} unsent messages; "
-                       "delete them first or pass ?purge=true.")
-        abort(404, f"No account {account_id!r}.")
-
-    @bp.get("/messages")
-    def list_messages():
-        args = request.args
-        try:
-            limit = int(args.get("limit", 100))
-            cursor = int(args.get("cursor", 0))
-            status_filter = Status(args["status"]) if args.get("status") else None
-        except ValueError:
-            abort(400, "limit and cursor must be integers; status one of "
-                       + ", ".join(s.value for s in Status) + ".")
-        if not 1 <= limit <= 1000:
-            abort(400, "limit must be between 1 and 1000.")
-        rows, next_cursor = store.list_messages(
-            _conn(), time.time(), status=status_filter,
-            active_only=args.get("active_only", "").lower() in {"1", "true", "yes"},
-            account_id=args.get("account_id") or None, limit=limit, cursor=cursor,
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        return f"{request.method} is not allowed on {request.path}; use {allowed}."
+    if exc.code == 413:
+        return (
+            f"The request body is larger than {app_config().max_request_bytes} bytes "
+            "(max_request_bytes); send fewer or smaller messages per request."
         )
-        return jsonify(ok=True, messages=rows, next_cursor=next_cursor)
+    return exc.description or exc.name
 
-    @bp.get("/messages/<path:message_id>")
-    def get_message(message_id: str):
-        record = store.get_message(_conn(), message_id, time.time())
-        if record is None:
-            abort(404, f"No message {message_id!r}.")
-        return jsonify(ok=True, **record)
 
-    @bp.get("/metrics")
-    def scrape():
-        body = metrics.render(_conn)
-        return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
+def _http_error(exc: HTTPException) -> Response:
+    response = jsonify(ok=False, error=_describe(exc))
+    response.status_code = exc.code or 500
+    if isinstance(exc, MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods or ()))
+    if exc.code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="asyncmail"'
+    if exc.code == 413:
+        response.headers["Connection"] = "close"  # do not read the rest of a huge body
+    return response
 
-    @bp.get("/openapi.json")
-    def openapi():
-        return jsonify(OPENAPI)
 
-    return bp
+def _internal_error(exc: Exception) -> Response:
+    """A bug, never bad input: log it with its traceback, answer JSON 500."""
+    logger.exception("unhandled error %s", fields(method=request.method, path=request.path))
+    response = jsonify(
+        ok=False,
+        error="Internal error; it has been logged. Retry later, "
+        "and tell the operator if it persists.",
+    )
+    response.status_code = 500
+    return response
+
+
+def flag(name: str) -> bool:
+    """A boolean query argument (true/1/yes/on)."""
+    return request.args.get(name, "").strip().lower() in TRUTHY
