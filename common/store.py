@@ -177,9 +177,9 @@ def delete_messages(conn, ids: list[str], now: float) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"removed": [], "not_found": [], "in_flight": []}
     with write(conn):
         for message_id in dict.fromkeys(ids):
-            conn.execute(
+            conn.execute(  # a NULL lease_expires means not leased: coalesce, or NOT NULL is NULL
                 "DELETE FROM messages WHERE id = ? AND NOT "
-                "(sent_ts IS NULL AND error_ts IS NULL AND lease_expires > ?)",
+                "(sent_ts IS NULL AND error_ts IS NULL AND coalesce(lease_expires, 0) > ?)",
                 (message_id, now),
             )
             if conn.changes():
