@@ -1,42 +1,211 @@
-"""The ``asyncmail`` console script: operator chores without the web process."""
+"""The ``asyncmail`` console script: operator chores without the web process.
+
+Exit codes: 0 done, 1 not found / rejected / refused, 2 bad usage or configuration,
+3 the database or supervisord cannot be reached.  ``--json`` prints machine-readable output.
+"""
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
-from common import db
+import apsw
+
+from common import cli_commands as c
+from common import cli_stack
+from common.cli_output import UNAVAILABLE, USAGE, CliError
 from common.config import ConfigError, load_config
+from common.status import Status
+
+PRIORITIES = "0-3 or immediate/high/medium/low"
 
 
-def cmd_init(config, args) -> int:
-    """Create var/ (mode 0700), the database, and an empty metrics directory."""
-    for directory in (config.var_dir, config.run_dir, config.log_dir, config.ratelimit_dir):
-        directory.mkdir(parents=True, mode=0o700, exist_ok=True)
-    shutil.rmtree(config.metrics_dir, ignore_errors=True)
-    config.metrics_dir.mkdir(mode=0o700)
-    db.connect(config.database, config.synchronous).close()
-    print(f"ready: database={config.database} var_dir={config.var_dir}")
-    return 0
+CONFIG_HELP = "INI file (default: $ASYNCMAIL_CONFIG or etc/asyncmail.ini)"
+JSON_HELP = "print JSON for scripts instead of tables"
+
+
+def _common_options(with_json: bool = True) -> argparse.ArgumentParser:
+    """--config and --json, accepted before or after the subcommand."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help=CONFIG_HELP)
+    if with_json:
+        parent.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP
+        )
+    return parent
+
+
+def _command(sub, name: str, func, common, **kwargs) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name, help=func.__doc__, description=func.__doc__, parents=[common], **kwargs
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _accounts(sub, common) -> None:
+    group = sub.add_parser("accounts", help="manage SMTP accounts").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add = _command(group, "add", c.cmd_accounts_add, common)
+    add.add_argument("id", help="account id messages refer to as account_id")
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, required=True)
+    add.add_argument("--user")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password-prompt",
+        action="store_true",
+        help="ask for the password (also the default with --user on a terminal)",
+    )
+    secret.add_argument(
+        "--password-env", metavar="VAR", help="read the password from environment variable VAR"
+    )
+    add.add_argument(
+        "--use-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="implicit TLS (default: when the port is 465)",
+    )
+    add.add_argument("--starttls", action="store_true", default=None)
+    add.add_argument("--ttl", type=int, help="seconds a connection is reused (300)")
+    add.add_argument("--timeout", type=float, help="seconds per SMTP command (30)")
+    for unit in ("second", "minute", "hour", "day"):
+        add.add_argument(f"--limit-per-{unit}", type=int, metavar="N")
+    add.add_argument("--limit-behavior", choices=["defer", "reject"])
+    add.add_argument("--batch-size", type=int, help="most messages per claim for this account")
+    _command(group, "list", c.cmd_accounts_list, common)
+    _command(group, "show", c.cmd_accounts_show, common).add_argument("id")
+    delete = _command(group, "delete", c.cmd_accounts_delete, common)
+    delete.add_argument("id")
+    delete.add_argument("--purge", action="store_true", help="also delete its unsent messages")
+
+
+def _send(sub, common) -> None:
+    # send's --json names the input file; its output switch is --output-json
+    send = _command(
+        sub,
+        "send",
+        c.cmd_send,
+        _common_options(with_json=False),
+        epilog="Exit 1 when any message was rejected; the reasons are printed.",
+    )
+    source = send.add_mutually_exclusive_group()
+    source.add_argument(
+        "--json",
+        dest="json_file",
+        metavar="FILE",
+        help="a message, a list, or an add-messages body ('-': stdin)",
+    )
+    source.add_argument("--eml", metavar="FILE", help="an RFC 5322 message file ('-': stdin)")
+    send.add_argument(
+        "--output-json",
+        dest="json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=JSON_HELP + " (--json names the input)",
+    )
+    send.add_argument("--id", help="the client's message id (with --eml: its Message-ID)")
+    send.add_argument("--from", dest="sender", metavar="ADDRESS")
+    send.add_argument("--from-name")
+    for name in ("to", "cc", "bcc", "reply-to"):
+        send.add_argument(
+            f"--{name}", action="append", metavar="ADDRESS", help="repeat or separate with commas"
+        )
+    send.add_argument("--return-path", metavar="ADDRESS", help="envelope sender")
+    send.add_argument("--subject")
+    text = send.add_mutually_exclusive_group()
+    text.add_argument("--body")
+    text.add_argument("--body-file", metavar="FILE", help="the body from a file ('-': stdin)")
+    send.add_argument("--html", action="store_true", help="the body is HTML")
+    send.add_argument("--header", action="append", metavar="'NAME: VALUE'")
+    send.add_argument("--attach", action="append", metavar="FILE")
+    send.add_argument("--message-id")
+    send.add_argument("--account", help="account id (default: the [smtp] account)")
+    send.add_argument("--priority", help=PRIORITIES)
+    send.add_argument("--deferred-ts", type=int, metavar="EPOCH", help="do not send before")
+
+
+def _messages(sub, common) -> None:
+    group = sub.add_parser("messages", help="inspect and delete messages").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    listing = _command(group, "list", c.cmd_messages_list, common)
+    listing.add_argument("--status", choices=[s.value for s in Status])
+    listing.add_argument("--account")
+    listing.add_argument("--active-only", action="store_true", help="only unsent messages")
+    listing.add_argument("--limit", type=int, default=50, help="1-1000 (50)")
+    listing.add_argument("--cursor", type=int, default=0, help="from a previous page")
+    _command(group, "show", c.cmd_messages_show, common).add_argument("id")
+    _command(group, "delete", c.cmd_messages_delete, common).add_argument("ids", nargs="+")
+
+
+def _stack(sub, common) -> None:
+    launch = _command(sub, "supervisord", cli_stack.cmd_supervisord, common)
+    launch.add_argument(
+        "-n",
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground (make run); default: daemonise",
+    )
+    ctl = _command(
+        sub, "ctl", cli_stack.cmd_ctl, common, epilog="Example: asyncmail ctl stop 'dispatcher:*'"
+    )
+    ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="supervisorctl arguments")
+    stop = _command(sub, "shutdown", cli_stack.cmd_shutdown, common)
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=cli_stack.SHUTDOWN_TIMEOUT,
+        help="seconds to wait for every process to exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncmail", description=__doc__)
-    parser.add_argument("--config", help="INI file (default: etc/asyncmail.ini or $ASYNCMAIL_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help=cmd_init.__doc__).set_defaults(func=cmd_init)
+    """The whole command tree."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="asyncmail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(sub, "init", c.cmd_init, common)
+    _command(sub, "check-config", c.cmd_check_config, common)
+    _command(sub, "token", c.cmd_token, common)
+    _accounts(sub, common)
+    _send(sub, common)
+    _messages(sub, common)
+    _command(sub, "status", c.cmd_status, common)
+    _command(sub, "run-now", c.cmd_run_now, common)
+    _command(sub, "suspend", c.cmd_suspend, common)
+    _command(sub, "activate", c.cmd_activate, common)
+    cleanup = _command(sub, "cleanup", c.cmd_cleanup, common)
+    cleanup.add_argument(
+        "--older-than",
+        type=int,
+        metavar="SECONDS",
+        help="default: delivery_report_retention_seconds",
+    )
+    _stack(sub, common)
     return parser
 
 
 def main(argv=None) -> int:
+    """Parse, load the configuration, run one command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        return args.func(config, args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    return args.func(config, args)
+        return USAGE
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except apsw.Error as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return UNAVAILABLE
 
 
 if __name__ == "__main__":

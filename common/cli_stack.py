@@ -1,0 +1,127 @@
+"""Starting and stopping the supervisord process tree: ``asyncmail supervisord|ctl|shutdown``.
+
+The launcher is the only place that prepares ``var/`` for a run.  Before supervisord starts
+(and only then, when no program can be writing) it wipes ``var/metrics`` and forgets old
+heartbeats; then it execs supervisord with the environment ``etc/supervisord.conf`` expands:
+``ASYNCMAIL_VAR_DIR``, ``ASYNCMAIL_DISPATCHERS`` (the ``dispatchers`` key) and a ``PATH``
+that finds this virtualenv's ``gunicorn`` and ``python``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from common import db, store
+from common.cli_output import OK, UNAVAILABLE, CliError, emit
+from common.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPERVISORD_CONF = ROOT / "etc" / "supervisord.conf"
+BIN_DIR = Path(sys.executable).parent  # the virtualenv's bin/, not the resolved interpreter
+SHUTDOWN_TIMEOUT = 200  # seconds: above the longest stopwaitsecs in etc/supervisord.conf
+
+
+def socket_path(config: Config) -> Path:
+    return config.run_dir / "supervisor.sock"
+
+
+def pid_path(config: Config) -> Path:
+    return config.run_dir / "supervisord.pid"
+
+
+def supervisord_answers(config: Config) -> bool:
+    """True when a supervisord is listening on this var dir's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(socket_path(config)))
+        except OSError:
+            return False
+    return True
+
+
+def prepare(config: Config) -> None:
+    """Directories (0700), migrations, an empty metrics dir, no stale heartbeats or sockets."""
+    for directory in (config.var_dir, config.run_dir, config.log_dir, config.ratelimit_dir):
+        directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    shutil.rmtree(config.metrics_dir, ignore_errors=True)
+    config.metrics_dir.mkdir(mode=0o700)
+    shutil.rmtree(config.run_dir / "wake", ignore_errors=True)
+    conn = db.connect(config.database, config.synchronous)
+    store.clear_heartbeats(conn)
+    conn.close()
+
+
+def stack_env(config: Config, environ) -> dict:
+    """The environment supervisord (and so every program) runs with."""
+    env = dict(environ)
+    env["ASYNCMAIL_VAR_DIR"] = str(config.var_dir)
+    env["ASYNCMAIL_DISPATCHERS"] = str(config.dispatchers)
+    if config.config_path is not None:  # programs read the same file the launcher checked
+        env["ASYNCMAIL_CONFIG"] = str(Path(config.config_path).resolve())
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # supervisord.conf sets it for the programs
+    return env
+
+
+def cmd_supervisord(config: Config, args) -> int:
+    """Prepare var/ and exec supervisord (-n: in the foreground; Ctrl-C stops everything)."""
+    if supervisord_answers(config):
+        raise CliError(
+            f"supervisord already runs for {config.var_dir} (stop it first: make stop)", 1
+        )
+    prepare(config)
+    argv = [str(BIN_DIR / "supervisord"), "-c", str(SUPERVISORD_CONF)]
+    if args.foreground:
+        argv.append("-n")
+    sys.stdout.flush()
+    os.execve(argv[0], argv, stack_env(config, os.environ))
+    return OK  # not reached: execve replaces this process
+
+
+def cmd_ctl(config: Config, args) -> int:
+    """Run supervisorctl against this var dir's supervisord (e.g. ``ctl status``)."""
+    argv = [str(BIN_DIR / "supervisorctl"), "-c", str(SUPERVISORD_CONF), *args.ctl_args]
+    sys.stdout.flush()
+    os.execve(argv[0], argv, stack_env(config, os.environ))
+    return OK  # not reached
+
+
+def _supervisord_pid(config: Config) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(pid_path(config).read_text().strip())
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_shutdown(config: Config, args) -> int:
+    """Stop every program gracefully, then supervisord; return once all of it is gone."""
+    pid = _supervisord_pid(config)
+    if pid is None or not _alive(pid) or not supervisord_answers(config):
+        emit(args, {"ok": True, "running": False}, "supervisord is not running")
+        return OK
+    os.kill(pid, signal.SIGTERM)  # supervisord stops each program with its stopsignal first
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"supervisord (pid {pid}) still runs after {args.timeout} s", UNAVAILABLE
+            )
+        time.sleep(0.1)
+    emit(args, {"ok": True, "running": False, "pid": pid}, f"stopped supervisord (pid {pid})")
+    return OK
