@@ -1,0 +1,111 @@
+"""The HTTP side of proxy_sync: one kept-alive session that POSTs report bodies upstream.
+
+Authentication: ``Authorization: Bearer <client_sync_token>`` when a token is configured,
+else basic auth with ``client_sync_user``/``client_sync_password``.  With a signing key every
+request also carries ``X-AsyncMail-Timestamp`` (epoch seconds) and ``X-AsyncMail-Signature``,
+the hex HMAC-SHA256 of the timestamp's ASCII digits followed directly by the body bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+from common.config import Config
+
+CONNECT_TIMEOUT = 5.0  # seconds: a local or LAN upstream accepts at once; longer means down
+READ_TIMEOUT = 30.0  # seconds: below supervisord's stopwaitsecs, so TERM can wait for it
+TIMESTAMP_HEADER = "X-AsyncMail-Timestamp"
+SIGNATURE_HEADER = "X-AsyncMail-Signature"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back: ``ok`` for any 2xx; else the status (None without one) and why."""
+
+    ok: bool
+    status: int | None
+    reason: str
+
+
+def sign(key: str, timestamp: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``timestamp + body`` (timestamp as ASCII digits, no separator)."""
+    return hmac.new(key.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()
+
+
+def encode_report(items: list[dict]) -> bytes:
+    """The request body: ``{"delivery_report": [...]}`` as compact UTF-8 JSON."""
+    return json.dumps(
+        {"delivery_report": items}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
+
+
+def safe_url(url: str) -> str:
+    """The URL without credentials or query, fit for a log line."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class SyncClient:
+    """POSTs delivery reports to ``client_sync_url``; never raises on a network failure."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        signing_key: str | None = None,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    ):
+        self.url = url
+        self.signing_key = signing_key
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Content-Type"] = "application/json"
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        elif user:
+            self.session.auth = (user, password or "")
+
+    @classmethod
+    def from_config(cls, config: Config, **kwargs) -> SyncClient | None:
+        """A client for the configured upstream, or None when no ``client_sync_url`` is set."""
+        if not config.client_sync_url:
+            return None
+        return cls(
+            config.client_sync_url,
+            user=config.client_sync_user,
+            password=config.client_sync_password,
+            token=config.client_sync_token,
+            signing_key=config.client_sync_signing_key,
+            **kwargs,
+        )
+
+    def post(self, items: list[dict], now: float) -> Answer:
+        """POST one report; any 2xx is success whatever its body (the reference's clients)."""
+        body = encode_report(items)
+        headers = {}
+        if self.signing_key:
+            timestamp = str(int(now))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = sign(self.signing_key, timestamp, body)
+        try:
+            response = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            # the class name only: requests' messages repeat the URL, which may hold a password
+            return Answer(False, None, type(exc).__name__)
+        if 200 <= response.status_code < 300:
+            return Answer(True, response.status_code, "")
+        return Answer(False, response.status_code, response.reason or "")
+
+    def close(self) -> None:
+        self.session.close()
