@@ -337,3 +337,20 @@ def oldest_unreported_age(conn, now: float) -> float:
         "WHERE reported_ts IS NULL AND outcome_at IS NOT NULL"
     ).fetchone()
     return 0.0 if row["t"] is None else max(0.0, now - row["t"])
+
+
+# -- rate-limit ledger ------------------------------------------------------------------------
+# Attempt outcomes that began an SMTP transaction (and so reserved a ledger slot); 'deferred'
+# (rate-limited) and 'rejected' (over the limit with limit_behavior=reject) never sent.
+SEND_OUTCOMES = ("sent", "temporary", "permanent", "uncertain")
+
+
+def send_starts(conn, account_id: str | None, since: float) -> list[float]:
+    """Start times of the account's sends at or after ``since``, oldest first (ledger rebuild)."""
+    placeholders = ", ".join("?" for _ in SEND_OUTCOMES)
+    rows = conn.execute(
+        f"SELECT ts FROM attempts WHERE account_id IS ? AND ts >= ? "
+        f"AND outcome IN ({placeholders}) ORDER BY ts",
+        (account_id, since, *SEND_OUTCOMES),
+    )
+    return [row["ts"] for row in rows]
