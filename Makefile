@@ -1,13 +1,16 @@
 # async-mail-service — operator and developer entry points.
+#   make run      build .venv if needed, then supervisord in the foreground (Ctrl-C stops all)
+#   make start    the same, daemonised;  make stop / status / restart / reload / logs
+#   make test     build .venv if needed, then the whole test suite (test-fast: skip slow ones)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# every runtime path lives here; supervisord.conf and supervisorctl expand it
 export ASYNCMAIL_VAR_DIR ?= $(CURDIR)/var
-export ASYNCMAIL_DISPATCHERS ?= 2
-SUPERVISORD_CONF := etc/supervisord.conf
 STAMP := $(VENV)/.installed
+ASYNCMAIL := $(BIN)/asyncmail
 
-.PHONY: run install start stop restart status logs test test-fast bench lint format clean venv-check
+.PHONY: run install start stop restart reload status logs test test-fast bench lint format clean venv-check
 
 venv-check:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -22,22 +25,28 @@ $(STAMP): setup.cfg pyproject.toml | venv-check
 	touch $(STAMP)
 
 install: $(STAMP)
-	$(BIN)/asyncmail init
+	$(ASYNCMAIL) init
 
+# the launcher checks the configuration, prepares var/ and execs supervisord (see etc/)
 run: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -n -c $(SUPERVISORD_CONF)
+	$(ASYNCMAIL) supervisord -n
 
 start: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/supervisord -c $(SUPERVISORD_CONF)
+	$(ASYNCMAIL) supervisord
 
+# returns once every program and supervisord itself have exited
 stop:
-	$(BIN)/supervisorctl -c $(SUPERVISORD_CONF) shutdown
+	$(ASYNCMAIL) shutdown
 
 restart:
-	$(BIN)/supervisorctl -c $(SUPERVISORD_CONF) restart all
+	$(ASYNCMAIL) ctl restart all
+
+# SIGHUP: every process re-reads the configuration; gunicorn replaces its workers gracefully
+reload:
+	$(ASYNCMAIL) ctl signal HUP all
 
 status:
-	$(BIN)/supervisorctl -c $(SUPERVISORD_CONF) status
+	$(ASYNCMAIL) ctl status
 
 logs:
 	tail -n 50 -F $(ASYNCMAIL_VAR_DIR)/log/*.log

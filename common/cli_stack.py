@@ -81,6 +81,7 @@ def cmd_supervisord(config: Config, args) -> int:
     if args.foreground:
         argv.append("-n")
     sys.stdout.flush()
+    os.umask(0o077)  # logs, database, ledger: owner only (supervisord.conf repeats it for -d)
     os.execve(argv[0], argv, stack_env(config, os.environ))
     return OK  # not reached: execve replaces this process
 

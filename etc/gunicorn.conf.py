@@ -1,4 +1,12 @@
-"""gunicorn settings for the API; values come from the service configuration."""
+"""gunicorn settings for the API; values come from the service configuration.
+
+gunicorn executes this file at start and again on SIGHUP, so `supervisorctl signal HUP web`
+re-reads the configuration (log level, tokens, limits) and replaces the workers gracefully:
+the listening socket stays open, new workers take new connections, old workers finish the
+request in hand.  `supervisorctl restart web` instead stops gunicorn (in-flight requests
+finish within graceful_timeout) and starts a new one; connections attempted in between are
+refused, so prefer HUP for a reload.
+"""
 
 from common.config import load_config
 from common.metrics import mark_dead
@@ -7,15 +15,19 @@ _config = load_config()
 
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
-worker_class = "sync"  # each request is a few milliseconds of SQLite work; no I/O waits
-keepalive = 75  # clients keep connections open between enqueues (longer than most LBs' 60 s)
-graceful_timeout = 20  # finish in-flight requests on TERM; below supervisord's stopwaitsecs
+# each request is a few milliseconds of SQLite work; the app keeps one database connection
+# per process, which threads would share, so plain sync workers (one request at a time)
+worker_class = "sync"
+proc_name = "asyncmail-web"  # how the master and workers show in ps
+graceful_timeout = 20  # finish in-flight requests on TERM/HUP; below supervisord's stopwaitsecs
 timeout = 30  # a worker stuck this long is killed and replaced
-accesslog = None  # request metrics replace an access log; errors still go to stderr
-errorlog = "-"
-preload_app = False  # each worker opens its own database connection after fork
+# no max_requests: workers are not recycled, so multiprocess metric files stay few
+accesslog = None  # request metrics (asyncmail_http_*) replace an access log
+errorlog = "-"  # stderr, which supervisord writes to var/log/web.log
+loglevel = _config.log_level.lower()
+preload_app = False  # each worker imports the app and opens its own database after fork
 
 
 def child_exit(server, worker):
-    """A worker's multiprocess metric files stop counting as live when it exits."""
+    """A worker's multiprocess metric files stop counting as live once it has exited."""
     mark_dead(worker.pid)
