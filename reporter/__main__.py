@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -37,12 +36,6 @@ def main() -> int:
     waiter = wakeup.Waiter(config.run_dir, wakeup.REPORTER, name)
     reporter = Reporter(config, conn, time.time())
 
-    def reload() -> None:
-        try:
-            reporter.configure(load_config())
-        except ConfigError as exc:
-            logger.error(fields(event="reload_refused", reason=exc))
-
     def turn() -> bool:
         try:
             return reporter.run_once(time.time())
@@ -50,20 +43,16 @@ def main() -> int:
             logger.exception(fields(event="turn_failed"))
             return False
 
+    def idle() -> float:
+        return reporter.idle_seconds(time.time())
+
+    beat = Heartbeat(conn, name, wakeup.REPORTER)
     try:
-        return run_forever(
-            turn,
-            waiter.wait,
-            lambda: reporter.idle_seconds(time.time()),
-            signals,
-            reload,
-            Heartbeat(conn, name, wakeup.REPORTER),
-        )
+        return run_forever(turn, waiter.wait, idle, signals, reporter.reload, beat)
     finally:
         reporter.close()
         waiter.close()
-        metrics.mark_dead(os.getpid())
-        logger.info(fields(event="stopped"))
+        metrics.at_exit()
 
 
 if __name__ == "__main__":

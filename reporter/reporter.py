@@ -20,7 +20,7 @@ from collections.abc import Callable
 import tenacity
 
 from common import metrics, reports, store
-from common.config import Config
+from common.config import Config, ConfigError, load_config
 from common.logs import fields
 from reporter.client import SyncClient, safe_url
 
@@ -69,6 +69,13 @@ class Reporter:
             logger.info(fields(event="reporting_off", reason="no client_sync_url configured"))
         else:
             logger.info(fields(event="reporting_to", url=safe_url(self.client.url)))
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration; a bad file keeps the running one."""
+        try:
+            self.configure(load_config())
+        except ConfigError as exc:
+            logger.error(fields(event="reload_refused", reason=exc))
 
     def run_once(self, now: float) -> bool:
         """Purge when due, post one batch when due; True when another batch may follow at once."""
@@ -165,5 +172,7 @@ class Reporter:
             logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
 
     def close(self) -> None:
+        """The loop is over: drop the upstream connection."""
         if self.client is not None:
             self.client.close()
+        logger.info(fields(event="stopped"))
