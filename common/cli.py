@@ -37,7 +37,12 @@ def _common_options(with_json: bool = True) -> argparse.ArgumentParser:
 
 def _command(sub, name: str, func, common, **kwargs) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        name, help=func.__doc__, description=func.__doc__, parents=[common], **kwargs
+        name,
+        help=func.__doc__,
+        description=func.__doc__,
+        parents=[common],
+        allow_abbrev=False,
+        **kwargs,
     )
     parser.set_defaults(func=func)
     return parser
@@ -165,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     common = _common_options()
     parser = argparse.ArgumentParser(
-        prog="asyncmail", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="asyncmail",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # an option is spelled out, never guessed from a prefix
     )
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
