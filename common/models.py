@@ -52,15 +52,37 @@ def _check_address(addr: str) -> str:
     return addr
 
 
+def split_addresses(text: str) -> list[str]:
+    """The comma-separated pieces of an address header, keeping commas inside quotes or <>."""
+    pieces, current, quoted, angle, escaped = [], [], False, 0, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char in "<>" and not quoted:
+            angle += 1 if char == "<" else -1
+        elif char == "," and not quoted and angle <= 0:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    pieces.append("".join(current))
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
 def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
     """(name, address) pairs from a list or a comma-separated string; raises on a bad one."""
     items = [value] if isinstance(value, str) else value
     pairs = []
     for item in items:
         _no_line_breaks(item)
-        for name, addr in email.utils.getaddresses([item]):
-            if not addr and not name:
-                continue
+        for piece in split_addresses(item):
+            name, addr = email.utils.parseaddr(piece)
+            if not addr:
+                raise ValueError(f"{piece!r} is not an email address")
             pairs.append((name, _check_address(addr)))
     return pairs
 

@@ -49,7 +49,9 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
 
     app = ApiFlask(__name__)
     app.config["ASYNCMAIL"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    # One byte more than allowed: werkzeug silently truncates a streamed (chunked) body at
+    # this limit, so the routes read up to it and answer 413 for anything past the real one.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes + 1
     app.json.sort_keys = False
     app.before_request(_start_timer)
     app.before_request(_authenticate)

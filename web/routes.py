@@ -23,6 +23,8 @@ STATUS_NAMES = ", ".join(s.value for s in Status)
 def _body(optional: bool = False) -> dict:
     """The request's JSON object, or a 400 that says what is wrong."""
     raw = request.get_data(cache=False)
+    if len(raw) > app_config().max_request_bytes:
+        abort(413)
     if not raw.strip():
         if optional:
             return {}
