@@ -208,8 +208,16 @@ def purge_reported(conn, reported_before: float, batch: int = PURGE_BATCH) -> in
 
 
 # -- reading messages -------------------------------------------------------------------------
-EPOCH_FIELDS = ("created_at", "updated_at", "deferred_ts", "sent_ts", "error_ts", "reported_ts",
-                "lease_expires")  # integers in every API answer, as in the reference
+# integers in every API answer, as in the reference
+EPOCH_FIELDS = (
+    "created_at",
+    "updated_at",
+    "deferred_ts",
+    "sent_ts",
+    "error_ts",
+    "reported_ts",
+    "lease_expires",
+)
 
 
 def _message_out(row: dict, now: float) -> dict:
