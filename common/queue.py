@@ -1,0 +1,229 @@
+"""Dispatch-side SQL: claim ready messages under a lease, release them, record outcomes.
+
+A claim is one short ``BEGIN IMMEDIATE`` transaction; SMTP runs outside any transaction;
+recording an outcome is a second short transaction.  ``ready_at`` is the earliest moment a
+row may be claimed (enqueue time, ``deferred_ts``, retry time or lease expiry), so every
+claim query is a range scan of the ``messages_claim`` index:
+
+    QUEUED/DEFERRED -> SENDING   claim(): lease_owner, lease_expires, ready_at = lease_expires
+    SENDING -> SENT / ERROR      record(): sent_ts or error_ts, outcome_at, lease cleared
+    SENDING -> DEFERRED          record(): retry or rate limit, deferred_ts = ready_at = later
+    SENDING -> QUEUED            release(): lease cleared, ready_at = max(now, deferred_ts)
+    SENDING (expired) -> SENDING another dispatcher's claim once lease_expires has passed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from common.db import write
+
+PRIORITIES = (0, 1, 2, 3)  # immediate, high, medium, low: claimed in this order
+
+# Attempt outcomes as stored in attempts.outcome.
+SENT = "sent"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+UNCERTAIN = "uncertain"  # the end-of-DATA reply never came: the server may have accepted it
+DEFERRED = "deferred"  # held back by the rate limit; not an attempt at the SMTP server
+REJECTED = "rejected"  # refused by the rate limit with limit_behavior = reject
+
+_READY = """
+SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at
+FROM messages INDEXED BY messages_claim
+WHERE account_id IS :account_id AND priority = :priority
+  AND sent_ts IS NULL AND error_ts IS NULL AND ready_at <= :now
+ORDER BY ready_at LIMIT :limit
+"""
+
+_NEXT_READY = """
+SELECT ready_at FROM messages INDEXED BY messages_claim
+WHERE account_id IS :account_id AND priority = :priority
+  AND sent_ts IS NULL AND error_ts IS NULL
+ORDER BY ready_at LIMIT 1
+"""
+
+
+@dataclass
+class Claim:
+    """What one claim took: messages in sending order, and every account row, read fresh."""
+
+    messages: list[dict]
+    accounts: dict[str, dict] = field(default_factory=dict)
+    lease_expires: float = 0.0
+
+
+def claim(
+    conn,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    default_batch: int,
+    include_default: bool,
+) -> Claim:
+    """Lease up to each account's batch of ready messages; ordered by (priority, ready_at)."""
+    expires = now + lease_seconds
+    rows: list[dict] = []
+    with write(conn):
+        accounts = {a["id"]: a for a in conn.execute("SELECT * FROM accounts ORDER BY id")}
+        batches = [(a_id, a["batch_size"] or default_batch) for a_id, a in accounts.items()]
+        if include_default:
+            batches.append((None, default_batch))
+        for account_id, limit in batches:
+            rows.extend(_ready_rows(conn, account_id, now, limit))
+        conn.executemany(
+            "UPDATE messages SET lease_owner = ?, lease_expires = ?, ready_at = ? WHERE id = ?",
+            [(owner, expires, expires, row["id"]) for row in rows],
+        )
+    rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
+    return Claim(rows, accounts, expires)
+
+
+def _ready_rows(conn, account_id: str | None, now: float, limit: int) -> list[dict]:
+    found: list[dict] = []
+    for priority in PRIORITIES:
+        if len(found) >= limit:
+            break
+        params = {
+            "account_id": account_id,
+            "priority": priority,
+            "now": now,
+            "limit": limit - len(found),
+        }
+        found.extend(conn.execute(_READY, params).fetchall())
+    return found
+
+
+def next_ready_at(conn, account_ids: list[str | None]) -> float | None:
+    """The earliest ready_at of any unsent message of these accounts (None: nothing queued)."""
+    earliest = None
+    for account_id in account_ids:
+        for priority in PRIORITIES:
+            row = conn.execute(
+                _NEXT_READY, {"account_id": account_id, "priority": priority}
+            ).fetchone()
+            if row is not None and (earliest is None or row["ready_at"] < earliest):
+                earliest = row["ready_at"]
+    return earliest
+
+
+def extend_lease(conn, ids: list[str], owner: str, expires: float) -> None:
+    """Push the lease of rows still held forward (a long batch must not lose its rows)."""
+    with write(conn):
+        conn.executemany(
+            "UPDATE messages SET lease_expires = ?, ready_at = ? "
+            "WHERE id = ? AND lease_owner = ? AND sent_ts IS NULL AND error_ts IS NULL",
+            [(expires, expires, message_id, owner) for message_id in ids],
+        )
+
+
+def release(conn, ids: list[str], owner: str, now: float, ready_at: float | None = None) -> None:
+    """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts)."""
+    if not ids:
+        return
+    with write(conn):
+        conn.executemany(
+            "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, "
+            "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
+            "WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL",
+            [{"id": i, "owner": owner, "now": now, "ready_at": ready_at} for i in ids],
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt as the attempts table records it."""
+
+    message_id: str
+    account_id: str | None
+    ts: float  # the moment the SMTP send started (the rate-limit ledger is rebuilt from it)
+    outcome: str
+    smtp_code: int | None = None
+    detail: str = ""
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A message's next state after an attempt; ``state`` is sent, error, retry or deferred."""
+
+    attempt: Attempt
+    state: str
+    now: float
+    ready_at: float | None = None  # retry and deferred: when the row may be claimed again
+    error: str | None = None
+    refused: dict | None = None
+    possible_duplicate: bool = False
+
+
+_SENT = """
+UPDATE messages SET sent_ts = :now_s, outcome_at = :now, updated_at = :now_s,
+    error = NULL, smtp_code = :code, refused = :refused, attempts = attempts + 1,
+    possible_duplicate = max(possible_duplicate, :dup),
+    lease_owner = NULL, lease_expires = NULL
+WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+"""
+_ERROR = """
+UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
+    error = :error, smtp_code = coalesce(:code, smtp_code),
+    attempts = attempts + :counted, possible_duplicate = max(possible_duplicate, :dup),
+    lease_owner = NULL, lease_expires = NULL
+WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+"""
+_RETRY = """
+UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at = :now_s,
+    error = coalesce(:error, error), smtp_code = coalesce(:code, smtp_code),
+    attempts = attempts + :counted,
+    possible_duplicate = max(possible_duplicate, :dup),
+    lease_owner = NULL, lease_expires = NULL
+WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+"""
+_STATEMENTS = {"sent": _SENT, "error": _ERROR, "retry": _RETRY, "deferred": _RETRY}
+
+
+def record(conn, transitions: list[Transition], process: str) -> None:
+    """Apply outcomes and write their attempts rows, all in one short transaction."""
+    with write(conn):
+        for t in transitions:
+            a = t.attempt
+            counted = 0 if a.outcome in (DEFERRED, REJECTED) else 1
+            conn.execute(
+                _STATEMENTS[t.state],
+                {
+                    "id": a.message_id,
+                    "now": t.now,
+                    "now_s": int(t.now),
+                    "code": a.smtp_code,
+                    "error": t.error,
+                    "counted": counted,
+                    "dup": int(t.possible_duplicate),
+                    "refused": json.dumps(t.refused) if t.refused else None,
+                    "ready_at": t.ready_at,
+                    "deferred_ts": None if t.ready_at is None else math.ceil(t.ready_at),
+                },
+            )
+            conn.execute(
+                "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
+                "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    a.message_id,
+                    a.account_id,
+                    a.ts,
+                    a.outcome,
+                    a.smtp_code,
+                    a.detail,
+                    a.duration,
+                    process,
+                ),
+            )
+
+
+def run_now_at(conn) -> float:
+    """The time of the latest ``run-now`` command (0 when never called)."""
+    row = conn.execute("SELECT value FROM settings WHERE key = 'run_now_at'").fetchone()
+    try:
+        return float(row["value"]) if row else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,277 @@
+"""One dispatcher iteration: claim -> fetch attachments and build MIME -> reserve a rate slot
+-> send -> record.  ``main()`` in ``__main__`` loops on ``Dispatcher.run_once``.
+
+Everything with a side effect (database, SMTP pool, attachment fetcher, rate-limit ledger,
+clock, randomness) enters through the constructor, so tests step the loop with real peers.
+Whatever goes wrong with one message becomes that message's recorded outcome; the batch
+goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+
+from common import crypto, metrics, queue, store, wakeup
+from common.config import Config
+from common.logs import fields
+from common.models import Message
+from common.ratelimit import Limits
+from dispatcher import mime
+from dispatcher.attachments import AttachmentError
+from dispatcher.smtp import Endpoint, Outcome, Phase, Result
+
+logger = logging.getLogger(__name__)
+
+JITTER = 0.10  # retry delays vary ±10 % so a burst of failures does not retry in lockstep
+REPORT_NUDGE_EVERY = 0.02  # seconds: wake the reporter at most this often within a batch
+
+
+class Dispatcher:
+    """Claims ready messages and delivers them, one claim per ``run_once``."""
+
+    def __init__(
+        self,
+        conn,
+        config: Config,
+        *,
+        ledger,
+        pool,
+        fetcher,
+        name: str,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ):
+        self.conn, self.config = conn, config
+        self.ledger, self.pool, self.fetcher = ledger, pool, fetcher
+        self.name, self.owner = name, f"{name}:{os.getpid()}"
+        self.clock, self.rng = clock, rng or random.Random()
+        self.should_stop = should_stop
+        self.next_ready: float | None = None
+        self.run_now_seen = queue.run_now_at(conn)
+        self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
+        self._unreported = 0
+        self._nudged = 0.0
+
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
+        self.config = config
+        self.fetcher.config = config
+
+    # -- the iteration ------------------------------------------------------------------------
+    def run_once(self, now: float) -> bool:
+        """Claim and deliver one batch; False when nothing was ready (the caller may sleep)."""
+        if not self._may_claim():
+            self.next_ready = None
+            return False
+        claim = queue.claim(
+            self.conn,
+            self.owner,
+            now,
+            self.config.lease_seconds,
+            self.config.batch_size_per_account,
+            self.config.has_default_account,
+        )
+        if not claim.messages:
+            self.draining = False
+            ids = [*claim.accounts, *([None] if self.config.has_default_account else [])]
+            self.next_ready = queue.next_ready_at(self.conn, ids)
+            return False
+        self._deliver_claim(claim)
+        self._nudge_reporter(force=True)
+        return True
+
+    def idle_seconds(self) -> float:
+        """How long to sleep when idle: the poll interval, or less if a row is due sooner."""
+        wait = self.config.send_interval_seconds
+        if self.next_ready is not None:
+            wait = min(wait, max(0.0, self.next_ready - self.clock()))
+        return wait
+
+    def _may_claim(self) -> bool:
+        if not store.is_active(self.conn, self.config.active):
+            return False  # suspended: reporting goes on, sending does not
+        if not self.config.test_mode or self.draining:
+            return True
+        run_now = queue.run_now_at(self.conn)
+        if run_now > self.run_now_seen:
+            self.run_now_seen, self.draining = run_now, True
+        return self.draining
+
+    def _deliver_claim(self, claim: queue.Claim) -> None:
+        held: dict[str | None, float] = {}  # rate-limited account -> when a slot frees
+        skipped: dict[str | None, list[str]] = {}
+        lease_expires = claim.lease_expires
+        for index, row in enumerate(claim.messages):
+            if self.should_stop():  # SIGTERM: the message in hand is done; give back the rest
+                rest = [r["id"] for r in claim.messages[index:]]
+                queue.release(self.conn, rest, self.owner, self.clock())
+                break
+            account_id = row["account_id"]
+            if account_id in held:
+                skipped.setdefault(account_id, []).append(row["id"])
+                continue
+            lease_expires = self._keep_lease(claim.messages[index:], lease_expires)
+            transition = self._attempt(row, claim.accounts.get(account_id))
+            queue.record(self.conn, [transition], self.name)
+            self._count(row, transition)
+            if transition.attempt.outcome == queue.DEFERRED:
+                held[account_id] = transition.ready_at
+        for account_id, ids in skipped.items():
+            queue.release(self.conn, ids, self.owner, self.clock(), ready_at=held[account_id])
+
+    def _keep_lease(self, remaining: list[dict], lease_expires: float) -> float:
+        """Extend the lease of the rows still to send once half of it has run out."""
+        now = self.clock()
+        if now < lease_expires - self.config.lease_seconds / 2:
+            return lease_expires
+        expires = now + self.config.lease_seconds
+        queue.extend_lease(self.conn, [r["id"] for r in remaining], self.owner, expires)
+        return expires
+
+    # -- one message --------------------------------------------------------------------------
+    def _attempt(self, row: dict, account: dict | None) -> queue.Transition:
+        """Build, reserve, send; every failure becomes the message's transition."""
+        started = self.clock()
+        try:
+            envelope, endpoint = self._prepare(row, account)
+        except AttachmentError as exc:
+            outcome = Outcome.PERMANENT if exc.final else Outcome.TEMPORARY
+            return self._after(
+                row, Result(outcome, Phase.CONNECT, None, f"attachment {exc}"), started, None
+            )
+        except (mime.BuildError, crypto.SecretError) as exc:
+            outcome = Outcome.PERMANENT if isinstance(exc, mime.BuildError) else Outcome.TEMPORARY
+            return self._after(row, Result(outcome, Phase.CONNECT, None, str(exc)), started, None)
+        except Exception as exc:
+            logger.exception(fields(event="build_failed", id=row["id"]))
+            result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"internal error: {exc!r}")
+            return self._after(row, result, started, None)
+        limits = Limits.from_account(account)
+        free_at = self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
+        if free_at is not None:
+            return self._held_back(row, account, free_at)
+        return self._send(row, envelope, endpoint)
+
+    def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint]:
+        msg = Message.model_validate_json(row["payload"])
+        parts = self.fetcher.fetch_all(msg.attachments or [])
+        envelope = mime.build(msg, parts, self.clock())
+        if account is None:
+            if row["account_id"] is not None:
+                raise mime.BuildError(f"account {row['account_id']!r} no longer exists")
+            return envelope, Endpoint.from_config(self.config)
+        return envelope, Endpoint.from_account(account, self.config.secret_key)
+
+    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint) -> queue.Transition:
+        start = self.clock()
+        try:
+            result = self.pool.send(
+                row["account_id"], endpoint, envelope.sender, envelope.recipients, envelope.data
+            )
+        except Exception as exc:  # a bug, not a server answer: the link's state is unknown
+            logger.exception(fields(event="send_failed", id=row["id"]))
+            self.pool.discard(row["account_id"])
+            result = Result(Outcome.UNCERTAIN, Phase.REPLY, None, f"internal error: {exc!r}")
+        duration = self.clock() - start
+        metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
+        return self._after(row, result, start, duration)
+
+    def _held_back(self, row: dict, account: dict, free_at: float) -> queue.Transition:
+        now = self.clock()
+        metrics.RATE_LIMITED.labels(_label(row["account_id"])).inc()
+        if account.get("limit_behavior") == "reject":
+            attempt = self._attempt_row(row, now, queue.REJECTED, None, "rate limit exceeded")
+            return queue.Transition(attempt, "error", now, error="rate limit exceeded")
+        detail = f"rate limit: next slot in {free_at - now:.3f}s"
+        attempt = self._attempt_row(row, now, queue.DEFERRED, None, detail)
+        return queue.Transition(attempt, "deferred", now, ready_at=free_at)
+
+    def _after(self, row: dict, result: Result, start: float, duration: float | None):
+        """The transition an SMTP result (or a failure before SMTP) leads to."""
+        now = self.clock()
+        attempt = self._attempt_row(
+            row, start, result.outcome.value, result.code, result.detail, duration
+        )
+        if result.outcome is Outcome.SENT:  # SENDING -> SENT
+            return queue.Transition(attempt, "sent", now, refused=result.refused or None)
+        if result.outcome is Outcome.PERMANENT:  # SENDING -> ERROR
+            return queue.Transition(attempt, "error", now, error=result.detail)
+        uncertain = result.outcome is Outcome.UNCERTAIN
+        done = row["attempts"] + 1
+        if done > self.config.max_retries:  # SENDING -> ERROR: retries exhausted
+            error = f"{result.detail} (gave up after {done} attempts)"
+            return queue.Transition(
+                attempt, "error", now, error=error, possible_duplicate=uncertain
+            )
+        # SENDING -> DEFERRED: retry later; an uncertain send waits at least the 2nd delay
+        ready_at = now + self.retry_delay(done, uncertain)
+        return queue.Transition(
+            attempt,
+            "retry",
+            now,
+            ready_at=ready_at,
+            error=result.detail,
+            possible_duplicate=uncertain,
+        )
+
+    def retry_delay(self, attempts_done: int, uncertain: bool = False) -> float:
+        """Seconds before the next try after ``attempts_done`` attempts (last delay repeats)."""
+        delays = self.config.retry_delays
+        delay = delays[min(attempts_done, len(delays)) - 1]
+        if uncertain:
+            delay = max(delay, delays[min(1, len(delays) - 1)])
+        return delay * self.rng.uniform(1 - JITTER, 1 + JITTER)
+
+    def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> queue.Attempt:
+        return queue.Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def _count(self, row: dict, transition: queue.Transition) -> None:
+        account, attempt = _label(row["account_id"]), transition.attempt
+        metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
+        if transition.state == "sent":
+            metrics.SENT.labels(account).inc()
+            metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
+                max(0.0, transition.now - row["enqueued_at"])
+            )
+        elif transition.state == "error":
+            metrics.ERRORS.labels(account).inc()
+        else:
+            metrics.DEFERRED.labels(account).inc()
+        if transition.state in ("sent", "error"):
+            self._unreported += 1
+            self._nudge_reporter()
+        if self.config.delivery_activity:
+            logger.info(
+                fields(
+                    event="attempt",
+                    id=row["id"],
+                    account=account,
+                    outcome=attempt.outcome,
+                    state=transition.state,
+                    code=attempt.smtp_code or "",
+                    attempt=row["attempts"] + 1,
+                    duration=f"{attempt.duration or 0:.4f}",
+                    detail=attempt.detail,
+                )
+            )
+
+    def _nudge_reporter(self, force: bool = False) -> None:
+        """Wake the reporter after terminal outcomes, at most every REPORT_NUDGE_EVERY."""
+        now = self.clock()
+        if self._unreported and (force or now - self._nudged >= REPORT_NUDGE_EVERY):
+            wakeup.notify(self.config.run_dir, wakeup.REPORTER)
+            self._unreported, self._nudged = 0, now
+
+    def close(self) -> None:
+        """Close pooled SMTP connections (shutdown)."""
+        self.pool.close()
+
+
+def _label(account_id: str | None) -> str:
+    return "default" if account_id is None else account_id

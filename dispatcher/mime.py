@@ -1,0 +1,133 @@
+"""Building the RFC 5322 message and its SMTP envelope from a stored payload.
+
+``email.message.EmailMessage`` with the SMTP policy does the encoding: RFC 2047 for non-ASCII
+subjects and names, RFC 2231 for attachment file names, quoted-printable or base64 for
+non-ASCII bodies (7-bit output, so servers without 8BITMIME take it).  Bcc addresses go only
+into the envelope.  The ``Message-ID`` is the client's, else derived from the message id, so
+a duplicate send is recognisable downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from common.models import Message, parse_address_list
+
+POLICY = policy.SMTP.clone(cte_type="7bit")  # CRLF line ends, 7-bit clean bodies
+MESSAGE_ID_DOMAIN = "asyncmail"
+# Headers the builder owns; a custom header of the same name replaces ours, except these.
+PROTECTED = {"bcc", "mime-version", "content-type", "content-transfer-encoding"}
+
+
+class BuildError(ValueError):
+    """The message cannot be expressed as MIME (deterministic: a retry would fail again)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """An attachment's bytes, ready to attach."""
+
+    filename: str
+    data: bytes
+    mime_type: str | None = None
+    content_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP transaction needs."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+def derived_message_id(message_id: str) -> str:
+    """The Message-ID of a message whose client gave none: a stable hash of its id."""
+    digest = hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    return f"<{digest}@{MESSAGE_ID_DOMAIN}>"
+
+
+def _angle(value: str) -> str:
+    value = value.strip()
+    return value if value.startswith("<") and value.endswith(">") else f"<{value}>"
+
+
+def _addresses(value) -> list[Address]:
+    out = []
+    for name, addr in parse_address_list(value or []):
+        local, _, domain = addr.rpartition("@")
+        out.append(Address(display_name=name, username=local, domain=domain))
+    return out
+
+
+def _guess_type(part: Part) -> tuple[str, str]:
+    mime_type = part.mime_type or mimetypes.guess_type(part.filename)[0]
+    maintype, _, subtype = (mime_type or "application/octet-stream").partition("/")
+    if maintype == "multipart":  # cannot be an opaque leaf part
+        return "application", "octet-stream"
+    return maintype, subtype
+
+
+def build(msg: Message, parts: list[Part], now: float) -> Envelope:
+    """The envelope and the encoded message; raises BuildError when it cannot be built."""
+    try:
+        data = _render(msg, parts, now)
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise BuildError(f"cannot build the message: {exc}") from None
+    sender = parse_address_list(msg.return_path or msg.from_)[0][1]
+    recipients = list(dict.fromkeys(msg.recipients()))
+    for addr in [sender, *recipients]:
+        if not addr.isascii():
+            raise BuildError(f"address {addr!r} needs SMTPUTF8, which is not supported")
+    return Envelope(sender, recipients, data)
+
+
+def _render(msg: Message, parts: list[Part], now: float) -> bytes:
+    email_msg = EmailMessage(policy=POLICY)
+    _set_headers(email_msg, msg, now)
+    email_msg.set_content(msg.body, subtype="html" if msg.is_html else "plain")
+    for part in parts:
+        maintype, subtype = _guess_type(part)
+        if part.content_id:
+            email_msg.add_related(
+                part.data,
+                maintype,
+                subtype,
+                cid=_angle(part.content_id),
+                disposition="inline",
+                filename=part.filename,
+            )
+    for part in parts:
+        if not part.content_id:
+            maintype, subtype = _guess_type(part)
+            email_msg.add_attachment(part.data, maintype, subtype, filename=part.filename)
+    return email_msg.as_bytes()
+
+
+def _set_headers(email_msg: EmailMessage, msg: Message, now: float) -> None:
+    name, addr = parse_address_list(msg.from_)[0]
+    local, _, domain = addr.rpartition("@")
+    email_msg["From"] = Address(display_name=msg.from_name or name, username=local, domain=domain)
+    email_msg["To"] = _addresses(msg.to)
+    if msg.cc:
+        email_msg["Cc"] = _addresses(msg.cc)
+    if msg.reply_to:
+        email_msg["Reply-To"] = _addresses(msg.reply_to)
+    email_msg["Subject"] = msg.subject
+    email_msg["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    email_msg["Message-ID"] = (
+        _angle(msg.message_id) if msg.message_id else derived_message_id(msg.id)
+    )
+    for header, value in (msg.headers or {}).items():
+        if header.lower() in PROTECTED:
+            continue
+        del email_msg[header]
+        email_msg[header] = value
