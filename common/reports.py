@@ -49,6 +49,16 @@ def _epoch(value) -> int | None:
     return None if value is None else int(value)
 
 
+def _refused(text: str | None):
+    """The stored JSON of refused recipients; unparsable text is passed on, never a blocker."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def report_item(row: dict, now: float) -> dict:
     """One ``delivery_report`` item: the reference's seven fields first, unchanged, then ours."""
     item = {
@@ -62,7 +72,7 @@ def report_item(row: dict, now: float) -> dict:
         "status": status_of(row, now).value,
         "attempts": row["attempts"],
         "smtp_code": row["smtp_code"],
-        "refused": json.loads(row["refused"]) if row["refused"] else None,
+        "refused": _refused(row["refused"]),
     }
     if row["possible_duplicate"]:
         item["possible_duplicate"] = True

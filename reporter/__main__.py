@@ -39,7 +39,7 @@ def main() -> int:
     def turn() -> bool:
         try:
             return reporter.run_once(time.time())
-        except apsw.Error:
+        except Exception:  # the loop boundary: log it, sleep, try again
             logger.exception(fields(event="turn_failed"))
             return False
 

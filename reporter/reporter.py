@@ -150,7 +150,10 @@ class Reporter:
 
     def _run_now_at(self) -> float:
         value = store.get_setting(self.conn, "run_now_at")
-        return float(value) if value else 0.0
+        try:
+            return float(value) if value else 0.0
+        except ValueError:  # not written by run-now: ignore it rather than stop reporting
+            return 0.0
 
     def _saw_run_now(self, now: float) -> bool:
         """True once per run-now: it posts at once, past any backoff, and opens test_mode."""

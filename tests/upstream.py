@@ -73,6 +73,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a production upstream allows
+    disable_nagle_algorithm = True  # headers and body go out as they are written, no 40 ms stall
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)
@@ -158,6 +159,11 @@ class Upstream:
         self._released.set()
 
     # -- what arrived -------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Forget every request recorded so far."""
+        with self._changed:
+            self.requests.clear()
+
     def answered(self) -> list[Received]:
         """Requests answered with a 2xx, in arrival order."""
         with self._changed:
