@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from common import db, reports, store
 from reporter.client import SyncClient
@@ -53,6 +54,11 @@ def record_outcome(
         )
 
 
+def sample(name: str, **labels) -> float:
+    """A metric's current value in this process (0 before its first observation)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def reported_ts(conn, message_id: str):
     row = conn.execute("SELECT reported_ts FROM messages WHERE id = ?", (message_id,)).fetchone()
     return None if row is None else row["reported_ts"]
@@ -95,10 +101,14 @@ def test_outcomes_reach_upstream_once_each_oldest_first(upstream, make_reporter,
     for n in (3, 1, 2):
         record_outcome(conn, f"m{n}", T0 - 10 + n)
     reporter = make_reporter(client_sync_url=upstream.url)
+    before = [sample("asyncmail_report_items_total"), sample("asyncmail_report_lag_seconds_count")]
 
     assert reporter.run_once(T0) is True
     assert drain(reporter, T0 + 1) == 1
     drain(reporter, T0 + 2)
+
+    after = [sample("asyncmail_report_items_total"), sample("asyncmail_report_lag_seconds_count")]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [3, 3]
 
     assert [item["id"] for item in upstream.items()] == ["m1", "m2", "m3"]
     assert len(upstream.requests) == 1
@@ -281,7 +291,11 @@ def test_upstream_trouble_loses_nothing_and_backs_off(trouble, upstream, make_re
     reporter = make_reporter(client_sync_url=upstream.url)
     {"500": lambda: upstream.answer(500), "down": upstream.down, "hang": upstream.hang}[trouble]()
 
+    failed = sample("asyncmail_report_batches_total", result="failed")
+
     delays = _fail_three_times(reporter, T0)
+
+    assert sample("asyncmail_report_batches_total", result="failed") - failed == 3
 
     assert delays[0] < delays[1] < delays[2] <= BACKOFF_MAX
     assert reports.unreported_count(conn) == 3
