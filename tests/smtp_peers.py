@@ -1,8 +1,9 @@
 """Real SMTP peers for tests: aiosmtpd servers in a background thread, and their fixtures.
 
-Import what you need into a test module (pytest finds fixtures imported there)::
+Import the fixtures into a test module (pytest finds fixtures imported there; add
+``# ruff: noqa: F811`` at the top, since tests take them as parameters)::
 
-    from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401  (fixtures)
+    from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401
 
     def test_something(smtp_server):
         peer = smtp_server()                      # plain SMTP, records every message
@@ -42,8 +43,6 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tests.conftest import free_port
 
 HOST = "127.0.0.1"
-# A plain server that requires AUTH is what the AUTH tests need; aiosmtpd warns about it.
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
 @dataclass
@@ -201,6 +200,15 @@ def _authenticator(user: str, password: str):
     return check
 
 
+class _QuietController(Controller):
+    """aiosmtpd warns on every connection when AUTH is allowed without STARTTLS: hush."""
+
+    def factory(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return super().factory()
+
+
 def start_server(
     kind: str = "plain",
     *,
@@ -221,10 +229,10 @@ def start_server(
     if auth is not None:
         params.update(
             auth_required=True,
-            auth_require_tls=kind != "plain",
+            auth_require_tls=kind == "starttls",  # implicit TLS is not seen as TLS here
             authenticator=_authenticator(*auth),
         )
-    controller = Controller(handler, hostname=HOST, port=port or free_port(), **params)
+    controller = _QuietController(handler, hostname=HOST, port=port or free_port(), **params)
     controller.start()
     return Peer(controller, handler, kind)
 

@@ -1,0 +1,411 @@
+"""Dispatcher.run_once against real aiosmtpd servers, a real database and a fixed clock."""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.smtp_peers are parameters here)
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+
+import pytest
+
+from common import crypto, intake, queue, store, wakeup
+from common.ratelimit import Ledger
+from dispatcher.attachments import Fetcher
+from dispatcher.core import Dispatcher
+from dispatcher.smtp import Pool
+from tests.smtp_peers import Behavior, silent_server, smtp_server, tls_cert  # noqa: F401
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_dispatcher(conn, config, cert=None, clock=None, **kwargs) -> Dispatcher:
+    clock = clock or Clock()
+    ledger = Ledger(config.ratelimit_dir, functools.partial(store.send_starts, conn))
+    pool = Pool(context=cert.client_context() if cert else None, clock=clock)
+    return Dispatcher(
+        conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config), name="test",
+        clock=clock, rng=random.Random(7), **kwargs,
+    )  # fmt: skip
+
+
+def message(i: int | str, account_id: str | None = "acct", **fields) -> dict:
+    item = {
+        "id": f"m{i}", "from": "sender@example.com", "to": "rcpt@example.com",
+        "subject": f"hello {i}", "body": f"body {i}",
+    }  # fmt: skip
+    if account_id is not None:
+        item["account_id"] = account_id
+    item.update(fields)
+    return item
+
+
+def enqueue(conn, config, *items, now=T0) -> None:
+    result = intake.accept_batch(conn, config, list(items), now)
+    assert not result.rejected, result.rejected
+
+
+def row(conn, message_id: str) -> dict:
+    return conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+
+
+def attempts(conn, message_id: str) -> list[dict]:
+    return conn.execute(
+        "SELECT * FROM attempts WHERE message_id = ? ORDER BY id", (message_id,)
+    ).fetchall()
+
+
+@pytest.fixture
+def account(conn, smtp_server):
+    """A plain server and an account 'acct' pointing at it."""
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(), int(T0))
+    return peer
+
+
+@pytest.mark.parametrize("kind", ["plain", "starttls", "tls"])
+def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert, kind):
+    peer = smtp_server(kind, auth=("mailer", "s3cret"))
+    store.upsert_account(conn, peer.account(user="mailer", password="s3cret"), int(T0))
+    enqueue(conn, config, message(1), message(2))
+    dispatcher = make_dispatcher(conn, config, tls_cert)
+    assert dispatcher.run_once(T0) is True
+    assert [r.message()["Subject"] for r in peer.received] == ["hello 1", "hello 2"]
+    assert len({r.peer_port for r in peer.received}) == 1  # one pooled connection
+    sent = row(conn, "m1")
+    assert (sent["sent_ts"], sent["outcome_at"], sent["attempts"]) == (int(T0), T0, 1)
+    assert sent["lease_owner"] is None and sent["smtp_code"] == 250
+    [attempt] = attempts(conn, "m1")
+    assert (attempt["outcome"], attempt["smtp_code"], attempt["ts"]) == ("sent", 250, T0)
+    assert store.get_message(conn, "m1", T0)["status"] == "sent"
+    assert dispatcher.run_once(T0) is False  # nothing left
+    dispatcher.close()
+
+
+def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
+    config = make_config(secret_key="k" * 32)
+    from common import db
+
+    conn = db.connect(config.database)
+    peer = smtp_server("tls", auth=("mailer", "s3cret"))
+    sealed = crypto.seal("s3cret", config.secret_key)
+    store.upsert_account(conn, peer.account(user="mailer", password=sealed), int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config, tls_cert).run_once(T0)
+    assert row(conn, "m1")["sent_ts"] is not None
+    conn.close()
+
+
+def test_wrong_password_is_temporary(conn, config, smtp_server):
+    peer = smtp_server("plain", auth=("mailer", "s3cret"))
+    store.upsert_account(conn, peer.account(user="mailer", password="wrong"), int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config).run_once(T0)
+    failed = row(conn, "m1")
+    assert failed["sent_ts"] is None and failed["error_ts"] is None
+    assert 54 <= failed["ready_at"] - T0 <= 66  # first retry delay 60 s ± 10 %
+    assert failed["deferred_ts"] == int(failed["ready_at"]) + 1
+    assert "535" in failed["error"] and failed["attempts"] == 1
+    assert attempts(conn, "m1")[0]["outcome"] == "temporary"
+    assert peer.received == []
+
+
+def test_default_account_from_smtp_section(make_config, smtp_server):
+    peer = smtp_server()
+    config = make_config(smtp_host=peer.host, smtp_port=peer.port)
+    from common import db
+
+    conn = db.connect(config.database)
+    enqueue(conn, config, message(1, account_id=None))
+    make_dispatcher(conn, config).run_once(T0)
+    assert len(peer.received) == 1 and row(conn, "m1")["sent_ts"] == int(T0)
+    assert attempts(conn, "m1")[0]["account_id"] is None
+    conn.close()
+
+
+def test_priority_then_age_within_one_claim(conn, config, account):
+    enqueue(conn, config, message("low", priority="low"), now=T0 - 30)
+    enqueue(conn, config, message("old", priority=2), now=T0 - 20)
+    enqueue(conn, config, message("new", priority=2), now=T0 - 10)
+    enqueue(conn, config, message("now", priority="immediate"), now=T0 - 5)
+    make_dispatcher(conn, config).run_once(T0)
+    order = [r.message()["Subject"] for r in account.received]
+    assert order == ["hello now", "hello old", "hello new", "hello low"]
+
+
+def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
+    config = make_config(batch_size_per_account=2)
+    busy, quiet = smtp_server(), smtp_server()
+    store.upsert_account(conn, busy.account("busy"), int(T0))
+    store.upsert_account(conn, quiet.account("quiet", batch_size=1), int(T0))
+    enqueue(conn, config, *[message(f"b{i}", "busy") for i in range(5)])
+    enqueue(conn, config, *[message(f"q{i}", "quiet") for i in range(3)])
+    dispatcher = make_dispatcher(conn, config)
+    dispatcher.run_once(T0)
+    assert (len(busy.received), len(quiet.received)) == (2, 1)
+    dispatcher.run_once(T0)
+    assert (len(busy.received), len(quiet.received)) == (4, 2)
+
+
+def test_claims_never_overlap_and_expired_leases_are_taken(conn, config, account):
+    from common import db
+
+    enqueue(conn, config, *[message(i) for i in range(4)])
+    other = db.connect(config.database)
+    first = queue.claim(conn, "a", T0, 120, 50, False)
+    second = queue.claim(other, "b", T0, 120, 50, False)
+    assert len(first.messages) == 4 and second.messages == []
+    assert store.get_message(conn, "m0", T0)["status"] == "sending"
+    taken = queue.claim(other, "b", T0 + 121, 120, 50, False)  # "a" died: its lease ran out
+    assert sorted(m["id"] for m in taken.messages) == ["m0", "m1", "m2", "m3"]
+    other.close()
+
+
+A, X, Y = "rcpt@example.com", "x@example.com", "y@example.com"
+
+
+@pytest.mark.parametrize(
+    ("to", "replies", "state", "refused"),
+    [
+        ([A, X], {X: "451 4.7.1 later"}, "sent", {X: [451, "4.7.1 later"]}),
+        ([A, X, Y], {X: "550 5.1.1 unknown", Y: "451 later"}, "sent", None),
+        ([A, X], {A: "550 5.1.1 unknown", X: "550 no"}, "error", None),
+        ([A, X], {A: "451 later", X: "550 no"}, "retry", None),
+    ],
+)
+def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused):
+    peer = smtp_server(behavior=Behavior(rcpt=replies))
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1, to=to))
+    make_dispatcher(conn, config).run_once(T0)
+    got = row(conn, "m1")
+    if state == "sent":
+        assert got["sent_ts"] == int(T0)
+        stored = json.loads(got["refused"])
+        assert set(stored) == set(replies) and (refused is None or stored == refused)
+        accepted = [a for a in to if a not in replies]
+        assert peer.received[0].recipients == accepted
+    elif state == "error":
+        assert got["error_ts"] == int(T0) and "all recipients refused" in got["error"]
+    else:
+        assert got["error_ts"] is None and got["ready_at"] > T0 + 50
+
+
+@pytest.mark.parametrize(("reply", "final"), [("451 4.3.0 busy", False), ("554 5.7.1 spam", True)])
+def test_end_of_data_reply(conn, config, smtp_server, reply, final):
+    peer = smtp_server(behavior=Behavior(data_reply=reply))
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1), message(2))
+    make_dispatcher(conn, config).run_once(T0)
+    for message_id in ("m1", "m2"):  # the connection is reset and reused after each
+        got = row(conn, message_id)
+        assert (got["error_ts"] is not None) is final
+        assert got["smtp_code"] == int(reply[:3]) and got["possible_duplicate"] == 0
+    assert len({r.peer_port for r in peer.handler.attempted}) == 1
+
+
+def test_drop_after_data_is_uncertain(conn, config, smtp_server):
+    peer = smtp_server(behavior=Behavior(drop_after_data=True))
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config).run_once(T0)
+    got = row(conn, "m1")
+    assert got["possible_duplicate"] == 1 and got["sent_ts"] is None
+    assert got["ready_at"] - T0 >= 300 * 0.9  # no sooner than the second retry delay
+    assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
+    assert store.get_message(conn, "m1", T0)["possible_duplicate"] is True
+
+
+def test_silence_times_out_as_temporary(conn, config, silent_server):
+    store.upsert_account(conn, silent_server.account("acct", timeout=0.3), int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config).run_once(T0)
+    got = row(conn, "m1")
+    assert got["error_ts"] is None and got["possible_duplicate"] == 0
+    assert "timed out" in got["error"].lower() or "timeout" in got["error"].lower()
+
+
+def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
+    peer = smtp_server(behavior=Behavior(data_delay=5))
+    store.upsert_account(conn, peer.account(timeout=0.3), int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config).run_once(T0)
+    assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
+    assert row(conn, "m1")["possible_duplicate"] == 1
+
+
+def test_retries_until_max_then_error(conn, make_config, smtp_server):
+    config = make_config(max_retries=2, retry_delays=(10, 20))
+    peer = smtp_server(behavior=Behavior(data_reply="451 later"))
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1))
+    clock = Clock()
+    dispatcher = make_dispatcher(conn, config, clock=clock)
+    for expected_delay in (10, 20):
+        dispatcher.run_once(clock.t)
+        assert abs(row(conn, "m1")["ready_at"] - clock.t - expected_delay) <= expected_delay * 0.1
+        assert dispatcher.run_once(clock.t) is False  # not before its time
+        clock.t = row(conn, "m1")["ready_at"]
+    dispatcher.run_once(clock.t)
+    got = row(conn, "m1")
+    assert got["error_ts"] is not None and "gave up after 3 attempts" in got["error"]
+    assert [a["outcome"] for a in attempts(conn, "m1")] == ["temporary"] * 3
+
+
+def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(limit_per_minute=1), int(T0))
+    enqueue(conn, config, message(1), message(2), message(3))
+    dispatcher = make_dispatcher(conn, config)
+    dispatcher.run_once(T0)
+    assert len(peer.received) == 1
+    held = row(conn, "m2")
+    assert held["attempts"] == 0 and held["lease_owner"] is None
+    assert held["ready_at"] == pytest.approx(T0 + 60) and held["deferred_ts"] == int(T0 + 60)
+    assert [a["outcome"] for a in attempts(conn, "m2")] == ["deferred"]
+    skipped = row(conn, "m3")  # released cheaply, without an attempt row
+    assert skipped["ready_at"] == pytest.approx(T0 + 60) and attempts(conn, "m3") == []
+    assert dispatcher.run_once(T0 + 1) is False
+
+
+def test_rate_limit_reject(conn, config, smtp_server):
+    peer = smtp_server()
+    account = peer.account(limit_per_minute=1, limit_behavior="reject")
+    store.upsert_account(conn, account, int(T0))
+    enqueue(conn, config, message(1), message(2))
+    make_dispatcher(conn, config).run_once(T0)
+    got = row(conn, "m2")
+    assert got["error"] == "rate limit exceeded" and got["error_ts"] == int(T0)
+    assert attempts(conn, "m2")[0]["outcome"] == "rejected"
+
+
+def test_account_limit_change_applies_on_next_claim(conn, config, smtp_server):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(limit_per_minute=1), int(T0))
+    enqueue(conn, config, message(1), message(2))
+    dispatcher = make_dispatcher(conn, config)
+    dispatcher.run_once(T0)
+    assert len(peer.received) == 1
+    store.upsert_account(conn, peer.account(limit_per_minute=10), int(T0))
+    store.upsert_account(conn, peer.account(limit_per_minute=None), int(T0))
+    conn.execute("UPDATE messages SET ready_at = ?, deferred_ts = NULL", (T0,))
+    dispatcher.run_once(T0 + 1)
+    assert len(peer.received) == 2
+
+
+def test_suspend_and_test_mode(conn, make_config, account):
+    config = make_config(test_mode=True)
+    enqueue(conn, config, message(1))
+    dispatcher = make_dispatcher(conn, config)
+    assert dispatcher.run_once(T0) is False  # test mode: waits for run-now
+    store.set_active(conn, False)
+    store.set_setting(conn, "run_now_at", str(T0))
+    assert dispatcher.run_once(T0) is False  # suspended wins
+    store.set_active(conn, True)
+    assert dispatcher.run_once(T0) is True
+    enqueue(conn, config, message(2))
+    assert dispatcher.run_once(T0) is True  # still draining after that run-now
+    assert dispatcher.run_once(T0) is False  # dry: waits for the next run-now
+    enqueue(conn, config, message(3))
+    assert dispatcher.run_once(T0) is False
+    assert len(account.received) == 2
+
+
+def test_poison_message_does_not_block_the_rest(conn, config, account, caplog):
+    enqueue(conn, config, message(1), message(2))
+    conn.execute("UPDATE messages SET payload = '{\"id\": 1}' WHERE id = 'm1'")
+    with caplog.at_level(logging.ERROR):
+        make_dispatcher(conn, config).run_once(T0)
+    assert row(conn, "m2")["sent_ts"] == int(T0)
+    bad = row(conn, "m1")
+    assert bad["sent_ts"] is None and "internal error" in bad["error"]
+    assert len(caplog.records) == 1
+
+
+def test_stop_releases_the_rest_of_the_claim(conn, config, account):
+    enqueue(conn, config, *[message(i) for i in range(4)])
+    sent = []
+    dispatcher = make_dispatcher(conn, config, should_stop=lambda: len(account.received) >= 1)
+    dispatcher.run_once(T0)
+    sent = [m for m in ("m0", "m1", "m2", "m3") if row(conn, m)["sent_ts"]]
+    assert sent == ["m0"]
+    for message_id in ("m1", "m2", "m3"):
+        released = row(conn, message_id)
+        assert released["lease_owner"] is None and released["ready_at"] == pytest.approx(T0)
+        assert store.get_message(conn, message_id, T0)["status"] == "queued"
+
+
+def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1))
+    dispatcher = make_dispatcher(conn, config)
+    dispatcher.run_once(T0)
+    peer.stop()  # drops the pooled connection
+    again = smtp_server(port=peer.port)
+    enqueue(conn, config, message(2))
+    dispatcher.run_once(T0)
+    assert row(conn, "m2")["sent_ts"] == int(T0) and len(again.received) == 1
+    assert [a["outcome"] for a in attempts(conn, "m2")] == ["sent"]
+
+
+def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(ttl=60), int(T0))
+    clock = Clock()
+    dispatcher = make_dispatcher(conn, config, clock=clock)
+    for i, step in enumerate((0, 10, 70)):  # idle 10 s: NOOP, reuse; past ttl: reconnect
+        clock.t += step
+        enqueue(conn, config, message(i), now=clock.t)
+        dispatcher.run_once(clock.t)
+    ports = [r.peer_port for r in peer.received]
+    assert ports[0] == ports[1] != ports[2]
+
+
+def test_reporter_is_woken_after_outcomes(conn, config, account):
+    waiter = wakeup.Waiter(config.run_dir, wakeup.REPORTER, "test")
+    try:
+        enqueue(conn, config, message(1))
+        make_dispatcher(conn, config).run_once(T0)
+        assert waiter.wait(0.5) is True
+    finally:
+        waiter.close()
+
+
+def test_idle_seconds_until_the_next_due_row(conn, make_config, account):
+    config = make_config(send_interval_seconds=5)
+    enqueue(conn, config, message(1, deferred_ts=int(T0) + 2))
+    clock = Clock()
+    dispatcher = make_dispatcher(conn, config, clock=clock)
+    assert dispatcher.run_once(T0) is False
+    assert dispatcher.idle_seconds() == pytest.approx(2)
+    clock.t += 3
+    assert dispatcher.run_once(clock.t) is True
+
+
+def test_delivery_activity_logs_one_line_without_password(make_config, smtp_server, caplog):
+    from common import db
+
+    config = make_config(delivery_activity=True)
+    conn = db.connect(config.database)
+    peer = smtp_server("plain", auth=("mailer", "pw-XYZZY"))
+    store.upsert_account(conn, peer.account(user="mailer", password="pw-XYZZY"), int(T0))
+    enqueue(conn, config, message(1))
+    with caplog.at_level(logging.INFO, logger="dispatcher"):
+        make_dispatcher(conn, config).run_once(T0)
+    lines = [r.getMessage() for r in caplog.records if "event=attempt" in r.getMessage()]
+    assert len(lines) == 1 and "outcome=sent" in lines[0] and "id=m1" in lines[0]
+    assert "XYZZY" not in caplog.text
+    conn.close()
