@@ -1,0 +1,132 @@
+"""MIME building: parse what would go on the wire and check every header, body and byte."""
+
+from __future__ import annotations
+
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+
+from common.models import Message
+from dispatcher.mime import BuildError, Part, build, derived_message_id
+
+NOW = 1_800_000_000.0
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+PDF = b"%PDF-1.4\n" + bytes(range(255, -1, -1)) * 3
+
+
+def model(**fields) -> Message:
+    base = {"id": "msg-1", "from": "sender@example.com", "to": "rcpt@example.com",
+            "subject": "Hello", "body": "Plain body\n"}  # fmt: skip
+    return Message.model_validate({**base, **fields})
+
+
+def parse(data: bytes):
+    return BytesParser(policy=policy.default).parsebytes(data)
+
+
+def text(part) -> str:
+    """A text part's content with the wire's CRLF line ends turned back into LF."""
+    return part.get_content().replace("\r\n", "\n")
+
+
+def test_plain_message_headers_and_envelope():
+    fields = {
+        "cc": "Cc Person <cc@example.com>",
+        "bcc": ["hidden@example.com"],
+        "reply_to": "replies@example.com",
+        "return_path": "bounces@example.com",
+        "headers": {"X-Campaign": "spring", "Subject": "ignored?"},
+    }
+    env = build(model(**fields), [], NOW)
+    msg = parse(env.data)
+    assert env.sender == "bounces@example.com"
+    assert env.recipients == ["rcpt@example.com", "cc@example.com", "hidden@example.com"]
+    assert msg["From"] == "sender@example.com" and msg["To"] == "rcpt@example.com"
+    assert msg["Cc"] == "Cc Person <cc@example.com>" and msg["Reply-To"] == "replies@example.com"
+    assert "Bcc" not in msg and b"hidden@example.com" not in env.data
+    assert msg["X-Campaign"] == "spring"
+    assert msg["Subject"] == "ignored?"  # a custom header replaces the builder's
+    assert msg["Date"] == "Fri, 15 Jan 2027 08:00:00 +0000"
+    assert msg["Message-ID"] == derived_message_id("msg-1")
+    assert msg.get_content_type() == "text/plain" and text(msg) == "Plain body\n"
+    assert b"\r\n" in env.data and b"\n" not in env.data.replace(b"\r\n", b"")
+
+
+def test_message_id_is_the_clients_or_stable():
+    assert parse(build(model(message_id="<abc@app.example>"), [], NOW).data)["Message-ID"] == (
+        "<abc@app.example>"
+    )
+    assert parse(build(model(message_id="abc@app.example"), [], NOW).data)["Message-ID"] == (
+        "<abc@app.example>"
+    )
+    first, again = derived_message_id("x"), derived_message_id("x")
+    assert first == again != derived_message_id("y") and first.endswith("@asyncmail>")
+
+
+def test_non_ascii_subject_names_and_body_are_encoded():
+    env = build(model(**{"from": "Zoë Ågren <z@example.com>", "to": "Jürgen <j@example.com>",
+                         "subject": "Grüße – ünïcödé ✓ " + "long " * 20,
+                         "body": "Привет, мир! ✓\n" + "ä" * 300 + "\n"}), [], NOW)  # fmt: skip
+    assert env.data.isascii()  # 7-bit clean: RFC 2047 headers, QP/base64 body
+    assert all(len(line) <= 998 for line in env.data.split(b"\r\n"))
+    msg = parse(env.data)
+    assert msg["Subject"] == "Grüße – ünïcödé ✓ " + "long " * 20
+    assert msg["From"].addresses[0].display_name == "Zoë Ågren"
+    assert msg["To"].addresses[0].display_name == "Jürgen"
+    assert text(msg) == "Привет, мир! ✓\n" + "ä" * 300 + "\n"
+
+
+def test_from_name_overrides_display_name():
+    msg = parse(
+        build(model(**{"from": "Old <s@example.com>", "from_name": "New Name"}), [], NOW).data
+    )
+    assert msg["From"] == "New Name <s@example.com>"
+
+
+@pytest.mark.parametrize("flags", [{"content_type": "html"}, {"html": True}])
+def test_html_body(flags):
+    msg = parse(build(model(body="<p>Hi</p>", **flags), [], NOW).data)
+    assert msg.get_content_type() == "text/html" and text(msg) == "<p>Hi</p>\n"
+
+
+def test_attachments_and_inline_parts():
+    parts = [
+        Part("logo.png", PNG, None, "logo@app"),
+        Part("report.pdf", PDF),
+        Part("data.bin", b"\x00\x01", "application/x-custom"),
+        Part("résumé.txt", "naïve\n".encode()),
+    ]
+    env = build(model(body='<img src="cid:logo@app">', html=True), parts, NOW)
+    msg = parse(env.data)
+    assert msg.get_content_type() == "multipart/mixed"
+    related, *attached = msg.iter_parts()
+    assert related.get_content_type() == "multipart/related"
+    html, inline = related.iter_parts()
+    assert text(html) == '<img src="cid:logo@app">\n'
+    assert (inline.get_content_type(), inline["Content-ID"]) == ("image/png", "<logo@app>")
+    assert inline.get_content_disposition() == "inline" and inline.get_content() == PNG
+    got = {p.get_filename(): (p.get_content_type(), p.get_payload(decode=True)) for p in attached}
+    assert got == {
+        "report.pdf": ("application/pdf", PDF),
+        "data.bin": ("application/x-custom", b"\x00\x01"),
+        "résumé.txt": ("text/plain", "naïve\n".encode()),
+    }
+    assert all(p.get_content_disposition() == "attachment" for p in attached)
+
+
+def test_attachments_without_inline_parts_are_mixed():
+    msg = parse(build(model(), [Part("a.csv", b"x,y\n1,2\n")], NOW).data)
+    body, csv = msg.iter_parts()
+    assert text(body) == "Plain body\n"
+    assert (csv.get_content_type(), csv.get_payload(decode=True)) == ("text/csv", b"x,y\n1,2\n")
+
+
+def test_non_ascii_envelope_address_is_refused():
+    with pytest.raises(BuildError, match="SMTPUTF8"):
+        build(model(to="jösé@example.com"), [], NOW)
+
+
+def test_leading_dots_survive_in_the_body():
+    body = ".hidden line\n..two dots\n.\n"
+    assert text(parse(build(model(body=body), [], NOW).data)) == body
