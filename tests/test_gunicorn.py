@@ -1,0 +1,155 @@
+"""The API under the real gunicorn, started as supervisord starts it (etc/gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import pytest
+import requests
+
+from tests.conftest import free_port
+from tests.procs import service_env, start, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "gunicorn-test-token"
+LIMIT = 20_000  # max_request_bytes for these servers: small, so 413 costs little
+
+
+def message(message_id: str) -> dict:
+    return {
+        "id": message_id,
+        "from": "a@example.com",
+        "to": "b@example.org",
+        "subject": "Hi",
+        "body": "Hello",
+    }
+
+
+@contextlib.contextmanager
+def gunicorn(var_dir, **settings):
+    """gunicorn -c etc/gunicorn.conf.py web.wsgi:app; yields its base URL, then stops it."""
+    port = free_port()
+    env = service_env(
+        var_dir,
+        port=port,
+        max_request_bytes=LIMIT,
+        smtp_host="127.0.0.1",
+        smtp_port=free_port(),
+        **settings,
+    )
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(var_dir / "metrics")  # as supervisord sets it
+    (var_dir / "metrics").mkdir(exist_ok=True)
+    proc = start(
+        "gunicorn", env, var_dir / "gunicorn.log", "-c", "etc/gunicorn.conf.py", "web.wsgi:app"
+    )
+    base = f"http://{settings.get('host', '127.0.0.1')}:{port}"
+    local = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(local, proc), message="gunicorn /health")
+        yield base
+    finally:
+        assert stop(proc) == 0, (var_dir / "gunicorn.log").read_text()
+
+
+def _healthy(base: str, proc) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"gunicorn exited with {proc.returncode}")
+    try:
+        return requests.get(base + "/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_real_gunicorn_authenticates_and_enqueues(var_dir):
+    with gunicorn(var_dir, api_token=TOKEN) as base:
+        assert requests.get(base + "/health").json() == {"ok": True, "status": "ok"}
+        for headers in ({}, {"X-API-Token": "wrong"}, {"Authorization": "Bearer wrong"}):
+            response = requests.get(base + "/status", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["ok"] is False
+        posted = requests.post(base + "/commands/add-messages", json={"messages": [message("x")]})
+        assert posted.status_code == 401
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        answer = session.post(base + "/commands/add-messages", json={"messages": [message("m1")]})
+        assert answer.status_code == 200
+        assert answer.json() == {"ok": True, "queued": 1, "rejected": []}
+        assert session.get(base + "/messages/m1").json()["message"] == message("m1")
+        assert session.get(base + "/status").json()["counts"]["queued"] == 1
+
+
+def test_real_gunicorn_answers_errors_as_json(var_dir):
+    with gunicorn(var_dir, api_token=TOKEN) as base:
+        session = requests.Session()
+        session.headers["X-API-Token"] = TOKEN
+        url = base + "/commands/add-messages"
+        cases = [
+            (session.get(base + "/nowhere"), 404),
+            (session.get(url), 405),
+            (session.post(url, data=b"not json"), 400),
+            (session.post(url, json={"messages": [message("a")] * 2 + [{"id": 1}]}), 200),
+            (session.post(url, json={"messages": [message(f"m{i}") for i in range(1001)]}), 413),
+            (session.post(url, data=b"{" + b" " * LIMIT + b"}"), 413),
+        ]
+        for response, status in cases:
+            assert response.status_code == status, response.text
+            assert response.headers["Content-Type"].startswith("application/json")
+            assert response.json()["ok"] is (status == 200)
+
+
+def test_real_gunicorn_refuses_an_oversized_chunked_body(var_dir):
+    def chunks():
+        yield b'{"messages": [{"id": "big", "body": "'
+        for _ in range(4):
+            yield b"x" * (LIMIT // 2)
+        yield b'"}]}'
+
+    with gunicorn(var_dir, api_token=TOKEN) as base:
+        response = requests.post(
+            base + "/commands/add-messages", data=chunks(), headers={"X-API-Token": TOKEN}
+        )
+        assert response.status_code == 413
+        assert response.json()["ok"] is False
+        status = requests.get(base + "/status", headers={"X-API-Token": TOKEN}).json()
+        assert sum(status["counts"].values()) == 0
+
+
+def test_real_gunicorn_metrics_carry_the_reference_names(var_dir):
+    with gunicorn(var_dir, api_token=TOKEN) as base:
+        requests.post(
+            base + "/commands/add-messages",
+            json={"messages": [message("m")]},
+            headers={"X-API-Token": TOKEN},
+        )
+        text = requests.get(base + "/metrics", headers={"X-API-Token": TOKEN}).text
+    for name in (
+        "asyncmail_sent_total",
+        "asyncmail_errors_total",
+        "asyncmail_deferred_total",
+        "asyncmail_rate_limited_total",
+        "asyncmail_pending_messages",
+    ):
+        assert f"\n{name}" in text, name
+
+
+def _non_loopback_address() -> str | None:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # no packet is sent; the kernel picks the source address
+        address = sock.getsockname()[0]
+        return None if address.startswith("127.") else address
+    return None
+
+
+def test_real_gunicorn_without_token_serves_only_loopback(var_dir):
+    address = _non_loopback_address()
+    with gunicorn(var_dir, host="0.0.0.0") as base:
+        local = base.replace("0.0.0.0", "127.0.0.1")
+        assert requests.get(local + "/status").status_code == 200
+        if address is None:
+            pytest.skip("no non-loopback address to reach the server from")
+        remote = requests.get(base.replace("0.0.0.0", address) + "/status")
+        assert remote.status_code == 401
+        assert "loopback" in remote.json()["error"]
