@@ -1,0 +1,202 @@
+"""Attachment fetching from real peers: a local HTTP server and moto's standalone S3."""
+
+# ruff: noqa: F811  (pytest fixtures imported from tests.smtp_peers are parameters here)
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from common import store
+from common.models import Attachment
+from dispatcher.attachments import MAX_REDIRECTS, AttachmentError, Fetcher
+from tests.conftest import free_port
+from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401
+from tests.test_dispatcher import T0, attempts, enqueue, make_dispatcher, message, row
+
+PAYLOAD = bytes(range(256)) * 40  # 10 KiB of every byte value
+
+
+class Files(BaseHTTPRequestHandler):
+    """Routes: /file, /big (no Content-Length), /status/N, /hop/N (N redirects to /file)."""
+
+    hits: dict[str, int] = {}
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if self.path == "/file":
+            self._send(200, PAYLOAD, length=True)
+        elif self.path == "/big":
+            self._send(200, b"x" * 5000, length=False)
+        elif self.path.startswith("/status/"):
+            self._send(int(self.path.rsplit("/", 1)[1]), b"nope", length=True)
+        elif self.path.startswith("/hop/"):
+            left = int(self.path.rsplit("/", 1)[1])
+            self.send_response(302)
+            self.send_header("Location", "/file" if left <= 1 else f"/hop/{left - 1}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._send(404, b"", length=True)
+
+    def _send(self, code: int, body: bytes, length: bool) -> None:
+        self.send_response(code)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_base():
+    """A local HTTP server; yields its base URL."""
+    Files.hits = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's standalone S3 server with a bucket holding 'docs/report.pdf'."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    client.create_bucket(Bucket="mail")
+    client.put_object(Bucket="mail", Key="docs/report.pdf", Body=PAYLOAD[::-1])
+    yield url
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+def s3_config(make_config, url, **overrides):
+    return make_config(s3_endpoint_url=url, s3_region="us-east-1", s3_access_key_id="test",
+                       s3_secret_access_key="test", **overrides)  # fmt: skip
+
+
+def fetch(config, **spec):
+    return Fetcher(config).fetch(Attachment.model_validate({"filename": "f.bin", **spec}))
+
+
+def test_base64(config):
+    assert fetch(config, content=base64.b64encode(PAYLOAD).decode()).data == PAYLOAD
+
+
+def test_url_fetched_when_private_addresses_are_allowed(make_config, http_base):
+    config = make_config(allow_private_attachment_urls=True)
+    assert fetch(config, url=f"{http_base}/file").data == PAYLOAD
+    assert fetch(config, url=f"{http_base}/hop/{MAX_REDIRECTS}").data == PAYLOAD
+
+
+def test_loopback_url_refused_by_default(config, http_base):
+    with pytest.raises(AttachmentError, match="non-public address 127.0.0.1") as caught:
+        fetch(config, url=f"{http_base}/file")
+    assert caught.value.final and Files.hits == {}
+
+
+@pytest.mark.parametrize(
+    "addresses", [["10.1.2.3"], ["169.254.169.254"], ["93.184.216.34", "192.168.0.1"], ["::1"]]
+)
+def test_every_resolved_address_is_checked(config, addresses):
+    fetcher = Fetcher(config, resolve=lambda host, port: addresses)
+    spec = Attachment(filename="f", url="http://files.example.com/x")
+    with pytest.raises(AttachmentError, match="non-public"):
+        fetcher.fetch(spec)
+
+
+def test_too_many_redirects(make_config, http_base):
+    config = make_config(allow_private_attachment_urls=True)
+    with pytest.raises(AttachmentError, match="redirects") as caught:
+        fetch(config, url=f"{http_base}/hop/{MAX_REDIRECTS + 1}")
+    assert caught.value.final
+
+
+@pytest.mark.parametrize("path", ["/file", "/big"])  # declared length, and streamed
+def test_size_cap(make_config, http_base, path):
+    config = make_config(allow_private_attachment_urls=True, attachment_max_bytes=4096)
+    with pytest.raises(AttachmentError, match="larger than 4096 bytes"):
+        fetch(config, url=f"{http_base}{path}")
+
+
+def test_server_errors_are_retried_client_errors_are_not(make_config, http_base):
+    config = make_config(allow_private_attachment_urls=True)
+    with pytest.raises(AttachmentError, match="HTTP 503") as caught:
+        fetch(config, url=f"{http_base}/status/503")
+    assert caught.value.transient and Files.hits["/status/503"] == 3
+    with pytest.raises(AttachmentError, match="HTTP 404") as caught:
+        fetch(config, url=f"{http_base}/status/404")
+    assert not caught.value.transient and Files.hits["/status/404"] == 1
+
+
+def test_s3_object(make_config, s3_endpoint):
+    config = s3_config(make_config, s3_endpoint)
+    assert fetch(config, s3={"bucket": "mail", "key": "docs/report.pdf"}).data == PAYLOAD[::-1]
+    with pytest.raises(AttachmentError, match="NoSuchKey") as caught:
+        fetch(config, s3={"bucket": "mail", "key": "missing"})
+    assert not caught.value.transient
+
+
+def test_message_with_all_three_sources_arrives_intact(
+    conn, make_config, smtp_server, http_base, s3_endpoint
+):
+    config = s3_config(make_config, s3_endpoint, allow_private_attachment_urls=True)
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(), int(T0))
+    files = [
+        {"filename": "inline.bin", "content": base64.b64encode(b"\x00inline\xff").decode()},
+        {"filename": "web.dat", "url": f"{http_base}/file", "mime_type": "application/x-web"},
+        {"filename": "report.pdf", "s3": {"bucket": "mail", "key": "docs/report.pdf"}},
+    ]
+    enqueue(conn, config, message(1, attachments=files))
+    make_dispatcher(conn, config).run_once(T0)
+    got = {p.get_filename(): (p.get_content_type(), p.get_payload(decode=True))
+           for p in peer.received[0].message().iter_attachments()}  # fmt: skip
+    assert got == {
+        "inline.bin": ("application/octet-stream", b"\x00inline\xff"),
+        "web.dat": ("application/x-web", PAYLOAD),
+        "report.pdf": ("application/pdf", PAYLOAD[::-1]),
+    }
+
+
+def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_server, http_base):
+    config = make_config(allow_private_attachment_urls=True, max_retries=1)
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/gone"}]))
+    dispatcher = make_dispatcher(conn, config)
+    dispatcher.run_once(T0)
+    assert peer.handler.attempted == [] and row(conn, "m1")["error_ts"] is None
+    assert "HTTP 404" in row(conn, "m1")["error"]
+    dispatcher.run_once(row(conn, "m1")["ready_at"])
+    failed = row(conn, "m1")
+    assert failed["error_ts"] is not None and "gave up after 2 attempts" in failed["error"]
+    assert [a["outcome"] for a in attempts(conn, "m1")] == ["temporary", "temporary"]
+
+
+def test_refused_url_fails_at_once(conn, config, smtp_server, http_base):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/file"}]))
+    make_dispatcher(conn, config).run_once(T0)
+    failed = row(conn, "m1")
+    assert failed["error_ts"] == int(T0) and "allow_private_attachment_urls" in failed["error"]
+    assert peer.handler.attempted == []
