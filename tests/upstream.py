@@ -208,14 +208,19 @@ class Upstream:
             self._released.wait(HANG_LIMIT)
         status = self._status_for(handler, record)
         answer = json.dumps({"ok": 200 <= status < 300, "processed": len(record.items)}).encode()
+        # recorded before the client can see the answer, so a test that has its answer in
+        # hand finds the status here too
+        self._set_status(record, status)
         try:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(answer)))
             handler.end_headers()
             handler.wfile.write(answer)
-        except OSError:
-            return  # the client gave up (timeout) or the test cut the connection
+        except OSError:  # the client gave up (timeout) or the test cut the connection
+            self._set_status(record, None)
+
+    def _set_status(self, record: Received, status: int | None) -> None:
         with self._changed:
             record.status = status
             self._changed.notify_all()
