@@ -33,6 +33,8 @@ from common.config import PRIORITY_NAMES
 
 MAX_ID_LENGTH = 255
 MAX_BATCH = 1000  # most messages one add-messages request may carry
+MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already generous
+MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
 ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
@@ -305,20 +307,30 @@ class Account(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[\w.@+-]+$")
-    host: StrictStr = Field(min_length=1, pattern=r"^[^\s/]+$")
+    host: StrictStr = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
     port: StrictInt = Field(ge=1, le=65535)
     user: StrictStr | None = None
     password: StrictStr | None = None
     use_tls: StrictBool | None = None
     starttls: StrictBool = False
-    ttl: StrictInt = Field(default=300, ge=1)
+    ttl: StrictInt = Field(default=300, ge=1, le=MAX_TTL)
     timeout: float = Field(default=30.0, gt=0, le=600)
-    limit_per_second: StrictInt | None = Field(default=None, ge=1)
-    limit_per_minute: StrictInt | None = Field(default=None, ge=1)
-    limit_per_hour: StrictInt | None = Field(default=None, ge=1)
-    limit_per_day: StrictInt | None = Field(default=None, ge=1)
+    limit_per_second: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    limit_per_hour: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    limit_per_day: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
     limit_behavior: Literal["defer", "reject"] = "defer"
-    batch_size: StrictInt | None = Field(default=None, ge=1)
+    batch_size: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
+
+    @field_validator("id", "host", "user", "password")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("is not valid Unicode (lone surrogate)") from None
+        return value
 
     @model_validator(mode="after")
     def _tls_modes(self) -> Account:

@@ -411,6 +411,9 @@ def test_account_password_is_encrypted_with_secret_key(make_config, conn):
         account(use_tls=True),
         account(limit_behavior="drop"),
         account(id="a b"),
+        account(ttl=10**30),
+        account(limit_per_day=10**30),
+        account(password="\ud800"),
     ],
 )
 def test_invalid_account_is_400(client, body):
