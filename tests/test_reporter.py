@@ -17,7 +17,8 @@ from reporter.reporter import BACKOFF_MAX, POLL_SECONDS, RUN_NOW_WINDOW, Reporte
 from tests.upstream import Upstream
 
 T0 = 1_764_000_000.0  # a fixed "now" for stepping the loop
-QUICK = (1.0, 0.3)  # connect / read timeouts small enough for the hang tests
+PATIENT = (5.0, 10.0)  # connect / read timeouts: ample on a loaded CI machine
+QUICK = (1.0, 0.3)  # ... and small enough for the hang test
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "reporting.md"
 
 
@@ -86,7 +87,7 @@ def make_reporter(make_config, conn):
     def make(**overrides):
         config = make_config(**overrides)
         reporter = Reporter(
-            config, conn, T0, make_client=lambda c: SyncClient.from_config(c, timeout=QUICK)
+            config, conn, T0, make_client=lambda c: SyncClient.from_config(c, timeout=PATIENT)
         )
         made.append(reporter)
         return reporter
@@ -289,6 +290,7 @@ def test_upstream_trouble_loses_nothing_and_backs_off(trouble, upstream, make_re
     for n in range(3):
         record_outcome(conn, f"m{n}", T0 - 10 + n)
     reporter = make_reporter(client_sync_url=upstream.url)
+    reporter.client.timeout = QUICK
     {"500": lambda: upstream.answer(500), "down": upstream.down, "hang": upstream.hang}[trouble]()
 
     failed = sample("asyncmail_report_batches_total", result="failed")
@@ -301,6 +303,7 @@ def test_upstream_trouble_loses_nothing_and_backs_off(trouble, upstream, make_re
     assert reports.unreported_count(conn) == 3
     assert upstream.items() == []
     {"500": lambda: upstream.answer(200), "down": upstream.up, "hang": upstream.release}[trouble]()
+    reporter.client.timeout = PATIENT
     drain(reporter, reporter.retry_at)
     assert reports.unreported_count(conn) == 0
     assert {i["id"] for i in upstream.items()} == {"m0", "m1", "m2"}
