@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import socket
 from pathlib import Path
 
@@ -49,23 +51,40 @@ class Waiter:
             self.path.unlink()  # left by a previous incarnation that was killed
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
+        self.sock.setblocking(False)
+        self.signal_pair = _signal_pair()
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True when woken.  Drains queued wake-ups."""
-        self.sock.settimeout(max(timeout, 0.0))
-        try:
-            self.sock.recv(64)
-        except (TimeoutError, BlockingIOError):
-            return False
-        except InterruptedError:
-            return True
-        self.sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while self.sock.recv(64):
-                pass
-        return True
+        """Sleep up to ``timeout`` seconds; True when woken (or signalled).  Drains wake-ups."""
+        # A signal ends the wait too: Python retries an interrupted recv (PEP 475), so without
+        # the wake-up fd a TERM or USR1 would only be seen when the timeout ran out.
+        sockets = [self.sock, *self.signal_pair[:1]]
+        readable, _, _ = select.select(sockets, [], [], max(timeout, 0.0))
+        for sock in readable:
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(64):
+                    pass
+        return bool(readable)
 
     def close(self) -> None:
+        if self.signal_pair:
+            signal.set_wakeup_fd(-1)
+            for sock in self.signal_pair:
+                sock.close()
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _signal_pair() -> tuple[socket.socket, ...]:
+    """(read, write) sockets the interpreter writes to on every signal; () off the main thread."""
+    read, write = socket.socketpair()
+    read.setblocking(False)
+    write.setblocking(False)
+    try:
+        signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        read.close()
+        write.close()
+        return ()
+    return read, write
