@@ -37,6 +37,7 @@ MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already gene
 MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
 ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 
 
@@ -56,6 +57,8 @@ def _check_address(addr: str) -> str:
 
 def split_addresses(text: str) -> list[str]:
     """The comma-separated pieces of an address header, keeping commas inside quotes or <>."""
+    if "," not in text or ('"' not in text and "<" not in text and "\\" not in text):
+        return [piece.strip() for piece in text.split(",") if piece.strip()]  # common cases
     pieces, current, quoted, angle, escaped = [], [], False, 0, False
     for char in text:
         if escaped:
@@ -82,6 +85,11 @@ def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
     for item in items:
         _no_line_breaks(item)
         for piece in split_addresses(item):
+            simple = SIMPLE_NAMED.match(piece)
+            if ADDR_SPEC.match(piece) or simple:  # these need no RFC 5322 parser
+                name, addr = simple.groups() if simple else ("", piece)
+                pairs.append((" ".join(name.split()), _check_address(addr)))
+                continue
             name, addr = email.utils.parseaddr(piece)
             if not addr:
                 raise ValueError(f"{piece!r} is not an email address")
@@ -89,13 +97,23 @@ def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _address_list(value: Any) -> Any:
+def _parsed(value: Any) -> list[tuple[str, str]]:
     if isinstance(value, str) or (
         isinstance(value, list) and all(isinstance(v, str) for v in value)
     ):
-        parse_address_list(value)
-        return value
+        return parse_address_list(value)
     raise ValueError("must be an address string or a list of address strings")
+
+
+def _address_list(value: Any) -> Any:
+    _parsed(value)
+    return value
+
+
+def _recipient_list(value: Any) -> Any:
+    if not _parsed(value):
+        raise ValueError("must name at least one recipient")
+    return value
 
 
 def _single_address(value: Any) -> Any:
@@ -140,6 +158,7 @@ def _epoch(value: Any) -> Any:
 
 
 AddressList = Annotated[Any, BeforeValidator(_address_list)]
+RecipientList = Annotated[Any, BeforeValidator(_recipient_list)]
 SingleAddress = Annotated[Any, BeforeValidator(_single_address)]
 HeaderText = Annotated[Any, BeforeValidator(_header_text)]
 
@@ -208,7 +227,7 @@ class Message(BaseModel):
     account_id: StrictStr | None = None
     from_: SingleAddress = Field(alias="from")
     from_name: HeaderText | None = None
-    to: AddressList
+    to: RecipientList
     cc: AddressList | None = None
     bcc: AddressList | None = None
     reply_to: AddressList | None = None
@@ -235,13 +254,6 @@ class Message(BaseModel):
     def _subject_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        return value
-
-    @field_validator("to")
-    @classmethod
-    def _has_recipient(cls, value: Any) -> Any:
-        if not parse_address_list(value):
-            raise ValueError("must name at least one recipient")
         return value
 
     @field_validator("headers")
