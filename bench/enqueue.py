@@ -139,8 +139,11 @@ def measure_single(base: str) -> dict:
         for i in range(WARMUP):
             _post(session, url, [message(f"warm-{i}")])
         samples = [_post(session, url, [message(f"single-{i}")]) for i in range(SINGLE_REQUESTS)]
+        probe = session.get(base + "/health")
     return {
         "requests": len(samples),
+        # gunicorn's sync workers close every connection whatever the client asks
+        "server_keeps_connection_alive": probe.headers.get("Connection", "").lower() != "close",
         "p50_ms": _ms(percentile(samples, 0.50)),
         "p90_ms": _ms(percentile(samples, 0.90)),
         "p99_ms": _ms(percentile(samples, 0.99)),
