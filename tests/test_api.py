@@ -8,6 +8,7 @@ import time
 import pytest
 
 from common import store, wakeup
+from web import app as web_app
 from web.app import create_app
 
 TOKEN = "s3cret-token"
@@ -459,3 +460,28 @@ def test_metrics_carry_the_reference_names(client):
 def test_openapi_is_served(client):
     document = get(client, "/openapi.json").json
     assert document["openapi"].startswith("3.")
+
+
+# -- failures that are not the client's ------------------------------------------------------------
+def test_locked_database_answers_503_and_stores_nothing(app, client, conn):
+    web_app.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        response = add(client, message())
+    finally:
+        conn.execute("ROLLBACK")
+    assert response.status_code == 503
+    assert response.json["ok"] is False and "retry" in response.json["error"]
+    assert response.headers["Retry-After"] == "5"
+    assert store.list_messages(conn, time.time())[0] == []
+
+
+def test_a_bug_is_a_logged_json_500(app, caplog):
+    def broken():
+        raise RuntimeError("bug")
+
+    app.add_url_rule("/broken", view_func=broken)
+    response = app.test_client().get("/broken", headers=AUTH)
+    assert response.status_code == 500
+    assert response.json["ok"] is False and "logged" in response.json["error"]
+    assert any(r.exc_info and "path=/broken" in r.getMessage() for r in caplog.records)

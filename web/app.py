@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+import apsw
 from flask import Flask, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -57,6 +58,8 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.before_request(_authenticate)
     app.after_request(_count_request)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(apsw.BusyError, _storage_unavailable)
+    app.register_error_handler(apsw.FullError, _storage_unavailable)
     app.register_error_handler(Exception, _internal_error)
     app.register_blueprint(blueprint)
     for counter in REFERENCE_COUNTERS:  # the reference's names show before the first send
@@ -168,6 +171,19 @@ def _http_error(exc: HTTPException) -> Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="asyncmail"'
     if exc.code == 413:
         response.headers["Connection"] = "close"  # do not read the rest of a huge body
+    return response
+
+
+def _storage_unavailable(exc: Exception) -> Response:
+    """The database stayed locked past its busy timeout, or the disk is full: retry later."""
+    logger.error("storage unavailable %s", fields(path=request.path, error=exc))
+    response = jsonify(
+        ok=False,
+        error=f"The database is unavailable ({type(exc).__name__}); "
+        "nothing was stored, retry in a few seconds.",
+    )
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
     return response
 
 
