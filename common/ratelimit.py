@@ -238,6 +238,7 @@ class Ledger:
         self.rebuild = rebuild or (lambda account_id, since: [])
 
     def path_for(self, account_id: str | None) -> Path:
+        """The account's ledger file."""
         return self.directory / file_name(account_id)
 
     def starts(self, account_id: str | None) -> list[float]:
