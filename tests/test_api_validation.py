@@ -85,6 +85,14 @@ def test_bad_request_body_is_400(client, stored, data, expected):
     assert stored() == 0
 
 
+def test_exactly_1000_messages_are_accepted(client, stored):
+    app = create_app(client.application.config["ASYNCMAIL"], max_request_bytes=1 << 20)
+    items = [message(f"m{i}") for i in range(1000)]
+    response = app.test_client().post(URL, json={"messages": items}, headers=AUTH)
+    assert response.json == {"ok": True, "queued": 1000, "rejected": []}
+    assert stored() == 1000
+
+
 def test_more_than_1000_messages_is_400(client, stored):
     items = [message(f"m{i}") for i in range(1001)]
     # the whole request stays under this app's limit only if it is sent compactly
