@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
 import stat
+import threading
 
 import pytest
 
@@ -325,3 +327,23 @@ def test_send_starts_reads_only_attempts_that_began_a_send(conn):
     assert store.send_starts(conn, "acct", T0) == [T0 + 1, T0 + 2, T0 + 3]
     assert store.send_starts(conn, None, T0) == [T0 + 6]
     assert store.send_starts(conn, "other", 0) == []
+
+
+def test_a_ledger_removed_while_a_process_waits_for_its_lock_is_not_split(ledger):
+    """The waiter wakes on a deleted file; it must lock the file every newcomer will use."""
+    limits = Limits(per_second=1)
+    assert ledger.reserve("acct", limits, T0) is None
+    path = ledger.path_for("acct")
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result: list = []
+    waiter = threading.Thread(target=lambda: result.append(ledger.reserve("acct", limits, T0)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    path.unlink()  # an operator clears var/ratelimit/ while the service runs
+    os.close(holder)  # releases the lock on the old, now nameless, file
+    waiter.join(10)
+    assert result == [None]  # a fresh ledger: nothing known, so the slot is free
+    assert ledger.starts("acct") == [T0]
+    assert ledger.reserve("acct", limits, T0 + 0.5) == T0 + 1
