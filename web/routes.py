@@ -42,6 +42,7 @@ def _body(optional: bool = False) -> dict:
 
 @blueprint.get("/health")
 def health():
+    """200 while the database answers, 503 otherwise; needs no token."""
     try:
         conn().execute("SELECT 1").fetchall()
     except Exception as exc:  # any database failure means unhealthy
@@ -51,6 +52,7 @@ def health():
 
 @blueprint.get("/status")
 def status():
+    """Scheduler switch, counts by status and priority, process heartbeats."""
     config, db, now = app_config(), conn(), time.time()
     return jsonify(
         ok=True,
@@ -64,6 +66,7 @@ def status():
 
 
 def _default_priority(body: dict) -> int | None:
+    """The batch's default_priority, or a 400."""
     value = body.get("default_priority")
     if value is None:
         return None
@@ -75,6 +78,7 @@ def _default_priority(body: dict) -> int | None:
 
 @blueprint.post("/commands/add-messages")
 def add_messages():
+    """Validate each message on its own, store the valid ones, wake dispatchers."""
     body = _body()
     items = body.get("messages")
     if not isinstance(items, list):
@@ -97,6 +101,7 @@ def add_messages():
 
 @blueprint.post("/commands/delete-messages")
 def delete_messages():
+    """Delete the listed messages that no dispatcher holds."""
     ids = _body().get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         abort(400, "'ids' must be a list of message id strings.")
@@ -108,6 +113,7 @@ def delete_messages():
 
 @blueprint.post("/commands/cleanup-messages")
 def cleanup_messages():
+    """Purge messages reported longer ago than older_than_seconds."""
     body = _body(optional=True)
     older = body.get("older_than_seconds")
     if older is None:
@@ -120,6 +126,7 @@ def cleanup_messages():
 
 @blueprint.post("/commands/run-now")
 def run_now():
+    """Record the request and wake every dispatcher and the reporter."""
     config = app_config()
     store.set_setting(conn(), "run_now_at", repr(time.time()))
     woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
@@ -129,12 +136,14 @@ def run_now():
 
 @blueprint.post("/commands/suspend")
 def suspend():
+    """Stop claiming (persisted); reporting goes on."""
     store.set_active(conn(), False)
     return jsonify(ok=True, active=False)
 
 
 @blueprint.post("/commands/activate")
 def activate():
+    """Resume claiming (persisted) and wake the dispatchers."""
     store.set_active(conn(), True)
     wakeup.notify(app_config().run_dir, wakeup.DISPATCHER)
     return jsonify(ok=True, active=True)
@@ -142,6 +151,7 @@ def activate():
 
 @blueprint.post("/account")
 def add_account():
+    """Create or replace an SMTP account; the answer never holds the password."""
     try:
         account = Account.model_validate(_body())
     except ValidationError as exc:
@@ -156,11 +166,13 @@ def add_account():
 
 @blueprint.get("/accounts")
 def accounts():
+    """Every account, without passwords."""
     return jsonify(ok=True, accounts=store.list_accounts(conn()))
 
 
 @blueprint.delete("/account/<path:account_id>")
 def delete_account(account_id: str):
+    """Delete an account; 409 while it has unsent messages unless ?purge=true."""
     deleted, unsent = store.delete_account(conn(), account_id, flag("purge"))
     if deleted:
         return jsonify(ok=True, removed=account_id, purged_messages=unsent)
@@ -174,6 +186,7 @@ def delete_account(account_id: str):
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query argument within [low, high], or a 400 naming it."""
     text = request.args.get(name)
     try:
         value = default if text is None else int(text)
@@ -186,6 +199,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @blueprint.get("/messages")
 def list_messages():
+    """A page of messages in storage order, filtered, with the next page's cursor."""
     limit = _int_arg("limit", 100, 1, MAX_PAGE)
     cursor = _int_arg("cursor", 0, 0, 2**63 - 1)
     status_text = request.args.get("status") or None
@@ -205,6 +219,7 @@ def list_messages():
 
 @blueprint.get("/messages/<path:message_id>")
 def get_message(message_id: str):
+    """One message: the record, its attempt log and its status."""
     record = store.get_message(conn(), message_id, time.time())
     if record is None:
         abort(404, f"No message {message_id!r}; it was never queued or has been purged.")
@@ -213,10 +228,12 @@ def get_message(message_id: str):
 
 @blueprint.get("/metrics")
 def scrape():
+    """Prometheus text: every process's counters plus database gauges."""
     body = metrics.render(conn)
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 @blueprint.get("/openapi.json")
 def openapi():
+    """The OpenAPI 3 document of this API."""
     return jsonify(OPENAPI)
