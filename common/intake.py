@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from common import store, wakeup
 from common.config import Config
-from common.models import validate_message
+from common.models import Message, validate_message
 
 
 @dataclass
@@ -26,40 +26,36 @@ def _reject(result: BatchResult, item, reason: str) -> None:
     )
 
 
+def _refusal(model: Message, seen: set[str], accounts: set[str], config: Config) -> str | None:
+    """Why a valid message still cannot be queued in this batch, or None."""
+    if model.id in seen:
+        return "duplicate id in this batch"
+    if model.account_id is None and not config.has_default_account:
+        return "no account_id given and no default [smtp] account is configured"
+    if model.account_id is not None and model.account_id not in accounts:
+        return f"unknown account_id {model.account_id!r}; create it with POST /account"
+    return None
+
+
 def accept_batch(
     conn, config: Config, items: list, now: float, default_priority: int | None = None
 ) -> BatchResult:
     """Validate every item on its own, store the valid ones in one transaction."""
     result = BatchResult()
     priority_default = config.default_priority if default_priority is None else default_priority
-    known_accounts = store.account_ids(conn)
+    accounts = store.account_ids(conn)
     seen: set[str] = set()
     batch: list[store.NewMessage] = []
     for item in items:
         model, payload, reason = validate_message(item)
-        if reason is None and model.id in seen:
-            reason = "duplicate id in this batch"
-        if reason is None and model.account_id is None and not config.has_default_account:
-            reason = "no account_id given and no default [smtp] account is configured"
-        if (
-            reason is None
-            and model.account_id is not None
-            and model.account_id not in known_accounts
-        ):
-            reason = f"unknown account_id {model.account_id!r}"
+        reason = reason or _refusal(model, seen, accounts, config)
         if reason is not None:
             _reject(result, item, reason)
             continue
         seen.add(model.id)
-        batch.append(
-            store.NewMessage(
-                id=model.id,
-                account_id=model.account_id,
-                priority=model.resolved_priority(priority_default),
-                payload=payload,
-                deferred_ts=None if model.deferred_ts is None else int(model.deferred_ts),
-            )
-        )
+        deferred_ts = None if model.deferred_ts is None else int(model.deferred_ts)
+        priority = model.resolved_priority(priority_default)
+        batch.append(store.NewMessage(model.id, model.account_id, priority, payload, deferred_ts))
     if batch:
         for message_id, reason in store.enqueue(conn, batch, now).items():
             if reason is None:
