@@ -25,6 +25,9 @@ timeout = 30  # a worker stuck this long is killed and replaced
 accesslog = None  # request metrics (asyncmail_http_*) replace an access log
 errorlog = "-"  # stderr, which supervisord writes to var/log/web.log
 loglevel = _config.log_level.lower()
+# gunicorn's control socket (gunicorn >= 25) defaults to ~/.gunicorn/, shared by every
+# instance of the user; keep ours with the other sockets of this installation
+control_socket = str(_config.run_dir / "gunicorn.ctl")
 preload_app = False  # each worker imports the app and opens its own database after fork
 
 

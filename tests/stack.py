@@ -109,7 +109,9 @@ class Stack:
         return {p for p in self.seen if alive(p)}
 
     def program_pid(self, name: str) -> int:
-        return int(self.ctl("pid", name).stdout.strip())
+        """The pid of a program by its short name ('web', 'dispatcher-01')."""
+        full = f"dispatcher:{name}" if name.startswith("dispatcher-") else name
+        return int(self.ctl("pid", full).stdout.strip())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> set[int]:
         """Signal supervisord, wait for it; kill and return any process that outlived it."""
