@@ -11,6 +11,9 @@ should stay O(log n): the claim reads only the partial ``messages_claim`` index.
 A p99 well above the p50 is SQLite's WAL auto-checkpoint (every ~1000 written pages), which
 runs inside whichever commit crosses the threshold: with ``synchronous=FULL`` it fsyncs the
 database file, and that costs more the larger the file is.
+
+``ledger_reserve`` is the cost of one rate-limit reservation (docs/ratelimit.md): the same
+for a limit of 5 per second as for 100,000 per day.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from common import db, queue, store
+from common.ratelimit import Ledger, Limits
 
 SIZES = (1_000, 1_000_000)
 ACCOUNTS = 4  # plus the default account: five claim batches per claim
@@ -34,6 +38,12 @@ CLAIMS = 50
 WARMUP_CLAIMS = 3  # the first claims after the fill read the index pages from disk
 BATCH_PER_ACCOUNT = 50  # the default batch_size_per_account
 LEASE_SECONDS = 120
+RESERVATIONS = 5000
+# a small limit and a day limit of 100,000: a reservation must cost the same for both
+LEDGER_LIMITS = {
+    "per_second_5": Limits(per_second=5),
+    "per_day_100000": Limits(per_second=1000, per_day=100_000),
+}
 PAYLOAD = (
     '{"id":"%s","from":"bench@example.com","to":["rcpt@example.com"],'
     '"subject":"scale bench","body":"a body of a realistic if short length"}'
@@ -175,10 +185,29 @@ def measure(rows: int, directory: Path) -> dict:
     return figures
 
 
+def ledger_costs(directory: Path) -> dict:
+    """Microseconds per rate-limit reservation (granted or refused) for each of LEDGER_LIMITS."""
+    ledger, figures = Ledger(directory / "ratelimit"), {}
+    for name, limits in LEDGER_LIMITS.items():
+        now, timings = time.time(), []
+        ledger.reserve(name, limits, now)  # creates the file: not a steady-state reservation
+        for _ in range(RESERVATIONS):
+            now += 0.05
+            started = time.perf_counter()
+            ledger.reserve(name, limits, now)
+            timings.append(time.perf_counter() - started)
+        ms = _ms(timings)
+        figures[name] = {key.replace("_ms", "_us"): round(v * 1000, 1) for key, v in ms.items()}
+        figures[name]["file_bytes"] = ledger.path_for(name).stat().st_size
+    return figures
+
+
 def run() -> dict:
-    """Enqueue and claim cost at each of SIZES stored rows."""
+    """Enqueue and claim cost at each of SIZES stored rows; the ledger's reservation cost."""
     with tempfile.TemporaryDirectory(prefix="asyncmail-scale-") as tmp:
-        return {f"rows_{rows}": measure(rows, Path(tmp)) for rows in SIZES}
+        figures = {f"rows_{rows}": measure(rows, Path(tmp)) for rows in SIZES}
+        figures["ledger_reserve"] = ledger_costs(Path(tmp))
+        return figures
 
 
 if __name__ == "__main__":
