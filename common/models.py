@@ -2,8 +2,8 @@
 
 The API and the CLI validate with the same code.  A message is validated on its own; the
 result is either a ``Message`` or a one-sentence reason a person can act on.  The stored
-payload keeps the client's values for every known field exactly as they were sent, so a
-message reads back byte-identical; unknown fields are dropped.
+payload is the item exactly as the client sent it, so a message reads back identical; unknown
+fields are ignored (never validated or acted on) but kept, as the reference service kept them.
 """
 
 from __future__ import annotations
@@ -280,9 +280,6 @@ class Message(BaseModel):
         return found
 
 
-MESSAGE_FIELDS = {f.alias or name for name, f in Message.model_fields.items()}
-
-
 def explain(error: ValidationError) -> str:
     """One sentence from the first pydantic error, naming the field."""
     first = error.errors()[0]
@@ -306,12 +303,11 @@ def validate_message(item: Any) -> tuple[Message | None, dict | None, str | None
         model = Message.model_validate(item)
     except ValidationError as exc:
         return None, None, explain(exc)
-    payload = {key: item[key] for key in item if key in MESSAGE_FIELDS}
     try:
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return None, None, "the message contains text that is not valid Unicode (lone surrogate)"
-    return model, payload, None
+    return model, item, None
 
 
 class Account(BaseModel):

@@ -60,11 +60,11 @@ def test_parse_priority_refuses(value):
         parse_priority(value)
 
 
-def test_stored_payload_is_the_input_minus_unknown_fields():
+def test_stored_payload_is_the_input_with_unknown_fields_kept():
     sent = item(cc=["x@y.org"], html=True, extra={"nested": [1, 2]}, priority="low")
     model, payload, reason = validate_message(sent)
     assert reason is None
-    assert payload == {k: v for k, v in sent.items() if k != "extra"}
+    assert payload == sent
     assert model.is_html and model.recipients() == ["c@d.org", "x@y.org"]
     assert model.resolved_priority(2) == 3
 
@@ -89,6 +89,7 @@ def test_recipients_include_bcc():
         ({"attachments": [{"filename": "a", "s3": {"bucket": "b"}}]}, "attachments.0.s3.key"),
         ({"from_name": "Eve\r\nBcc: x@y.org"}, "CR or LF"),
         ({"message_id": "<id>\n"}, "CR or LF"),
+        ({"custom": "\ud800"}, "not valid Unicode"),
     ],
 )
 def test_validate_message_reasons(fields, reason):

@@ -100,7 +100,8 @@ SCHEMAS = {
             ),
             attachments={"type": "array", "items": ref("Attachment")},
         ),
-        "description": "Unknown fields are ignored. CR or LF in any header value is rejected.",
+        "description": "Unknown fields are ignored but stored and returned unchanged. "
+        "CR or LF in any header value is rejected.",
     },
     "AddMessagesRequest": obj(
         ["messages"],
