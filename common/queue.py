@@ -14,8 +14,10 @@ claim query is a range scan of the ``messages_claim`` index:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from common.db import write
@@ -119,11 +121,18 @@ def extend_lease(conn, ids: list[str], owner: str, expires: float) -> None:
         )
 
 
-def release(conn, ids: list[str], owner: str, now: float, ready_at: float | None = None) -> None:
+def release(
+    conn,
+    ids: list[str],
+    owner: str,
+    now: float,
+    ready_at: float | None = None,
+    durable: str | None = None,
+) -> None:
     """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts)."""
     if not ids:
         return
-    with write(conn):
+    with _synchronous(conn, durable), write(conn):
         conn.executemany(
             "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, "
             "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
@@ -183,41 +192,54 @@ WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 _STATEMENTS = {"sent": _SENT, "error": _ERROR, "retry": _RETRY, "deferred": _RETRY}
 
 
-def record(conn, transitions: list[Transition], process: str) -> None:
+@contextlib.contextmanager
+def _synchronous(conn, level: str | None) -> Iterator[None]:
+    """Commit at ``level`` (e.g. FULL) inside the block, then return to the connection's own.
+
+    On a connection running at NORMAL, one FULL commit fsyncs the WAL, which makes every
+    earlier commit durable too.
+    """
+    if level is None:
+        yield
+        return
+    baseline = conn.execute("PRAGMA synchronous").fetchone()["synchronous"]
+    conn.execute(f"PRAGMA synchronous={level}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous={baseline}")
+
+
+def record(conn, transitions: list[Transition], process: str, durable: str | None = None) -> None:
     """Apply outcomes and write their attempts rows, all in one short transaction."""
-    with write(conn):
+    with _synchronous(conn, durable), write(conn):
         for t in transitions:
-            a = t.attempt
-            counted = 0 if a.outcome in (DEFERRED, REJECTED) else 1
-            conn.execute(
-                _STATEMENTS[t.state],
-                {
-                    "id": a.message_id,
-                    "now": t.now,
-                    "now_s": int(t.now),
-                    "code": a.smtp_code,
-                    "error": t.error,
-                    "counted": counted,
-                    "dup": int(t.possible_duplicate),
-                    "refused": json.dumps(t.refused) if t.refused else None,
-                    "ready_at": t.ready_at,
-                    "deferred_ts": None if t.ready_at is None else math.ceil(t.ready_at),
-                },
-            )
-            conn.execute(
-                "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
-                "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    a.message_id,
-                    a.account_id,
-                    a.ts,
-                    a.outcome,
-                    a.smtp_code,
-                    a.detail,
-                    a.duration,
-                    process,
-                ),
-            )
+            _apply(conn, t, process)
+
+
+def _apply(conn, t: Transition, process: str) -> None:
+    a = t.attempt
+    conn.execute(
+        _STATEMENTS[t.state],
+        {
+            "id": a.message_id,
+            "now": t.now,
+            "now_s": int(t.now),
+            "code": a.smtp_code,
+            "error": t.error,
+            "counted": 0 if a.outcome in (DEFERRED, REJECTED) else 1,
+            "dup": int(t.possible_duplicate),
+            "refused": json.dumps(t.refused) if t.refused else None,
+            "ready_at": t.ready_at,
+            "deferred_ts": None if t.ready_at is None else math.ceil(t.ready_at),
+        },
+    )
+    conn.execute(
+        "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
+        "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
+         process),
+    )  # fmt: skip
 
 
 def run_now_at(conn) -> float:

@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 JITTER = 0.10  # retry delays vary ±10 % so a burst of failures does not retry in lockstep
 REPORT_NUDGE_EVERY = 0.02  # seconds: wake the reporter at most this often within a batch
+# Outcome commits run at synchronous=NORMAL (no fsync: a killed process loses nothing, only
+# power loss can) and one commit at the configured level (FULL) at least this often and as
+# the last write of every claim makes them all durable.  A lost outcome means a resend, never a
+# lost message; fsyncing every outcome would cost more than the SMTP transaction itself.
+OUTCOME_SYNC_EVERY = 0.05
+RELAXED_LEVELS = {"FULL", "EXTRA"}  # levels above NORMAL, which outcome commits may relax
 
 
 class Dispatcher:
@@ -55,7 +61,9 @@ class Dispatcher:
         self.run_now_seen = queue.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
         self._unreported = 0
-        self._nudged = 0.0
+        self._nudged = self._synced = 0.0
+        if config.synchronous in RELAXED_LEVELS:
+            conn.execute("PRAGMA synchronous=NORMAL")
 
     def reconfigure(self, config: Config) -> None:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
@@ -109,7 +117,7 @@ class Dispatcher:
         for index, row in enumerate(claim.messages):
             if self.should_stop():  # SIGTERM: the message in hand is done; give back the rest
                 rest = [r["id"] for r in claim.messages[index:]]
-                queue.release(self.conn, rest, self.owner, self.clock())
+                queue.release(self.conn, rest, self.owner, self.clock(), durable=self._durable())
                 break
             account_id = row["account_id"]
             if account_id in held:
@@ -117,12 +125,25 @@ class Dispatcher:
                 continue
             lease_expires = self._keep_lease(claim.messages[index:], lease_expires)
             transition = self._attempt(row, claim.accounts.get(account_id))
-            queue.record(self.conn, [transition], self.name)
+            self._record(transition, last=index == len(claim.messages) - 1)
             self._count(row, transition)
             if transition.attempt.outcome == queue.DEFERRED:
                 held[account_id] = transition.ready_at
         for account_id, ids in skipped.items():
-            queue.release(self.conn, ids, self.owner, self.clock(), ready_at=held[account_id])
+            durable = self._durable()  # the claim's last write: make its outcomes durable
+            queue.release(self.conn, ids, self.owner, self.clock(), held[account_id], durable)
+
+    def _record(self, transition: queue.Transition, last: bool) -> None:
+        due = last or self.clock() - self._synced >= OUTCOME_SYNC_EVERY
+        durable = self._durable() if due else None
+        queue.record(self.conn, [transition], self.name, durable=durable)
+
+    def _durable(self) -> str | None:
+        """The level for a commit that must make every outcome so far durable (None: as is)."""
+        if self.config.synchronous not in RELAXED_LEVELS:
+            return None
+        self._synced = self.clock()
+        return self.config.synchronous
 
     def _keep_lease(self, remaining: list[dict], lease_expires: float) -> float:
         """Extend the lease of the rows still to send once half of it has run out."""

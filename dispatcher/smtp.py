@@ -162,33 +162,74 @@ def _with_final_dot(data: bytes) -> bytes:
     return stuffed + b".\r\n"
 
 
-def transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: bytes) -> Result:
-    """MAIL, RCPT..., DATA on an open connection; never raises."""
+class _Progress:
+    """How far a transaction got: the phase a failure belongs to."""
+
     phase = Phase.MAIL
+
+
+def transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: bytes) -> Result:
+    """MAIL, RCPT..., DATA and the message on an open connection; never raises.
+
+    With PIPELINING (RFC 2920) the envelope goes out in one write and costs one round trip
+    instead of one per command; the replies are read and judged in order either way.
+    """
+    progress = _Progress()
     try:
-        code, text = smtp.mail(sender)
-        if code != 250:
-            return _refused(phase, code, text)
-        phase = Phase.RCPT
-        refused = {}
-        for rcpt in recipients:
-            code, text = smtp.rcpt(rcpt)
-            if code not in (250, 251):
-                refused[rcpt] = [code, reply_text(text)]
-        if len(refused) == len(recipients):
-            return _all_refused(refused)
-        phase = Phase.DATA
-        code, text = smtp.docmd("data")
-        if code != 354:
-            return _refused(phase, code, text)
-        phase = Phase.BODY
-        smtp.send(_with_final_dot(data))
-        phase = Phase.REPLY
-        code, text = smtp.getreply()
-        return Result(classify(phase, code), phase, code, reply_text(text), refused)
+        return _transaction(smtp, sender, recipients, data, progress)
     except (OSError, smtplib.SMTPException) as exc:
         code = getattr(exc, "smtp_code", None)
+        phase = progress.phase
         return Result(classify(phase, error=exc), phase, code, _error_text(exc), lost=True)
+
+
+def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
+    lines = [
+        f"MAIL FROM:{smtplib.quoteaddr(sender)}",
+        *(f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in recipients),
+        "DATA",
+    ]
+    pipelined = smtp.has_extn("pipelining")
+    replies = _envelope_replies(smtp, lines, pipelined, progress)
+    refused = {
+        rcpt: [code, reply_text(text)]
+        for rcpt, (code, text) in zip(recipients, replies[1 : 1 + len(recipients)], strict=False)
+        if code not in (250, 251)
+    }
+    if replies[0][0] != 250:
+        result = _refused(Phase.MAIL, *replies[0])
+    elif len(refused) == len(recipients):
+        result = _all_refused(refused)
+    elif replies[-1][0] != 354:
+        result = _refused(Phase.DATA, *replies[-1])
+    else:
+        progress.phase = Phase.BODY
+        smtp.send(_with_final_dot(data))
+        progress.phase = Phase.REPLY
+        code, text = smtp.getreply()
+        return Result(classify(Phase.REPLY, code), Phase.REPLY, code, reply_text(text), refused)
+    if len(replies) == len(lines) and replies[-1][0] == 354:
+        smtp.send(".\r\n")  # DATA accepted although the envelope failed: end it empty
+        smtp.getreply()
+    return result
+
+
+def _envelope_replies(smtp, lines: list[str], pipelined: bool, progress: _Progress) -> list:
+    """Replies to MAIL, each RCPT and DATA; unpipelined, it stops where the rest must fail."""
+    if pipelined:
+        smtp.send("".join(f"{line}\r\n" for line in lines))
+    replies: list[tuple[int, bytes]] = []
+    for index, line in enumerate(lines):
+        last = index == len(lines) - 1
+        progress.phase = Phase.MAIL if index == 0 else Phase.DATA if last else Phase.RCPT
+        if not pipelined:
+            if replies and replies[0][0] != 250:
+                break  # MAIL refused: no transaction to add to
+            if last and not any(code in (250, 251) for code, _ in replies[1:]):
+                break  # no recipient accepted: DATA would be refused
+            smtp.send(f"{line}\r\n")
+        replies.append(smtp.getreply())
+    return replies
 
 
 def _refused(phase: Phase, code: int, text: bytes) -> Result:

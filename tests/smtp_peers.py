@@ -68,12 +68,14 @@ class Behavior:
     data_reply:  the reply to the end of DATA ("250 OK", "451 try later", "554 rejected")
     drop_after_data: close the connection once the message arrived, without replying
     data_delay:  seconds to wait before replying to the end of DATA (3600: never, in effect)
+    pipelining:  advertise PIPELINING (RFC 2920); aiosmtpd reads commands in order anyway
     """
 
     rcpt: dict[str, str] = field(default_factory=dict)
     data_reply: str = "250 OK queued"
     drop_after_data: bool = False
     data_delay: float = 0.0
+    pipelining: bool = False
 
 
 class RecordingHandler:
@@ -83,6 +85,12 @@ class RecordingHandler:
         self.behavior = behavior or Behavior()
         self.received: list[Received] = []
         self.attempted: list[Received] = []  # every DATA, whatever the reply was
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.behavior.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.behavior.rcpt.get(address)

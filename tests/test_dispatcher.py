@@ -77,7 +77,7 @@ def account(conn, smtp_server):
 
 @pytest.mark.parametrize("kind", ["plain", "starttls", "tls"])
 def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert, kind):
-    peer = smtp_server(kind, auth=("mailer", "s3cret"))
+    peer = smtp_server(kind, auth=("mailer", "s3cret"), behavior=Behavior(pipelining=True))
     store.upsert_account(conn, peer.account(user="mailer", password="s3cret"), int(T0))
     enqueue(conn, config, message(1), message(2))
     dispatcher = make_dispatcher(conn, config, tls_cert)
@@ -185,8 +185,9 @@ A, X, Y = "rcpt@example.com", "x@example.com", "y@example.com"
         ([A, X], {A: "451 later", X: "550 no"}, "retry", None),
     ],
 )
-def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused):
-    peer = smtp_server(behavior=Behavior(rcpt=replies))
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused, pipelining):
+    peer = smtp_server(behavior=Behavior(rcpt=replies, pipelining=pipelining))
     store.upsert_account(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1, to=to))
     make_dispatcher(conn, config).run_once(T0)
@@ -204,8 +205,9 @@ def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refus
 
 
 @pytest.mark.parametrize(("reply", "final"), [("451 4.3.0 busy", False), ("554 5.7.1 spam", True)])
-def test_end_of_data_reply(conn, config, smtp_server, reply, final):
-    peer = smtp_server(behavior=Behavior(data_reply=reply))
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
+    peer = smtp_server(behavior=Behavior(data_reply=reply, pipelining=pipelining))
     store.upsert_account(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1), message(2))
     make_dispatcher(conn, config).run_once(T0)

@@ -130,3 +130,51 @@ def test_non_ascii_envelope_address_is_refused():
 def test_leading_dots_survive_in_the_body():
     body = ".hidden line\n..two dots\n.\n"
     assert text(parse(build(model(body=body), [], NOW).data)) == body
+
+
+EQUIVALENT = [
+    {},
+    {"html": True, "body": "<p>" + "word " * 100 + "</p>\n"},  # long lines, still 7bit
+    {"body": "x" * 1500 + "\n"},  # beyond 998: quoted-printable
+    {"body": "Grüße, café ✓\r\nline two  \r\n\ttab\n"},  # non-ASCII, CRLF, trailing spaces
+    {"body": ""},
+    {"body": ".\n..\nend"},
+    {"from_name": "O'Brien, Pat", "cc": ["a@example.com", "B <b@example.com>"]},
+    {
+        "reply_to": "r@example.com",
+        "message_id": "id@app",
+        "headers": {"X-A": "1", "Date": "Mon, 01 Jan 2024 00:00:00 +0000"},
+    },
+    {"to": "a@example.com, b@example.com", "content_type": "html", "body": "<b>hi</b>"},
+    {"from_name": "Zoë"},  # formataddr writes the RFC 2047 word itself
+]
+
+
+@pytest.mark.parametrize("fields", EQUIVALENT)
+def test_direct_path_matches_the_email_package(fields):
+    from dispatcher.mime import _render, _render_simple
+
+    msg = model(**fields)
+    direct, reference = _render_simple(msg, NOW), _render(msg, [], NOW)
+    assert direct is not None  # these all take the direct path
+    fast, slow = parse(direct), parse(reference)
+    skip = "content-transfer-encoding"  # 7bit vs quoted-printable may differ; content may not
+    assert sorted((k, str(v)) for k, v in fast.items() if k.lower() != skip) == sorted(
+        (k, str(v)) for k, v in slow.items() if k.lower() != skip
+    )
+    assert text(fast) == text(slow)
+    assert all(len(line) <= 998 for line in direct.split(b"\r\n")) and direct.isascii()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"subject": "Grüße"},
+        {"subject": "long " * 20},
+        {"headers": {"X-Note": "ünïcode"}},
+    ],  # fmt: skip
+)
+def test_headers_needing_encoding_or_folding_take_the_email_package(fields):
+    from dispatcher.mime import _render_simple
+
+    assert _render_simple(model(**fields), NOW) is None
