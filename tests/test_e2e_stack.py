@@ -148,6 +148,8 @@ def operate(stack: Stack) -> None:
 def test_mail_flows_through_operations_without_loss_or_duplicates(stack, sink, upstream, var_dir):
     status = api(stack, "/status").json()
     assert status["ok"] and status["active"] and status["test_mode"] is False
+    assert set(status["counts"]) == {"queued", "deferred", "sending", "sent", "error"}
+    assert "oldest_ready_age_seconds" in status and len(status["pending_by_priority"]) == 4
     processes = {p["process"]: p for p in status["processes"]}
     assert {"dispatcher-00", "dispatcher-01", "reporter"} <= set(processes)
     assert all(p["age_seconds"] < 30 for p in processes.values())
