@@ -7,8 +7,10 @@ still run, so a single broken measurement never hides the rest.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -53,16 +55,29 @@ def main(argv: list[str] | None = None) -> int:
         },
         "started_at": int(time.time()),
     }
-    for name in names:
-        print(f"bench: running {name}", file=sys.stderr, flush=True)
-        document[name] = run_section(name)
+    with _stdout_to_stderr():
+        for name in names:
+            print(f"bench: running {name}", file=sys.stderr, flush=True)
+            document[name] = run_section(name)
     print(json.dumps(document, indent=2))
     return 0
 
 
-def _cpu_count() -> int:
-    import os
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Whatever a section or its child processes print goes to stderr: stdout is the document."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
+
+def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
