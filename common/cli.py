@@ -11,6 +11,7 @@ import sys
 
 import apsw
 
+from common import cli_accounts as a
 from common import cli_commands as c
 from common import cli_stack
 from common.cli_output import UNAVAILABLE, USAGE, CliError
@@ -52,7 +53,7 @@ def _accounts(sub, common) -> None:
     group = sub.add_parser("accounts", help="manage SMTP accounts").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    add = _command(group, "add", c.cmd_accounts_add, common)
+    add = _command(group, "add", a.cmd_accounts_add, common)
     add.add_argument("id", help="account id messages refer to as account_id")
     add.add_argument("--host", required=True)
     add.add_argument("--port", type=int, required=True)
@@ -79,9 +80,9 @@ def _accounts(sub, common) -> None:
         add.add_argument(f"--limit-per-{unit}", type=int, metavar="N")
     add.add_argument("--limit-behavior", choices=["defer", "reject"])
     add.add_argument("--batch-size", type=int, help="most messages per claim for this account")
-    _command(group, "list", c.cmd_accounts_list, common)
-    _command(group, "show", c.cmd_accounts_show, common).add_argument("id")
-    delete = _command(group, "delete", c.cmd_accounts_delete, common)
+    _command(group, "list", a.cmd_accounts_list, common)
+    _command(group, "show", a.cmd_accounts_show, common).add_argument("id")
+    delete = _command(group, "delete", a.cmd_accounts_delete, common)
     delete.add_argument("id")
     delete.add_argument("--purge", action="store_true", help="also delete its unsent messages")
 
