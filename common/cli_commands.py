@@ -111,7 +111,8 @@ def _items_from_json(text: str) -> tuple[list, object]:
 def _items(args) -> tuple[list, object]:
     if args.json_file is not None or args.eml is not None:
         used = [f for f in MESSAGE_FLAGS if getattr(args, f) not in (None, False, [])]
-        if args.json_file is not None and (used or args.account or args.priority is not None):
+        overrides = [args.account, args.priority, args.deferred_ts]
+        if args.json_file is not None and (used or any(v is not None for v in overrides)):
             raise CliError("--json takes the whole message from the file; drop the other flags")
         if args.eml is not None and [f for f in used if f != "id"]:
             raise CliError(
