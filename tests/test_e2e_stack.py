@@ -99,9 +99,18 @@ def upstream():
 
 
 @pytest.fixture
-def stack(var_dir, sink, upstream):
+def ini(tmp_path):
+    """The configuration file; operate() edits it before HUP to prove it is re-read."""
+    path = tmp_path / "asyncmail.ini"
+    path.write_text("[logging]\ndelivery_activity = false\n")
+    return path
+
+
+@pytest.fixture
+def stack(var_dir, ini, sink, upstream):
     running = Stack(
         var_dir,
+        ini,
         port=free_port(),
         dispatchers=2,
         api_token=API_TOKEN,
@@ -128,7 +137,14 @@ def sent_total(metrics_text: str) -> float:
     )
 
 
-def operate(stack: Stack) -> None:
+def activity_logged(var_dir) -> bool:
+    """Both kinds of process write delivery-activity lines (only with delivery_activity)."""
+    logs = var_dir / "log"
+    dispatched = any("event=attempt" in p.read_text() for p in logs.glob("dispatcher-*.log"))
+    return dispatched and "event=report_posted" in (logs / "reporter.log").read_text()
+
+
+def operate(stack: Stack, ini) -> None:
     """What an operator does while mail flows; each step must lose and duplicate nothing."""
     stack.ctl("stop", "dispatcher:*", check=True)
     assert {stack.status()[n] for n in ("dispatcher-00", "dispatcher-01")} == {"STOPPED"}
@@ -136,7 +152,10 @@ def operate(stack: Stack) -> None:
     stack.ctl("start", "dispatcher:*", check=True)
     before = {name: stack.program_pid(name) for name in PROGRAMS}
     workers = descendants(before["web"])
+    assert not activity_logged(stack.var_dir)
+    ini.write_text("[logging]\ndelivery_activity = true\n")
     stack.ctl("signal", "HUP", "dispatcher:*", "reporter", "web", check=True)
+    wait_for(lambda: activity_logged(stack.var_dir), message="configuration re-read on HUP")
     wait_for(lambda: not workers & descendants(before["web"]), message="web workers replaced")
     time.sleep(0.5)
     after = {name: stack.program_pid(name) for name in PROGRAMS}
@@ -145,7 +164,9 @@ def operate(stack: Stack) -> None:
     assert stack.status()["web"] == "RUNNING"
 
 
-def test_mail_flows_through_operations_without_loss_or_duplicates(stack, sink, upstream, var_dir):
+def test_mail_flows_through_operations_without_loss_or_duplicates(
+    stack, ini, sink, upstream, var_dir
+):
     status = api(stack, "/status").json()
     assert status["ok"] and status["active"] and status["test_mode"] is False
     assert set(status["counts"]) == {"queued", "deferred", "sending", "sent", "error"}
@@ -167,7 +188,7 @@ def test_mail_flows_through_operations_without_loss_or_duplicates(stack, sink, u
     sender.start()
     try:
         wait_for(lambda: len(sink.received) >= 20, message="first messages at the sink")
-        operate(stack)
+        operate(stack, ini)
         answer = api(
             stack,
             "/commands/add-messages",
