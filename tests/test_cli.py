@@ -133,6 +133,7 @@ def test_unreachable_database_exits_3(run, monkeypatch, var_dir):
         ["cleanup"],
         ["supervisord"],
         ["shutdown"],
+        ["ctl"],
     ],
 )
 def test_help_everywhere(argv, capsys):
