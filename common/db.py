@@ -106,7 +106,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _row_as_dict(cursor: apsw.Cursor, row: tuple) -> dict:
-    return {name: value for (name, _), value in zip(cursor.get_description(), row)}
+    return {name: value for (name, _), value in zip(cursor.get_description(), row, strict=True)}
 
 
 def connect(path: str | os.PathLike, synchronous: str = "FULL", migrate: bool = True):

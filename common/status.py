@@ -24,7 +24,9 @@ STATUS_SQL = {
     Status.ERROR: "sent_ts IS NULL AND error_ts IS NOT NULL",
     Status.SENDING: f"{_PENDING} AND {_LEASED}",
     Status.DEFERRED: f"{_PENDING} AND NOT ({_LEASED}) AND deferred_ts > :now",
-    Status.QUEUED: f"{_PENDING} AND NOT ({_LEASED}) AND (deferred_ts IS NULL OR deferred_ts <= :now)",
+    Status.QUEUED: (
+        f"{_PENDING} AND NOT ({_LEASED}) AND (deferred_ts IS NULL OR deferred_ts <= :now)"
+    ),
 }
 
 STATUS_CASE_SQL = (

@@ -73,9 +73,12 @@ class Reporter:
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; a bad file keeps the running one."""
         try:
-            self.configure(load_config())
+            config = load_config()
         except ConfigError as exc:
             logger.error(fields(event="reload_refused", reason=exc))
+            return
+        logging.getLogger().setLevel(config.log_level)
+        self.configure(config)
 
     def run_once(self, now: float) -> bool:
         """Purge when due, post one batch when due; True when another batch may follow at once."""
