@@ -8,16 +8,24 @@ finish within graceful_timeout) and starts a new one; connections attempted in b
 refused, so prefer HUP for a reload.
 """
 
-from common.config import load_config
+import sys
+
+from common.config import ConfigError, load_config
 from common.metrics import mark_dead
 
-_config = load_config()
+try:
+    _config = load_config()
+except ConfigError as exc:  # one line naming the key, not a traceback
+    sys.exit(f"configuration error: {exc}")
 
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
-# each request is a few milliseconds of SQLite work; the app keeps one database connection
-# per process, which threads would share, so plain sync workers (one request at a time)
-worker_class = "sync"
+# gthread with one thread: clients keep their connections alive between enqueues (sync
+# workers close every connection), while each worker still serves one request at a time on
+# its one database connection
+worker_class = "gthread"
+threads = 1
+keepalive = 75  # seconds an idle client connection stays open (longer than most LBs' 60 s)
 proc_name = "asyncmail-web"  # how the master and workers show in ps
 graceful_timeout = 20  # finish in-flight requests on TERM/HUP; below supervisord's stopwaitsecs
 timeout = 30  # a worker stuck this long is killed and replaced
