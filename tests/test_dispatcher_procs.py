@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +21,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def service(var_dir, tmp_path):
+def short_var(var_dir):
+    """A var dir with a short path: wake-up socket paths must fit AF_UNIX's 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="am-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def service(short_var, tmp_path):
     """start(count, **settings) -> dispatcher processes; a connection; all stopped after."""
+    var_dir = short_var
     ini = tmp_path / "asyncmail.ini"
     ini.touch()
     started: list = []
