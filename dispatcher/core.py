@@ -66,6 +66,7 @@ class Dispatcher:
         self.run_now_seen = queue.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
         self._pending: list[queue.Transition] = []  # outcomes not yet committed
+        self._accounts: dict[str | None, tuple] = {}  # id -> (row snapshot, Endpoint, Limits)
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
         self._nudged = self._synced = 0.0
         if config.synchronous in RELAXED_LEVELS:
@@ -76,6 +77,7 @@ class Dispatcher:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
         self.config = config
         self.fetcher.config = config
+        self._accounts.clear()  # the default account comes from [smtp]
 
     # -- the iteration ------------------------------------------------------------------------
     def run_once(self, now: float) -> bool:
@@ -176,7 +178,7 @@ class Dispatcher:
         """Build, reserve, send; every failure becomes the message's transition."""
         started = self.clock()
         try:
-            envelope, endpoint = self._prepare(row, account)
+            envelope, endpoint, limits = self._prepare(row, account)
         except AttachmentError as exc:
             outcome = Outcome.PERMANENT if exc.final else Outcome.TEMPORARY
             return self._after(
@@ -189,21 +191,31 @@ class Dispatcher:
             logger.exception(fields(event="build_failed", id=row["id"]))
             result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"internal error: {exc!r}")
             return self._after(row, result, started, None)
-        limits = Limits.from_account(account)
         free_at = self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
         if free_at is not None:
             return self._held_back(row, account, free_at)
         return self._send(row, envelope, endpoint)
 
-    def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint]:
+    def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint, Limits]:
+        if account is None and row["account_id"] is not None:
+            raise mime.BuildError(f"account {row['account_id']!r} no longer exists")
+        endpoint, limits = self._account(row["account_id"], account)
         msg = Message.model_validate_json(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
-        envelope = mime.build(msg, parts, self.clock())
-        if account is None:
-            if row["account_id"] is not None:
-                raise mime.BuildError(f"account {row['account_id']!r} no longer exists")
-            return envelope, Endpoint.from_config(self.config)
-        return envelope, Endpoint.from_account(account, self.config.secret_key)
+        return mime.build(msg, parts, self.clock()), endpoint, limits
+
+    def _account(self, account_id: str | None, row: dict | None) -> tuple[Endpoint, Limits]:
+        """Endpoint and limits of an account, rebuilt only when its row changed."""
+        snapshot = tuple(row.values()) if row is not None else ()
+        cached = self._accounts.get(account_id)
+        if cached is None or cached[0] != snapshot:
+            if row is None:
+                endpoint = Endpoint.from_config(self.config)
+            else:
+                endpoint = Endpoint.from_account(row, self.config.secret_key)
+            cached = (snapshot, endpoint, Limits.from_account(row))
+            self._accounts[account_id] = cached
+        return cached[1], cached[2]
 
     def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint) -> queue.Transition:
         start = self.clock()

@@ -14,6 +14,7 @@ package.  tests/test_mime.py checks that both paths parse to the same message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mimetypes
 import quopri
@@ -66,12 +67,39 @@ def _angle(value: str) -> str:
     return value if value.startswith("<") and value.endswith(">") else f"<{value}>"
 
 
-def _addresses(value) -> list[Address]:
+@dataclass(frozen=True)
+class Parsed:
+    """The message's address fields, parsed once: (display name, address) pairs."""
+
+    from_: tuple[str, str]
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    bcc: list[tuple[str, str]]
+    reply_to: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, msg: Message) -> Parsed:
+        name, addr = parse_address_list(msg.from_)[0]
+
+        def pairs(value):
+            return parse_address_list(value) if value else []
+
+        return cls((msg.from_name or name, addr), pairs(msg.to), pairs(msg.cc), pairs(msg.bcc),
+                   pairs(msg.reply_to))  # fmt: skip
+
+
+def _addresses(pairs: list[tuple[str, str]]) -> list[Address]:
     out = []
-    for name, addr in parse_address_list(value or []):
+    for name, addr in pairs:
         local, _, domain = addr.rpartition("@")
         out.append(Address(display_name=name, username=local, domain=domain))
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The Date header for an epoch second (messages of the same second share it)."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def _guess_type(part: Part) -> tuple[str, str]:
@@ -84,21 +112,23 @@ def _guess_type(part: Part) -> tuple[str, str]:
 
 def build(msg: Message, parts: list[Part], now: float) -> Envelope:
     """The envelope and the encoded message; raises BuildError when it cannot be built."""
-    sender = parse_address_list(msg.return_path or msg.from_)[0][1]
-    recipients = list(dict.fromkeys(msg.recipients()))
+    parsed = Parsed.of(msg)
+    sender = parse_address_list(msg.return_path)[0][1] if msg.return_path else parsed.from_[1]
+    recipients = list(dict.fromkeys(a for _, a in [*parsed.to, *parsed.cc, *parsed.bcc]))
     for addr in [sender, *recipients]:
         if not addr.isascii():
             raise BuildError(f"address {addr!r} needs SMTPUTF8, which is not supported")
     try:
-        data = (not parts and _render_simple(msg, now)) or _render(msg, parts, now)
+        direct = None if parts else _render_simple(msg, parsed, now)
+        data = direct or _render(msg, parsed, parts, now)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise BuildError(f"cannot build the message: {exc}") from None
     return Envelope(sender, recipients, data)
 
 
-def _render(msg: Message, parts: list[Part], now: float) -> bytes:
+def _render(msg: Message, parsed: Parsed, parts: list[Part], now: float) -> bytes:
     email_msg = EmailMessage(policy=POLICY)
-    _set_headers(email_msg, msg, now)
+    _set_headers(email_msg, msg, parsed, now)
     email_msg.set_content(msg.body, subtype="html" if msg.is_html else "plain")
     for part in parts:
         maintype, subtype = _guess_type(part)
@@ -118,17 +148,15 @@ def _render(msg: Message, parts: list[Part], now: float) -> bytes:
     return email_msg.as_bytes()
 
 
-def _set_headers(email_msg: EmailMessage, msg: Message, now: float) -> None:
-    name, addr = parse_address_list(msg.from_)[0]
-    local, _, domain = addr.rpartition("@")
-    email_msg["From"] = Address(display_name=msg.from_name or name, username=local, domain=domain)
-    email_msg["To"] = _addresses(msg.to)
-    if msg.cc:
-        email_msg["Cc"] = _addresses(msg.cc)
-    if msg.reply_to:
-        email_msg["Reply-To"] = _addresses(msg.reply_to)
+def _set_headers(email_msg: EmailMessage, msg: Message, parsed: Parsed, now: float) -> None:
+    email_msg["From"] = _addresses([parsed.from_])[0]
+    email_msg["To"] = _addresses(parsed.to)
+    if parsed.cc:
+        email_msg["Cc"] = _addresses(parsed.cc)
+    if parsed.reply_to:
+        email_msg["Reply-To"] = _addresses(parsed.reply_to)
     email_msg["Subject"] = msg.subject
-    email_msg["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    email_msg["Date"] = _date(int(now))
     email_msg["Message-ID"] = (
         _angle(msg.message_id) if msg.message_id else derived_message_id(msg.id)
     )
@@ -144,15 +172,15 @@ MAX_HEADER_LINE = 78  # RFC 5322's recommended limit: longer headers need foldin
 MAX_BODY_LINE = 998  # RFC 5322's hard limit for an unencoded (7bit) line
 
 
-def _render_simple(msg: Message, now: float) -> bytes | None:
+def _render_simple(msg: Message, parsed: Parsed, now: float) -> bytes | None:
     """The message without the email package, or None when it needs encoding or folding."""
-    headers = [("From", _simple_from(msg)), ("To", _simple_list(msg.to))]
-    if msg.cc:
-        headers.append(("Cc", _simple_list(msg.cc)))
-    if msg.reply_to:
-        headers.append(("Reply-To", _simple_list(msg.reply_to)))
+    headers = [("From", formataddr(parsed.from_)), ("To", _simple_list(parsed.to))]
+    if parsed.cc:
+        headers.append(("Cc", _simple_list(parsed.cc)))
+    if parsed.reply_to:
+        headers.append(("Reply-To", _simple_list(parsed.reply_to)))
     headers.append(("Subject", msg.subject))
-    headers.append(("Date", format_datetime(datetime.fromtimestamp(now, UTC))))
+    headers.append(("Date", _date(int(now))))
     message_id = _angle(msg.message_id) if msg.message_id else derived_message_id(msg.id)
     headers.append(("Message-ID", message_id))
     for name, value in (msg.headers or {}).items():
@@ -171,13 +199,8 @@ def _render_simple(msg: Message, now: float) -> bytes | None:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
-def _simple_from(msg: Message) -> str:
-    name, addr = parse_address_list(msg.from_)[0]
-    return formataddr((msg.from_name or name, addr))
-
-
-def _simple_list(value) -> str:
-    return ", ".join(formataddr(pair) for pair in parse_address_list(value))
+def _simple_list(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(formataddr(pair) for pair in pairs)
 
 
 def _simple_body(text: str) -> tuple[str, bytes]:

@@ -184,11 +184,9 @@ def transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: by
 
 
 def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
-    lines = [
-        f"MAIL FROM:{smtplib.quoteaddr(sender)}",
-        *(f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in recipients),
-        "DATA",
-    ]
+    # Addresses were validated as bare addr-specs at intake, so they need only the brackets
+    # (smtplib.quoteaddr would parse each one again).
+    lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{rcpt}>" for rcpt in recipients), "DATA"]
     pipelined = smtp.has_extn("pipelining")
     replies = _envelope_replies(smtp, lines, pipelined, progress)
     refused = {

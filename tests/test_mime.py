@@ -152,10 +152,11 @@ EQUIVALENT = [
 
 @pytest.mark.parametrize("fields", EQUIVALENT)
 def test_direct_path_matches_the_email_package(fields):
-    from dispatcher.mime import _render, _render_simple
+    from dispatcher.mime import Parsed, _render, _render_simple
 
     msg = model(**fields)
-    direct, reference = _render_simple(msg, NOW), _render(msg, [], NOW)
+    parsed = Parsed.of(msg)
+    direct, reference = _render_simple(msg, parsed, NOW), _render(msg, parsed, [], NOW)
     assert direct is not None  # these all take the direct path
     fast, slow = parse(direct), parse(reference)
     skip = "content-transfer-encoding"  # 7bit vs quoted-printable may differ; content may not
@@ -175,6 +176,7 @@ def test_direct_path_matches_the_email_package(fields):
     ],  # fmt: skip
 )
 def test_headers_needing_encoding_or_folding_take_the_email_package(fields):
-    from dispatcher.mime import _render_simple
+    from dispatcher.mime import Parsed, _render_simple
 
-    assert _render_simple(model(**fields), NOW) is None
+    msg = model(**fields)
+    assert _render_simple(msg, Parsed.of(msg), NOW) is None
