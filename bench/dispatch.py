@@ -76,6 +76,7 @@ class Sink:
             return False
 
     def stop(self) -> None:
+        """Stop the sink process or server."""
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)

@@ -40,7 +40,7 @@ def main() -> int:
     dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(), fetcher=Fetcher(config),
                             name=name, should_stop=lambda: signals.stop)  # fmt: skip
 
-    def reload() -> None:
+    def reload() -> None:  # SIGHUP: re-read the configuration; keep the old one if bad
         try:
             dispatcher.reconfigure(load_config())
         except ConfigError as exc:
@@ -48,9 +48,9 @@ def main() -> int:
 
     logger.info(fields(event="started", database=config.database))
     try:
-        turn = lambda: dispatcher.run_once(time.time())  # noqa: E731
-        beat = Heartbeat(conn, name, wakeup.DISPATCHER)
-        return run_forever(turn, waiter.wait, dispatcher.idle_seconds, signals, reload, beat)
+        return run_forever(lambda: dispatcher.run_once(time.time()), waiter.wait,
+                           dispatcher.idle_seconds, signals, reload,
+                           Heartbeat(conn, name, wakeup.DISPATCHER))  # fmt: skip
     finally:
         dispatcher.close()
         waiter.close()

@@ -79,6 +79,7 @@ class Parsed:
 
     @classmethod
     def of(cls, msg: Message) -> Parsed:
+        """Parse the message's From (with from_name), To, Cc, Bcc and Reply-To."""
         name, addr = parse_address_list(msg.from_)[0]
 
         def pairs(value):

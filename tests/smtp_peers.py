@@ -127,6 +127,7 @@ class Peer:
 
     @property
     def received(self) -> list[Received]:
+        """Messages the server accepted, in arrival order."""
         return self.handler.received
 
     def account(self, account_id: str = "acct", **extra) -> dict:
@@ -137,6 +138,7 @@ class Peer:
         return row
 
     def stop(self) -> None:
+        """Stop the server (idempotent)."""
         with contextlib.suppress(Exception):
             self.controller.stop()
 
@@ -149,6 +151,7 @@ class Cert:
     key_path: Path
 
     def server_context(self) -> ssl.SSLContext:
+        """A server-side context presenting this certificate."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, self.key_path)
         return context
@@ -263,9 +266,11 @@ class SilentServer:
                 self.accepted.append(conn)
 
     def account(self, account_id: str = "silent", **extra) -> dict:
+        """An ``accounts`` row pointing at this server."""
         return {"id": account_id, "host": self.host, "port": self.port, **extra}
 
     def stop(self) -> None:
+        """Close the listening socket and every accepted connection."""
         self.sock.close()
         for conn in self.accepted:
             conn.close()
