@@ -411,3 +411,37 @@ def test_delivery_activity_logs_one_line_without_password(make_config, smtp_serv
     assert len(lines) == 1 and "outcome=sent" in lines[0] and "id=m1" in lines[0]
     assert "XYZZY" not in caplog.text
     conn.close()
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipelining):
+    from common.models import Message
+    from dispatcher import mime
+
+    peer = smtp_server(behavior=Behavior(pipelining=pipelining))
+    store.upsert_account(conn, peer.account(), int(T0))
+    item = message(1, cc="c@example.com", bcc="hidden@example.com", return_path="b@example.com",
+                   body=".leading dot\r\n..two\n.\nend without newline")  # fmt: skip
+    enqueue(conn, config, item)
+    make_dispatcher(conn, config).run_once(T0)
+    built = mime.build(Message.model_validate(item), [], T0)
+    [got] = peer.received
+    assert got.data == built.data  # dot-stuffing undone by the server, nothing else changed
+    assert (got.sender, got.recipients) == ("b@example.com", built.recipients)
+    assert built.recipients == ["rcpt@example.com", "c@example.com", "hidden@example.com"]
+
+
+def test_reconfigure_switches_the_default_account(make_config, smtp_server):
+    from common import db
+
+    first, second = smtp_server(), smtp_server()
+    config = make_config(smtp_host=first.host, smtp_port=first.port)
+    conn = db.connect(config.database)
+    dispatcher = make_dispatcher(conn, config)
+    enqueue(conn, config, message(1, account_id=None))
+    dispatcher.run_once(T0)
+    dispatcher.reconfigure(make_config(smtp_host=second.host, smtp_port=second.port))
+    enqueue(conn, config, message(2, account_id=None))
+    dispatcher.run_once(T0)
+    assert (len(first.received), len(second.received)) == (1, 1)
+    conn.close()
