@@ -3,7 +3,6 @@
 import functools
 import logging
 import sys
-import time
 
 import apsw
 
@@ -48,9 +47,10 @@ def main() -> int:
 
     logger.info(fields(event="started", database=config.database))
     try:
-        return run_forever(lambda: dispatcher.run_once(time.time()), waiter.wait,
-                           dispatcher.idle_seconds, signals, reload,
-                           Heartbeat(conn, name, wakeup.DISPATCHER))  # fmt: skip
+        beat = Heartbeat(conn, name, wakeup.DISPATCHER)
+        return run_forever(
+            dispatcher.turn, waiter.wait, dispatcher.idle_seconds, signals, reload, beat
+        )
     finally:
         dispatcher.close()
         waiter.close()

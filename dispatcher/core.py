@@ -15,6 +15,8 @@ import random
 import time
 from collections.abc import Callable
 
+import apsw
+
 from common import crypto, metrics, queue, store, wakeup
 from common.config import Config
 from common.logs import fields
@@ -80,6 +82,14 @@ class Dispatcher:
         self._accounts.clear()  # the default account comes from [smtp]
 
     # -- the iteration ------------------------------------------------------------------------
+    def turn(self) -> bool:
+        """``run_once`` now; a database error (disk full, locked too long) is logged, then sleep."""
+        try:
+            return self.run_once(self.clock())
+        except apsw.Error:
+            logger.exception(fields(event="turn_failed"))
+            return False
+
     def run_once(self, now: float) -> bool:
         """Claim and deliver one batch; False when nothing was ready (the caller may sleep)."""
         if not self._may_claim():
@@ -191,7 +201,14 @@ class Dispatcher:
             logger.exception(fields(event="build_failed", id=row["id"]))
             result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"internal error: {exc!r}")
             return self._after(row, result, started, None)
-        free_at = self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
+        try:
+            free_at = (
+                self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
+            )
+        except Exception as exc:  # the ledger file cannot be used: never send unmetered
+            logger.exception(fields(event="ledger_failed", account=_label(row["account_id"])))
+            result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"rate-limit ledger: {exc!r}")
+            return self._after(row, result, started, None)
         if free_at is not None:
             return self._held_back(row, account, free_at)
         return self._send(row, envelope, endpoint)

@@ -445,3 +445,17 @@ def test_reconfigure_switches_the_default_account(make_config, smtp_server):
     dispatcher.run_once(T0)
     assert (len(first.received), len(second.received)) == (1, 1)
     conn.close()
+
+
+def test_unusable_ledger_means_no_unmetered_send(conn, config, smtp_server, caplog):
+    peer = smtp_server()
+    store.upsert_account(conn, peer.account(limit_per_second=5), int(T0))
+    config.ratelimit_dir.parent.mkdir(parents=True, exist_ok=True)
+    config.ratelimit_dir.write_text("not a directory")
+    enqueue(conn, config, message(1))
+    with caplog.at_level(logging.ERROR):
+        make_dispatcher(conn, config).run_once(T0)
+    assert peer.handler.attempted == []
+    got = row(conn, "m1")
+    assert got["error_ts"] is None and "rate-limit ledger" in got["error"]
+    assert "event=ledger_failed" in caplog.text
