@@ -289,10 +289,12 @@ class Dispatcher:
     def retry_delay(self, attempts_done: int, uncertain: bool = False) -> float:
         """Seconds before the next try after ``attempts_done`` attempts (last delay repeats)."""
         delays = self.config.retry_delays
-        delay = delays[min(attempts_done, len(delays)) - 1]
-        if uncertain:
+        delay = delays[min(attempts_done, len(delays)) - 1] * self.rng.uniform(
+            1 - JITTER, 1 + JITTER
+        )
+        if uncertain:  # it may have been delivered: never sooner than the second delay
             delay = max(delay, delays[min(1, len(delays) - 1)])
-        return delay * self.rng.uniform(1 - JITTER, 1 + JITTER)
+        return delay
 
     def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> queue.Attempt:
         return queue.Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)

@@ -225,7 +225,7 @@ def test_drop_after_data_is_uncertain(conn, config, smtp_server):
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["possible_duplicate"] == 1 and got["sent_ts"] is None
-    assert got["ready_at"] - T0 >= 300 * 0.9  # no sooner than the second retry delay
+    assert got["ready_at"] - T0 >= 300  # no sooner than the second retry delay
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
     assert store.get_message(conn, "m1", T0)["possible_duplicate"] is True
 
@@ -459,3 +459,11 @@ def test_unusable_ledger_means_no_unmetered_send(conn, config, smtp_server, capl
     got = row(conn, "m1")
     assert got["error_ts"] is None and "rate-limit ledger" in got["error"]
     assert "event=ledger_failed" in caplog.text
+
+
+def test_retry_delays_jitter_and_repeat(conn, make_config):
+    dispatcher = make_dispatcher(conn, make_config(retry_delays=(10, 20, 30)))
+    for attempts_done, base in [(1, 10), (2, 20), (3, 30), (9, 30)]:
+        samples = [dispatcher.retry_delay(attempts_done) for _ in range(200)]
+        assert base * 0.9 <= min(samples) < max(samples) <= base * 1.1
+    assert min(dispatcher.retry_delay(1, uncertain=True) for _ in range(200)) >= 20
