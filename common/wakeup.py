@@ -52,7 +52,7 @@ class Waiter:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
         self.sock.setblocking(False)
-        self.signal_pair = _signal_pair()
+        self.signal_pair, self.previous_wakeup_fd = _signal_pair()
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when woken (or signalled).  Drains wake-ups."""
@@ -68,7 +68,8 @@ class Waiter:
 
     def close(self) -> None:
         if self.signal_pair:
-            signal.set_wakeup_fd(-1)
+            with contextlib.suppress(ValueError):  # not the main thread: leave it
+                signal.set_wakeup_fd(self.previous_wakeup_fd)
             for sock in self.signal_pair:
                 sock.close()
         self.sock.close()
@@ -76,15 +77,18 @@ class Waiter:
             self.path.unlink()
 
 
-def _signal_pair() -> tuple[socket.socket, ...]:
-    """(read, write) sockets the interpreter writes to on every signal; () off the main thread."""
+def _signal_pair() -> tuple[tuple[socket.socket, ...], int]:
+    """((read, write) sockets the interpreter writes to on every signal, the fd it replaced).
+
+    Off the main thread signals cannot be routed: ((), -1).
+    """
     read, write = socket.socketpair()
     read.setblocking(False)
     write.setblocking(False)
     try:
-        signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+        previous = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
     except ValueError:
         read.close()
         write.close()
-        return ()
-    return read, write
+        return (), -1
+    return (read, write), previous
