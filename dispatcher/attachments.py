@@ -2,8 +2,10 @@
 
 URL fetches are guarded against SSRF: the host is resolved and every address checked
 (private, loopback, link-local, reserved, multicast and unspecified ranges are refused unless
-``allow_private_attachment_urls``), redirects are followed by hand, at most MAX_REDIRECTS,
-each target checked the same way, and the body is streamed under ``attachment_max_bytes``.
+``allow_private_attachment_urls``), and the connection goes to the checked address (the name
+travels in the Host header and, for TLS, in SNI and the certificate check), so a second DNS
+answer cannot steer it elsewhere.  Redirects are followed by hand, at most MAX_REDIRECTS, each
+target checked the same way; the body is streamed under ``attachment_max_bytes``.
 Transient failures (connection errors, 5xx, S3 throttling) are retried inside the attempt;
 the rest fail at once.  Either way the caller sends nothing without every attachment.
 """
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from common.config import Config
@@ -63,6 +66,24 @@ _retry = retry(
 )
 
 
+class PinnedAdapter(HTTPAdapter):
+    """Connects where the request URL says (the checked address) but speaks TLS to the name.
+
+    The URL carries the address the SSRF check approved; the Host header carries the name,
+    which becomes the TLS server name (SNI) and the name the certificate must match.
+    """
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        """requests' pool key, plus the TLS server name taken from the Host header."""
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        name = urlsplit("//" + request.headers.get("Host", "")).hostname
+        if host_params["scheme"] == "https" and name:
+            pool_kwargs.update(server_hostname=name, assert_hostname=name)
+        return host_params, pool_kwargs
+
+
 class Fetcher:
     """Turns a message's attachment specs into Parts, or raises AttachmentError."""
 
@@ -71,10 +92,14 @@ class Fetcher:
         config: Config,
         session: requests.Session | None = None,
         resolve: Callable[[str, int], list[str]] | None = None,
+        address_allowed: Callable[[str], bool] | None = None,
     ):
         self.config = config
         self.session = session or requests.Session()
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, PinnedAdapter())
         self.resolve = resolve or _resolve
+        self.address_allowed = address_allowed or _is_public
         self._s3 = None
 
     def fetch_all(self, attachments: list[Attachment]) -> list[Part]:
@@ -94,10 +119,11 @@ class Fetcher:
     # -- HTTP(S) ------------------------------------------------------------------------------
     def _get_url(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_target(url)
+            target, headers = self._check_target(url)
             try:
                 response = self.session.get(
-                    url,
+                    target,
+                    headers=headers,
                     stream=True,
                     allow_redirects=False,
                     timeout=self.config.attachment_timeout_seconds,
@@ -134,14 +160,15 @@ class Fetcher:
             raise AttachmentError(f"{_short(url)}: {type(exc).__name__}", transient=True) from None
         return b"".join(chunks)
 
-    def _check_target(self, url: str) -> None:
+    def _check_target(self, url: str) -> tuple[str, dict]:
+        """(URL to request, extra headers): the checked address pinned, unless private is ok."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AttachmentError(
                 f"{_short(url)}: only http and https URLs are fetched", final=True
             )
         if self.config.allow_private_attachment_urls:
-            return
+            return url, {}
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             addresses = self.resolve(parts.hostname, port)
@@ -150,12 +177,18 @@ class Fetcher:
                 f"{_short(url)}: cannot resolve host ({exc})", transient=True
             ) from None
         for address in addresses:
-            if not ipaddress.ip_address(address.split("%")[0]).is_global:
+            if not self.address_allowed(address):
                 raise AttachmentError(
                     f"{_short(url)}: refused, {parts.hostname} resolves to non-public address "
                     f"{address} (allow_private_attachment_urls is off)",
                     final=True,
                 )
+        if not addresses:
+            raise AttachmentError(f"{_short(url)}: no address for host", transient=True)
+        userinfo, _, host = parts.netloc.rpartition("@")
+        literal = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+        pinned = f"{userinfo}@{literal}:{port}" if userinfo else f"{literal}:{port}"
+        return parts._replace(netloc=pinned).geturl(), {"Host": host}
 
     # -- S3 -----------------------------------------------------------------------------------
     def _get_s3(self, bucket: str, key: str) -> bytes:
@@ -198,11 +231,15 @@ class Fetcher:
         return self._s3
 
 
+def _is_public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
 def _resolve(host: str, port: int) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
 
 
 def _short(url: str) -> str:
-    """A URL without its query string (which may carry a signature or token)."""
+    """A URL without credentials or query string (either may carry a secret)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -56,16 +56,27 @@ class Files(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serving(context=None):
+    """A local HTTP(S) server in a thread; yields its port."""
+    Files.hits = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def http_base():
     """A local HTTP server; yields its base URL."""
-    Files.hits = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +132,37 @@ def test_every_resolved_address_is_checked(config, addresses):
     spec = Attachment(filename="f", url="http://files.example.com/x")
     with pytest.raises(AttachmentError, match="non-public"):
         fetcher.fetch(spec)
+
+
+def pinned_fetcher(config, **kwargs) -> Fetcher:
+    """A fetcher that resolves every name to 127.0.0.1 and counts it as public."""
+    return Fetcher(config, resolve=lambda host, port: ["127.0.0.1"],
+                   address_allowed=lambda address: True, **kwargs)  # fmt: skip
+
+
+def test_connection_goes_to_the_checked_address(config, http_base):
+    port = http_base.rsplit(":", 1)[1]
+    spec = Attachment(filename="f", url=f"http://user:secret@files.invalid:{port}/hop/2")
+    assert pinned_fetcher(config).fetch(spec).data == PAYLOAD  # .invalid never resolves
+    assert Files.hits == {"/hop/2": 1, "/hop/1": 1, "/file": 1}
+
+
+def test_tls_to_a_pinned_address_checks_the_name(config, tls_cert):
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment wins over verify
+    session.verify = str(tls_cert.cert_path)
+    with serving(tls_cert.server_context()) as port:
+        spec = Attachment(filename="f", url=f"https://localhost:{port}/file")
+        assert pinned_fetcher(config, session=session).fetch(spec).data == PAYLOAD
+
+
+def test_errors_never_show_credentials_or_query(config):
+    spec = Attachment(filename="f", url="http://user:secret@10.0.0.1/x?token=abc")
+    with pytest.raises(AttachmentError) as caught:
+        Fetcher(config).fetch(spec)
+    assert "secret" not in str(caught.value) and "token" not in str(caught.value)
 
 
 def test_too_many_redirects(make_config, http_base):
