@@ -100,6 +100,12 @@ MIGRATIONS: list[str] = [
         ts      REAL NOT NULL
     );
     """,
+    # 2: crash-resend visibility (dispatcher).  1 while the lease holder may already have sent
+    # the row without its outcome being committed; a claim that finds it set on an expired
+    # lease (the holder died) marks the message possible_duplicate.
+    """
+    ALTER TABLE messages ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

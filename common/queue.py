@@ -10,6 +10,11 @@ claim query is a range scan of the ``messages_claim`` index:
     SENDING -> DEFERRED          record(): retry or rate limit, deferred_ts = ready_at = later
     SENDING -> QUEUED            release(): lease cleared, ready_at = max(now, deferred_ts)
     SENDING (expired) -> SENDING another dispatcher's claim once lease_expires has passed
+
+``maybe_sent`` makes crash resends visible: the holder sets it, in the transactions it commits
+anyway, on the rows it may send before its next commit; outcomes and releases clear it.  A
+claim that still finds it set took the row from a holder that died mid-batch, and marks the
+message ``possible_duplicate``.
 """
 
 from __future__ import annotations
@@ -79,6 +84,13 @@ class Claim:
     lease_expires: float = 0.0
 
 
+_LEASE = """
+UPDATE messages SET lease_owner = ?, lease_expires = ?, ready_at = ?,
+    possible_duplicate = max(possible_duplicate, maybe_sent), maybe_sent = ?
+WHERE id = ?
+"""
+
+
 def claim(
     conn,
     owner: str,
@@ -86,8 +98,12 @@ def claim(
     lease_seconds: float,
     default_batch: int,
     include_default: bool,
+    sending_ahead: int = 0,
 ) -> Claim:
-    """Lease up to each account's batch of ready messages; ordered by (priority, ready_at)."""
+    """Lease up to each account's batch of ready messages; ordered by (priority, ready_at).
+
+    The first ``sending_ahead`` rows in that order get ``maybe_sent``.
+    """
     expires = now + lease_seconds
     rows: list[dict] = []
     with write(conn):
@@ -97,11 +113,14 @@ def claim(
             batches.append((None, default_batch))
         for account_id, limit in batches:
             rows.extend(_ready_rows(conn, account_id, now, limit))
+        rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
         conn.executemany(
-            "UPDATE messages SET lease_owner = ?, lease_expires = ?, ready_at = ? WHERE id = ?",
-            [(owner, expires, expires, row["id"]) for row in rows],
+            _LEASE,
+            [
+                (owner, expires, expires, int(n < sending_ahead), row["id"])
+                for n, row in enumerate(rows)
+            ],
         )
-    rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
     return Claim(rows, accounts, expires)
 
 
@@ -149,7 +168,7 @@ def release(conn, ids: list[str], owner: str, now: float, ready_at: float | None
         return
     with write(conn):
         conn.executemany(
-            "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, "
+            "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, maybe_sent = 0, "
             "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
             "WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL",
             [{"id": i, "owner": owner, "now": now, "ready_at": ready_at} for i in ids],
@@ -186,14 +205,14 @@ _SENT = """
 UPDATE messages SET sent_ts = :now_s, outcome_at = :now, updated_at = :now_s,
     error = NULL, smtp_code = :code, refused = :refused, attempts = attempts + 1,
     possible_duplicate = max(possible_duplicate, :dup),
-    lease_owner = NULL, lease_expires = NULL
+    lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
 WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 """
 _ERROR = """
 UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
     error = :error, smtp_code = coalesce(:code, smtp_code),
     attempts = attempts + :counted, possible_duplicate = max(possible_duplicate, :dup),
-    lease_owner = NULL, lease_expires = NULL
+    lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
 WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 """
 _RETRY = """
@@ -201,7 +220,7 @@ UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at
     error = coalesce(:error, error), smtp_code = coalesce(:code, smtp_code),
     attempts = attempts + :counted,
     possible_duplicate = max(possible_duplicate, :dup),
-    lease_owner = NULL, lease_expires = NULL
+    lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
 WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 """
 _STATEMENTS = {"sent": _SENT, "error": _ERROR, "retry": _RETRY, "deferred": _RETRY}
@@ -225,11 +244,27 @@ def _synchronous(conn, level: str | None) -> Iterator[None]:
         conn.execute(f"PRAGMA synchronous={baseline}")
 
 
-def record(conn, transitions: list[Transition], process: str, durable: str | None = None) -> None:
-    """Apply outcomes and write their attempts rows, all in one short transaction."""
+def record(
+    conn,
+    transitions: list[Transition],
+    process: str,
+    durable: str | None = None,
+    sending_next: tuple[str, list[str]] | None = None,
+) -> None:
+    """Apply outcomes and write their attempts rows, all in one short transaction.
+
+    ``sending_next`` = (owner, ids): rows the owner may send before its next commit
+    (``maybe_sent``).
+    """
     with _synchronous(conn, durable), write(conn):
         for t in transitions:
             _apply(conn, t, process)
+        if sending_next:
+            owner, ids = sending_next
+            conn.executemany(
+                "UPDATE messages SET maybe_sent = 1 WHERE id = ? AND lease_owner = ?",
+                [(message_id, owner) for message_id in ids],
+            )
 
 
 def _apply(conn, t: Transition, process: str) -> None:

@@ -68,8 +68,7 @@ class Waiter:
 
     def close(self) -> None:
         if self.signal_pair:
-            with contextlib.suppress(ValueError):  # not the main thread: leave it
-                signal.set_wakeup_fd(self.previous_wakeup_fd)
+            _unroute_signals(self.signal_pair[1].fileno(), self.previous_wakeup_fd)
             for sock in self.signal_pair:
                 sock.close()
         self.sock.close()
@@ -92,3 +91,12 @@ def _signal_pair() -> tuple[tuple[socket.socket, ...], int]:
         write.close()
         return (), -1
     return (read, write), previous
+
+
+def _unroute_signals(ours: int, previous: int) -> None:
+    """Hand the signal wake-up fd back to whoever had it, if it is still ours."""
+    try:
+        current = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(previous if current == ours else current)
+    except (ValueError, OSError):
+        pass  # off the main thread, or the previous fd is closed: leave none

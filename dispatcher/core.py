@@ -30,10 +30,10 @@ logger = logging.getLogger(__name__)
 
 JITTER = 0.10  # retry delays vary ±10 % so a burst of failures does not retry in lockstep
 REPORT_NUDGE_EVERY = 0.02  # seconds: wake the reporter at most this often within a batch
-# Outcomes are committed in groups of up to OUTCOME_GROUP, none waiting longer than
-# OUTCOME_GROUP_SECONDS, and always at the end of a claim: a commit per message costs more
-# CPU than the SMTP transaction to a nearby relay.  A dispatcher killed outright may resend
-# that many messages (same Message-ID, so recognisable downstream); TERM loses nothing.
+# Outcomes are committed in groups of up to OUTCOME_GROUP spanning at most
+# OUTCOME_GROUP_SECONDS of sending, and always at the end of a claim: a commit per message
+# costs more CPU than the SMTP transaction to a nearby relay.  A dispatcher killed outright
+# may resend that many messages (same Message-ID), flagged possible_duplicate (maybe_sent).
 OUTCOME_GROUP = 8
 OUTCOME_GROUP_SECONDS = 0.01
 # Group commits run at synchronous=NORMAL (no fsync; a killed process loses nothing that was
@@ -102,6 +102,7 @@ class Dispatcher:
             self.config.lease_seconds,
             self.config.batch_size_per_account,
             self.config.has_default_account,
+            sending_ahead=OUTCOME_GROUP,
         )
         if not claim.messages:
             self.draining = False
@@ -142,7 +143,7 @@ class Dispatcher:
             if account_id in held:
                 skipped.setdefault(account_id, []).append(row["id"])
                 continue
-            self._commit(only_if_due=True)
+            self._commit(only_if_due=True, upcoming=(claim.messages[index:], held))
             lease_expires = self._keep_lease(claim.messages[index:], lease_expires)
             transition = self._attempt(row, claim.accounts.get(account_id))
             self._pending.append(transition)
@@ -153,16 +154,28 @@ class Dispatcher:
         for account_id, ids in skipped.items():
             queue.release(self.conn, ids, self.owner, self.clock(), ready_at=held[account_id])
 
-    def _commit(self, only_if_due: bool = False) -> None:
-        """Record pending outcomes in one transaction; with only_if_due, once the group is full."""
+    def _commit(self, only_if_due: bool = False, upcoming: tuple | None = None) -> None:
+        """Record pending outcomes in one transaction; with only_if_due, once the group is full.
+
+        ``upcoming`` = (rows still to go, held accounts): the next OUTCOME_GROUP rows that may
+        be sent before the following commit are marked maybe_sent in the same transaction.
+        """
         if not self._pending:
             return
         now = self.clock()
-        young = now - self._pending[0].now < OUTCOME_GROUP_SECONDS
+        # measured from the start of the oldest pending send: slow sends commit one by one
+        young = now - self._pending[0].attempt.ts < OUTCOME_GROUP_SECONDS
         if only_if_due and young and len(self._pending) < OUTCOME_GROUP:
             return
         sync_due = not only_if_due or now - self._synced >= OUTCOME_SYNC_EVERY
-        queue.record(self.conn, self._pending, self.name, durable=self._durable(sync_due))
+        ahead = None
+        if upcoming is not None:
+            rows, held = upcoming
+            ids = [r["id"] for r in rows if r["account_id"] not in held][:OUTCOME_GROUP]
+            ahead = (self.owner, ids)
+        queue.record(
+            self.conn, self._pending, self.name, self._durable(sync_due), sending_next=ahead
+        )
         self._unreported += sum(t.state in ("sent", "error") for t in self._pending)
         self._pending = []
         self._nudge_reporter(force=not only_if_due)

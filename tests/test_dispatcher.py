@@ -467,3 +467,26 @@ def test_retry_delays_jitter_and_repeat(conn, make_config):
         samples = [dispatcher.retry_delay(attempts_done) for _ in range(200)]
         assert base * 0.9 <= min(samples) < max(samples) <= base * 1.1
     assert min(dispatcher.retry_delay(1, uncertain=True) for _ in range(200)) >= 20
+
+
+def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
+    enqueue(conn, config, *[message(i, priority="immediate" if i < 3 else "low")
+                            for i in range(10)])  # fmt: skip
+    dead = queue.claim(conn, "dead", T0, 120, 50, False, sending_ahead=8)
+    assert [m["id"] for m in dead.messages][:3] == ["m0", "m1", "m2"]
+    taken = queue.claim(conn, "next", T0 + 121, 120, 50, False)  # its lease ran out
+    flags = {m["id"]: row(conn, m["id"])["possible_duplicate"] for m in taken.messages}
+    assert sorted(i for i, flag in flags.items() if flag) == [m["id"] for m in dead.messages][:8]
+
+
+def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
+    config = make_config(batch_size_per_account=30)
+    peer = smtp_server(behavior=Behavior(rcpt={"x@example.com": "550 no"}))
+    store.upsert_account(conn, peer.account(limit_per_minute=20), int(T0))
+    enqueue(conn, config, *[message(i, to="x@example.com" if i % 7 == 0 else "r@example.com")
+                            for i in range(30)])  # fmt: skip
+    make_dispatcher(conn, config).run_once(T0)
+    rows = conn.execute("SELECT maybe_sent, possible_duplicate FROM messages").fetchall()
+    assert {(r["maybe_sent"], r["possible_duplicate"]) for r in rows} == {(0, 0)}
+    refused = conn.execute("SELECT count(*) AS n FROM messages WHERE error_ts IS NOT NULL")
+    assert len(peer.received) + refused.fetchone()["n"] == 20  # the 20 slots of the minute
