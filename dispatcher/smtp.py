@@ -124,7 +124,9 @@ class Endpoint:
     @classmethod
     def from_config(cls, config: Config) -> Endpoint:
         """The implicit default account of the ``[smtp]`` section."""
-        port = config.smtp_port or (465 if config.smtp_use_tls else 25)
+        port = config.smtp_port or (
+            465 if config.smtp_use_tls else 587 if config.smtp_starttls else 25
+        )
         use_tls = config.smtp_use_tls
         return cls(
             host=config.smtp_host,
@@ -309,8 +311,8 @@ class Pool:
         if isinstance(pooled, Result):
             return pooled
         result = transaction(pooled.smtp, sender, recipients, data)
-        if reused and result.lost and result.phase is Phase.MAIL:
-            self.discard(key)  # a pooled link that died while idle: one silent reconnect
+        if reused and result.phase is Phase.MAIL and (result.lost or result.code == 421):
+            self.discard(key)  # a pooled link that died or was closed while idle: reconnect once
             pooled, _ = self._acquire(key, endpoint)
             if isinstance(pooled, Result):
                 return pooled

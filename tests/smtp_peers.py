@@ -69,6 +69,7 @@ class Behavior:
     drop_after_data: close the connection once the message arrived, without replying
     data_delay:  seconds to wait before replying to the end of DATA (3600: never, in effect)
     pipelining:  advertise PIPELINING (RFC 2920); aiosmtpd reads commands in order anyway
+    messages_per_connection: after this many messages a connection answers MAIL with 421
     """
 
     rcpt: dict[str, str] = field(default_factory=dict)
@@ -76,6 +77,7 @@ class Behavior:
     drop_after_data: bool = False
     data_delay: float = 0.0
     pipelining: bool = False
+    messages_per_connection: int = 0
 
 
 class RecordingHandler:
@@ -91,6 +93,17 @@ class RecordingHandler:
         if self.behavior.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        served = getattr(session, "served", 0)
+        if (
+            self.behavior.messages_per_connection
+            and served >= self.behavior.messages_per_connection
+        ):
+            return "421 4.7.0 too many messages on this connection"
+        session.served = served + 1
+        envelope.mail_from, envelope.mail_options = address, list(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.behavior.rcpt.get(address)

@@ -363,6 +363,18 @@ def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
     assert [a["outcome"] for a in attempts(conn, "m2")] == ["sent"]
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_server, pipelining):
+    behavior = Behavior(messages_per_connection=2, pipelining=pipelining)
+    peer = smtp_server(behavior=behavior)
+    store.upsert_account(conn, peer.account(), int(T0))
+    enqueue(conn, config, *[message(i) for i in range(5)])
+    make_dispatcher(conn, config).run_once(T0)
+    assert len(peer.received) == 5
+    assert len({r.peer_port for r in peer.received}) == 3  # 2 + 2 + 1
+    assert {a["outcome"] for a in conn.execute("SELECT outcome FROM attempts")} == {"sent"}
+
+
 def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
     peer = smtp_server()
     store.upsert_account(conn, peer.account(ttl=60), int(T0))
