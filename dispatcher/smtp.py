@@ -45,9 +45,11 @@ class Phase(enum.StrEnum):
 
 
 # What a reply code or an exception means in each phase.  Kinds: 2xx, 4xx, 5xx (reply
-# classes), "lost" (timeout, dropped connection, socket or TLS error, garbled reply).
-# Connection-phase 5xx (a 554 greeting, a 535 AUTH failure) concerns the account, not the
-# message, so it is temporary: the operator fixes the account and the queue drains.
+# classes), "account" (530 authentication or STARTTLS required, 534/535/538 AUTH refused),
+# "lost" (timeout, dropped connection, socket or TLS error, garbled reply).  Connection-phase
+# 5xx (a 554 greeting) and the account codes concern the account, not the message, so they
+# are temporary: the operator fixes the account and the queue drains.
+ACCOUNT_CODES = {530, 534, 535, 538}
 _TABLE: dict[Phase, dict[str, Outcome]] = {
     Phase.CONNECT: {"4xx": Outcome.TEMPORARY, "5xx": Outcome.TEMPORARY, "lost": Outcome.TEMPORARY},
     Phase.MAIL: {"4xx": Outcome.TEMPORARY, "5xx": Outcome.PERMANENT, "lost": Outcome.TEMPORARY},
@@ -67,6 +69,8 @@ def kind_of(code: int | None = None, error: BaseException | None = None) -> str:
     """The column of the table for a reply code or an exception."""
     if error is not None:
         code = getattr(error, "smtp_code", None)
+    if code in ACCOUNT_CODES:
+        return "account"
     if code is not None and 200 <= code < 300:
         return "2xx"
     if code is not None and 400 <= code < 500:
@@ -78,7 +82,7 @@ def kind_of(code: int | None = None, error: BaseException | None = None) -> str:
 
 def classify(phase: Phase, code: int | None = None, error: BaseException | None = None) -> Outcome:
     """The outcome of a transaction that ended in ``phase`` with this code or exception."""
-    return _TABLE[phase].get(kind_of(code, error), Outcome.TEMPORARY)
+    return _TABLE[phase].get(kind_of(code, error), Outcome.TEMPORARY)  # account: temporary
 
 
 @dataclass

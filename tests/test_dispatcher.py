@@ -502,3 +502,12 @@ def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
     assert {(r["maybe_sent"], r["possible_duplicate"]) for r in rows} == {(0, 0)}
     refused = conn.execute("SELECT count(*) AS n FROM messages WHERE error_ts IS NOT NULL")
     assert len(peer.received) + refused.fetchone()["n"] == 20  # the 20 slots of the minute
+
+
+def test_missing_starttls_is_account_trouble_not_a_bounce(conn, config, smtp_server):
+    peer = smtp_server("starttls")  # requires STARTTLS before MAIL
+    store.upsert_account(conn, {**peer.account(), "starttls": False}, int(T0))
+    enqueue(conn, config, message(1))
+    make_dispatcher(conn, config).run_once(T0)
+    got = row(conn, "m1")
+    assert got["error_ts"] is None and got["smtp_code"] == 530 and got["ready_at"] > T0

@@ -22,7 +22,7 @@ LOST = [
     OSError(113, "no route to host"),
     smtplib.SMTPResponseException(-1, b"garbled"),
 ]
-CODES = {"2xx": [250, 251], "4xx": [421, 450, 451, 452, 454], "5xx": [500, 535, 550, 552, 554]}
+CODES = {"2xx": [250, 251], "4xx": [421, 450, 451, 452, 454], "5xx": [500, 550, 552, 553, 554]}
 
 EXPECTED = {
     #              2xx    4xx   5xx   lost
@@ -55,6 +55,13 @@ def test_reply_codes(phase, column):
 @pytest.mark.parametrize("error", LOST, ids=lambda e: type(e).__name__)
 def test_lost_connections(phase, error):
     assert classify(phase, error=error) is EXPECTED[phase][3]
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("code", [530, 534, 535, 538])
+def test_account_trouble_is_temporary_everywhere(phase, code):
+    assert classify(phase, code) is TEMP  # "authentication required", "STARTTLS first" ...
+    assert classify(phase, error=smtplib.SMTPAuthenticationError(code, b"no")) is TEMP
 
 
 @pytest.mark.parametrize("code", [None, -1, 0, 100, 354, 600, 999])
