@@ -36,8 +36,10 @@ def main() -> int:
     signals.install()
     waiter = wakeup.Waiter(config.run_dir, wakeup.DISPATCHER, name)
     ledger = Ledger(config.ratelimit_dir, functools.partial(store.send_starts, conn))
+    beat = Heartbeat(conn, name, wakeup.DISPATCHER)
     dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(), fetcher=Fetcher(config),
-                            name=name, should_stop=lambda: signals.stop)  # fmt: skip
+                            name=name, should_stop=lambda: signals.stop,
+                            heartbeat=beat)  # fmt: skip
 
     def reload() -> None:  # SIGHUP: re-read the configuration; keep the old one if bad
         try:
@@ -47,10 +49,8 @@ def main() -> int:
 
     logger.info(fields(event="started", database=config.database))
     try:
-        beat = Heartbeat(conn, name, wakeup.DISPATCHER)
-        return run_forever(
-            dispatcher.turn, waiter.wait, dispatcher.idle_seconds, signals, reload, beat
-        )
+        return run_forever(dispatcher.turn, waiter.wait, dispatcher.idle_seconds, signals,
+                           reload, beat)  # fmt: skip
     finally:
         dispatcher.close()
         waiter.close()

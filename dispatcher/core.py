@@ -58,12 +58,13 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        heartbeat: Callable[[], None] = lambda: None,
     ):
         self.conn, self.config = conn, config
         self.ledger, self.pool, self.fetcher = ledger, pool, fetcher
         self.name, self.owner = name, f"{name}:{os.getpid()}"
         self.clock, self.rng = clock, rng or random.Random()
-        self.should_stop = should_stop
+        self.should_stop, self.heartbeat = should_stop, heartbeat  # checked between messages
         self.next_ready: float | None = None
         self.run_now_seen = queue.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
@@ -139,6 +140,7 @@ class Dispatcher:
                 rest = [r["id"] for r in claim.messages[index:]]
                 queue.release(self.conn, rest, self.owner, self.clock())
                 return
+            self.heartbeat()  # a long batch to a slow server must not look like a dead process
             account_id = row["account_id"]
             if account_id in held:
                 skipped.setdefault(account_id, []).append(row["id"])
