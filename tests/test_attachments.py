@@ -22,7 +22,8 @@ PAYLOAD = bytes(range(256)) * 40  # 10 KiB of every byte value
 
 
 class Files(BaseHTTPRequestHandler):
-    """Routes: /file, /big (no Content-Length), /status/N, /hop/N (N redirects to /file)."""
+    """Routes: /file, /big (no Content-Length), /status/N, /hop/N (N redirects to /file),
+    /away (redirects to http://internal.invalid/file)."""
 
     hits: dict[str, int] = {}
 
@@ -34,6 +35,11 @@ class Files(BaseHTTPRequestHandler):
             self._send(200, b"x" * 5000, length=False)
         elif self.path.startswith("/status/"):
             self._send(int(self.path.rsplit("/", 1)[1]), b"nope", length=True)
+        elif self.path == "/away":  # a redirect to another host
+            self.send_response(302)
+            self.send_header("Location", "http://internal.invalid/file")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path.startswith("/hop/"):
             left = int(self.path.rsplit("/", 1)[1])
             self.send_response(302)
@@ -145,6 +151,17 @@ def test_connection_goes_to_the_checked_address(config, http_base):
     spec = Attachment(filename="f", url=f"http://user:secret@files.invalid:{port}/hop/2")
     assert pinned_fetcher(config).fetch(spec).data == PAYLOAD  # .invalid never resolves
     assert Files.hits == {"/hop/2": 1, "/hop/1": 1, "/file": 1}
+
+
+def test_every_redirect_target_is_checked(config, http_base):
+    port = http_base.rsplit(":", 1)[1]
+    addresses = {"files.invalid": ["127.0.0.1"], "internal.invalid": ["10.0.0.5"]}
+    fetcher = Fetcher(config, resolve=lambda host, port: addresses[host],
+                      address_allowed=lambda address: address == "127.0.0.1")  # fmt: skip
+    spec = Attachment(filename="f", url=f"http://files.invalid:{port}/away")
+    with pytest.raises(AttachmentError, match="internal.invalid resolves to non-public"):
+        fetcher.fetch(spec)
+    assert Files.hits == {"/away": 1}
 
 
 def test_tls_to_a_pinned_address_checks_the_name(config, tls_cert):
