@@ -170,8 +170,27 @@ def _http_error(exc: HTTPException) -> Response:
     if exc.code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="asyncmail"'
     if exc.code == 413:
-        response.headers["Connection"] = "close"  # do not read the rest of a huge body
+        _drain_body()
+        response.headers["Connection"] = "close"  # the connection's framing is not trusted now
     return response
+
+
+DRAIN_LIMIT = 32 * 1024 * 1024  # most bytes of a refused body read so the client sees the 413
+
+
+def _drain_body() -> None:
+    """Read and drop what is left of a refused body.
+
+    Closing a socket that still has unread request bytes makes the kernel send a reset, and a
+    client still writing its body then sees "connection reset" instead of our 413.
+    """
+    stream = request.environ.get("wsgi.input")
+    remaining = DRAIN_LIMIT
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(65536, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
 
 
 def _storage_unavailable(exc: Exception) -> Response:
