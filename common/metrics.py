@@ -39,6 +39,13 @@ RATE_LIMITED = Counter(
     "asyncmail_rate_limited", "Sends held back by an account rate limit.", ["account_id"]
 )
 # asyncmail_pending_messages is a scrape-time gauge, see QueueCollector.
+REFERENCE_NAMES = (  # as exposed; existing dashboards and alerts of the reference use these
+    "asyncmail_sent_total",
+    "asyncmail_errors_total",
+    "asyncmail_deferred_total",
+    "asyncmail_rate_limited_total",
+    "asyncmail_pending_messages",
+)
 
 # -- ours -----------------------------------------------------------------------------------
 ATTEMPTS = Counter("asyncmail_attempts", "Delivery attempts by outcome.", ["account_id", "outcome"])

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from common import store, wakeup
+from common import metrics, store, wakeup
 from web import app as web_app
 from web.app import create_app
 
@@ -444,13 +444,7 @@ def test_delete_account_without_messages_and_unknown(client):
 def test_metrics_carry_the_reference_names(client):
     add(client, message())
     text = get(client, "/metrics").text
-    for name in (
-        "asyncmail_sent_total",
-        "asyncmail_errors_total",
-        "asyncmail_deferred_total",
-        "asyncmail_rate_limited_total",
-        "asyncmail_pending_messages",
-    ):
+    for name in metrics.REFERENCE_NAMES:
         assert f"\n{name}" in text, name
     assert "asyncmail_pending_messages 1.0" in text
     assert 'asyncmail_http_requests_total{code="200",route="/commands/add-messages"}' in text

@@ -8,6 +8,7 @@ import socket
 import pytest
 import requests
 
+from common import metrics
 from tests.conftest import free_port
 from tests.procs import service_env, start, stop, wait_for
 
@@ -125,13 +126,7 @@ def test_real_gunicorn_metrics_carry_the_reference_names(var_dir):
             headers={"X-API-Token": TOKEN},
         )
         text = requests.get(base + "/metrics", headers={"X-API-Token": TOKEN}).text
-    for name in (
-        "asyncmail_sent_total",
-        "asyncmail_errors_total",
-        "asyncmail_deferred_total",
-        "asyncmail_rate_limited_total",
-        "asyncmail_pending_messages",
-    ):
+    for name in metrics.REFERENCE_NAMES:
         assert f"\n{name}" in text, name
 
 
