@@ -17,6 +17,8 @@ from pathlib import Path
 
 DISPATCHER = "dispatcher"
 REPORTER = "reporter"
+MAX_SUN_PATH = 107  # bytes of a Unix socket path (sockaddr_un.sun_path less its NUL)
+MAX_NAME = 64  # longest "/<kind>-<name>.sock" we expect; a longer name fails loudly at bind
 
 
 def wake_dir(run_dir: str | os.PathLike) -> Path:
@@ -31,13 +33,30 @@ def notify(run_dir: str | os.PathLike, kind: str) -> int:
         names = [n for n in os.listdir(directory) if n.startswith(kind + "-")]
     except FileNotFoundError:
         return 0
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, _addressable(directory) as at:
         sock.setblocking(False)
         for name in names:
             with contextlib.suppress(OSError):  # dead process, or its buffer is full: fine
-                sock.sendto(b"!", str(directory / name))
+                sock.sendto(b"!", f"{at}/{name}")
                 delivered += 1
     return delivered
+
+
+@contextlib.contextmanager
+def _addressable(directory: Path):
+    """A prefix under which socket paths fit ``sun_path``.
+
+    The directory itself, or, when a deep ASYNCMAIL_VAR_DIR makes it too long, the short
+    ``/proc/self/fd/N`` alias of a descriptor held open for the duration (Linux).
+    """
+    if len(os.fsencode(directory)) + MAX_NAME <= MAX_SUN_PATH:
+        yield str(directory)
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 class Waiter:
@@ -50,7 +69,8 @@ class Waiter:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a previous incarnation that was killed
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
+        with _addressable(directory) as at:
+            self.sock.bind(f"{at}/{self.path.name}")
         self.sock.setblocking(False)
         self.signal_pair, self.previous_wakeup_fd = _signal_pair()
 
