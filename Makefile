@@ -57,8 +57,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(STAMP)  # stdout is one JSON document (progress goes to stderr)
+	@$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
