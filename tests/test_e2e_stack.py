@@ -175,7 +175,8 @@ def test_mail_flows_through_operations_without_loss_or_duplicates(
     assert "oldest_ready_age_seconds" in status and len(status["pending_by_priority"]) == 4
     processes = {p["process"]: p for p in status["processes"]}
     assert {"dispatcher-00", "dispatcher-01", "reporter"} <= set(processes)
-    assert all(p["age_seconds"] < 30 for p in processes.values())
+    # alive: every heartbeat was written since the stack started (not a timing measurement)
+    assert all(p["age_seconds"] == pytest.approx(0, abs=30) for p in processes.values())
 
     cli = subprocess.run(
         [ASYNCMAIL, "accounts", "add", "second", "--host", sink.host, "--port", str(sink.port)],
