@@ -1,8 +1,9 @@
 """Enqueue cost over HTTP, against gunicorn started the way ``make run`` starts it.
 
-gunicorn runs ``etc/gunicorn.conf.py`` with 2 gthread workers (one thread each), ``synchronous=FULL``, a private
-var dir, an API token and a default ``[smtp]`` account (so messages validate); no dispatcher
-runs, so the figures are the API's alone.  Clients use keep-alive ``requests`` sessions.
+gunicorn runs ``etc/gunicorn.conf.py`` with 2 gthread workers (one thread each),
+``synchronous=FULL``, a private var dir, an API token and a default ``[smtp]`` account (so
+messages validate); no dispatcher runs, so the figures are the API's alone.  Clients use
+keep-alive ``requests`` sessions.
 """
 
 from __future__ import annotations

@@ -11,10 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 
-from common import metrics, store
+import apsw
+
+from common import db, metrics, store
+from common.config import Config, ConfigError, load_config
+from common.logs import fields, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +72,45 @@ class Heartbeat:
             self.last = now
 
 
+def open_process(kind: str) -> tuple[Config, str, apsw.Connection]:
+    """Configuration, process name and database of a worker process.
+
+    A bad configuration (exit 2) or an unreachable database (exit 1) ends the process with
+    one clear line, so supervisord's backoff shows why it does not start.
+    """
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"{kind}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    name = process_name(kind)
+    setup_logging(config.log_level, name)
+    try:
+        conn = db.connect(config.database, config.synchronous)
+    except (apsw.Error, OSError) as exc:
+        logger.error(fields(event="database_unavailable", path=config.database, reason=exc))
+        raise SystemExit(1) from None
+    return config, name, conn
+
+
+def reload_config(apply: Callable[[Config], None]) -> None:
+    """SIGHUP: re-read the configuration and hand it to ``apply``; a bad file keeps the old."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        logger.error(fields(event="reload_refused", reason=exc))
+        return
+    logging.getLogger().setLevel(config.log_level)
+    apply(config)
+    logger.info(fields(event="reloaded"))
+
+
 def run_forever(
     run_once: Callable[[], bool],
     wait: Callable[[float], bool],
     idle_seconds: Callable[[], float],
     signals: Signals,
-    on_reload: Callable[[], None],
+    on_reload: Callable[[Config], None],
     heartbeat: Callable[[], None],
 ) -> int:
     """Loop until TERM: run one unit; when it found nothing to do, sleep until woken.
@@ -83,7 +121,7 @@ def run_forever(
     while not signals.stop:
         if signals.reload:
             signals.reload = False
-            on_reload()
+            reload_config(on_reload)
         heartbeat()
         busy = run_once()
         if signals.stop:

@@ -30,9 +30,7 @@ STATUS_SQL = {
 }
 
 STATUS_CASE_SQL = (
-    "CASE "
-    + " ".join(f"WHEN {STATUS_SQL[s]} THEN '{s.value}'" for s in Status)
-    + " END"
+    "CASE " + " ".join(f"WHEN {STATUS_SQL[s]} THEN '{s.value}'" for s in Status) + " END"
 )
 
 

@@ -330,7 +330,6 @@ def heartbeats(conn, now: float) -> list[dict]:
     return [{**r, "ts": int(r["ts"]), "age_seconds": round(now - r["ts"], 3)} for r in rows]
 
 
-
 def clear_heartbeats(conn) -> int:
     """Forget every heartbeat; the launcher calls it before supervisord starts the processes."""
     with write(conn):

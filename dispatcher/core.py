@@ -79,7 +79,6 @@ class Dispatcher:
     def reconfigure(self, config: Config) -> None:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
         self.config = config
-        logging.getLogger().setLevel(config.log_level)
         self.fetcher.config = config
         self._accounts.clear()  # the default account comes from [smtp]
 

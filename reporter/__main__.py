@@ -6,12 +6,9 @@ import logging
 import sys
 import time
 
-import apsw
-
-from common import db, metrics, wakeup
-from common.config import ConfigError, load_config
-from common.logs import fields, setup_logging
-from common.process import Heartbeat, Signals, process_name, run_forever
+from common import metrics, wakeup
+from common.logs import fields
+from common.process import Heartbeat, Signals, open_process, run_forever
 from reporter.reporter import Reporter
 
 logger = logging.getLogger("reporter")
@@ -19,18 +16,7 @@ logger = logging.getLogger("reporter")
 
 def main() -> int:
     """Wire config, database, wake-ups and signals to the Reporter; return the exit code."""
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"reporter: configuration error: {exc}", file=sys.stderr)
-        return 2
-    name = process_name("reporter")
-    setup_logging(config.log_level, name)
-    try:
-        conn = db.connect(config.database, config.synchronous)
-    except (apsw.Error, OSError) as exc:
-        logger.error(fields(event="database_unavailable", path=config.database, reason=exc))
-        return 1
+    config, name, conn = open_process(wakeup.REPORTER)
     signals = Signals()
     signals.install()
     waiter = wakeup.Waiter(config.run_dir, wakeup.REPORTER, name)
@@ -48,7 +34,7 @@ def main() -> int:
 
     beat = Heartbeat(conn, name, wakeup.REPORTER)
     try:
-        return run_forever(turn, waiter.wait, idle, signals, reporter.reload, beat)
+        return run_forever(turn, waiter.wait, idle, signals, reporter.configure, beat)
     finally:
         reporter.close()
         waiter.close()

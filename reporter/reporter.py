@@ -20,7 +20,7 @@ from collections.abc import Callable
 import tenacity
 
 from common import metrics, reports, store
-from common.config import Config, ConfigError, load_config
+from common.config import Config
 from common.logs import fields
 from reporter.client import SyncClient, safe_url
 
@@ -69,16 +69,6 @@ class Reporter:
             logger.info(fields(event="reporting_off", reason="no client_sync_url configured"))
         else:
             logger.info(fields(event="reporting_to", url=safe_url(self.client.url)))
-
-    def reload(self) -> None:
-        """SIGHUP: re-read the configuration; a bad file keeps the running one."""
-        try:
-            config = load_config()
-        except ConfigError as exc:
-            logger.error(fields(event="reload_refused", reason=exc))
-            return
-        logging.getLogger().setLevel(config.log_level)
-        self.configure(config)
 
     def run_once(self, now: float) -> bool:
         """Purge when due, post one batch when due; True when another batch may follow at once."""

@@ -142,4 +142,4 @@ def test_unopenable_database_exits_with_one_line(var_dir, tmp_path):
     assert proc.wait(20) == 1
     procs.stop(proc)
     lines = log.read_text().strip().splitlines()
-    assert len(lines) == 1 and "cannot open database" in lines[0]
+    assert len(lines) == 1 and "event=database_unavailable" in lines[0]
