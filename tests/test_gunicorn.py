@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 
 import pytest
 import requests
 
-from common import metrics
+from common import db, metrics
 from tests.conftest import free_port
 from tests.procs import service_env, start, stop, wait_for
+from tests.stack import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +34,13 @@ def message(message_id: str) -> dict:
 @contextlib.contextmanager
 def gunicorn(var_dir, **settings):
     """gunicorn -c etc/gunicorn.conf.py web.wsgi:app; yields its base URL, then stops it."""
+    with gunicorn_process(var_dir, **settings) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def gunicorn_process(var_dir, **settings):
+    """Like ``gunicorn()``, yielding (base URL, the master's Popen)."""
     port = free_port()
     env = service_env(
         var_dir,
@@ -49,7 +59,7 @@ def gunicorn(var_dir, **settings):
     local = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _healthy(local, proc), message="gunicorn /health")
-        yield base
+        yield base, proc
     finally:
         assert stop(proc) == 0, (var_dir / "gunicorn.log").read_text()
 
@@ -148,3 +158,41 @@ def test_real_gunicorn_without_token_serves_only_loopback(var_dir):
         remote = requests.get(base.replace("0.0.0.0", address) + "/status")
         assert remote.status_code == 401
         assert "loopback" in remote.json()["error"]
+
+
+def test_sigkilled_workers_lose_no_acknowledged_message(var_dir):
+    """Workers killed mid-stream: every message the API acknowledged is stored.
+
+    A request a killed worker never answered is retried by the client with the same id,
+    which is safe: an unclaimed id is replaced, not duplicated.
+    """
+    acknowledged, kills = [], 0
+    with gunicorn_process(var_dir, api_token=TOKEN) as (base, master):
+        session = requests.Session()
+        session.headers["X-API-Token"] = TOKEN
+        for i in range(300):
+            if i % 60 == 30:  # SIGKILL every worker that serves us now
+                for pid in descendants(master.pid):
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+            batch = {"messages": [message(f"k{i}-{j}") for j in range(5)]}
+            answer = _post_until_answered(session, base + "/commands/add-messages", batch)
+            assert answer.json()["queued"] == 5
+            acknowledged.extend(m["id"] for m in batch["messages"])
+        conn = db.connect(var_dir / "asyncmail.db")
+        stored = {row["id"] for row in conn.execute("SELECT id FROM messages")}
+        conn.close()
+    assert kills >= 5
+    assert set(acknowledged) <= stored and len(stored) == len(acknowledged)
+
+
+def _post_until_answered(session, url, body):
+    """POST, retrying while the worker that had the connection is dead (the client's job)."""
+
+    def attempt():
+        try:
+            return session.post(url, json=body, timeout=10)
+        except requests.ConnectionError:
+            return None
+
+    return wait_for(attempt, message="an answer from a live worker")
