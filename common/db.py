@@ -126,11 +126,23 @@ def connect(path: str | os.PathLike, synchronous: str = "FULL", migrate: bool = 
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
     conn.row_trace = _row_as_dict
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
+    set_synchronous(conn, synchronous)
     conn.execute("PRAGMA foreign_keys=ON")
     if migrate:
         migrate_schema(conn)
     return conn
+
+
+def set_synchronous(conn: apsw.Connection, level: str | int) -> None:
+    """This connection's fsync policy: OFF, NORMAL, FULL or EXTRA (or their numbers 0-3)."""
+    if str(level).upper() not in {"OFF", "NORMAL", "FULL", "EXTRA", "0", "1", "2", "3"}:
+        raise ValueError(f"not a synchronous level: {level!r}")
+    conn.execute(f"PRAGMA synchronous={level}")
+
+
+def ping(conn: apsw.Connection) -> None:
+    """Raise unless the database answers a query (for health checks)."""
+    conn.execute("SELECT 1").fetchall()
 
 
 def _ensure_private_dir(directory: Path) -> None:

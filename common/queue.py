@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.db import BUSY_TIMEOUT_MS, write
+from common.db import BUSY_TIMEOUT_MS, set_synchronous, write
 
 PRIORITIES = (0, 1, 2, 3)  # immediate, high, medium, low: claimed in this order
 # SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ... while a dispatcher's write holds
@@ -237,11 +237,11 @@ def _synchronous(conn, level: str | None) -> Iterator[None]:
         yield
         return
     baseline = conn.execute("PRAGMA synchronous").fetchone()["synchronous"]
-    conn.execute(f"PRAGMA synchronous={level}")
+    set_synchronous(conn, level)
     try:
         yield
     finally:
-        conn.execute(f"PRAGMA synchronous={baseline}")
+        set_synchronous(conn, baseline)
 
 
 def record(

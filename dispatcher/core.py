@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import apsw
 
-from common import crypto, metrics, queue, store, wakeup
+from common import crypto, db, metrics, queue, store, wakeup
 from common.config import Config
 from common.logs import fields
 from common.models import Message
@@ -73,7 +73,7 @@ class Dispatcher:
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
         self._nudged = self._synced = 0.0
         if config.synchronous in RELAXED_LEVELS:
-            conn.execute("PRAGMA synchronous=NORMAL")
+            db.set_synchronous(conn, "NORMAL")
         conn.set_busy_handler(queue.BusyWait())
 
     def reconfigure(self, config: Config) -> None:

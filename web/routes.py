@@ -8,7 +8,7 @@ import time
 from flask import Blueprint, Response, abort, jsonify, request
 from pydantic import ValidationError
 
-from common import crypto, intake, metrics, store, wakeup
+from common import crypto, db, intake, metrics, store, wakeup
 from common.models import MAX_BATCH, Account, explain, parse_priority
 from common.status import Status
 from web.app import app_config, conn, flag
@@ -44,7 +44,7 @@ def _body(optional: bool = False) -> dict:
 def health():
     """200 while the database answers, 503 otherwise; needs no token."""
     try:
-        conn().execute("SELECT 1").fetchall()
+        db.ping(conn())
     except Exception as exc:  # any database failure means unhealthy
         return jsonify(ok=False, status="unavailable", error=f"Database unavailable: {exc}"), 503
     return jsonify(ok=True, status="ok")
@@ -53,15 +53,15 @@ def health():
 @blueprint.get("/status")
 def status():
     """Scheduler switch, counts by status and priority, process heartbeats."""
-    config, db, now = app_config(), conn(), time.time()
+    config, database, now = app_config(), conn(), time.time()
     return jsonify(
         ok=True,
-        active=store.is_active(db, config.active),
+        active=store.is_active(database, config.active),
         test_mode=config.test_mode,
-        counts=store.status_counts(db, now),
-        pending_by_priority=store.pending_by_priority(db),
-        oldest_ready_age_seconds=round(store.oldest_ready_age(db, now), 3),
-        processes=store.heartbeats(db, now),
+        counts=store.status_counts(database, now),
+        pending_by_priority=store.pending_by_priority(database),
+        oldest_ready_age_seconds=round(store.oldest_ready_age(database, now), 3),
+        processes=store.heartbeats(database, now),
     )
 
 
@@ -158,10 +158,10 @@ def add_account():
         abort(400, "Invalid account: " + explain(exc) + ".")
     row = account.model_dump()
     row["password"] = crypto.seal(account.password, app_config().secret_key)
-    db = conn()
-    store.upsert_account(db, row, int(time.time()))
+    database = conn()
+    store.upsert_account(database, row, int(time.time()))
     wakeup.notify(app_config().run_dir, wakeup.DISPATCHER)
-    return jsonify(ok=True, account=store.get_account(db, account.id))
+    return jsonify(ok=True, account=store.get_account(database, account.id))
 
 
 @blueprint.get("/accounts")
