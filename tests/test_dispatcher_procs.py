@@ -135,6 +135,22 @@ def test_enqueue_wakes_an_idle_dispatcher(service, smtp_server):
     procs.wait_for(lambda: peer.received, timeout=10, message="woken, not polled")
 
 
+def test_sigusr1_wakes_an_idle_dispatcher(service, smtp_server):
+    peer = smtp_server()
+    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    (dispatcher,) = service.start(1, send_interval_seconds=300)
+    procs.wait_for(lambda: store.heartbeats(service.conn, time.time()), message="heartbeat")
+    time.sleep(0.3)  # let it reach its idle wait
+    payload = {"id": "quiet", "from": "s@example.com", "to": "r@example.com",
+               "subject": "quiet", "body": "hi"}  # fmt: skip
+    quiet = store.NewMessage("quiet", "acct", 2, payload, None)
+    store.enqueue(service.conn, [quiet], time.time())  # stored without a wake-up datagram
+    time.sleep(1.0)
+    assert peer.received == []  # asleep: only the poll interval (300 s) would find it
+    dispatcher.send_signal(signal.SIGUSR1)
+    procs.wait_for(lambda: peer.received, timeout=10, message="woken by SIGUSR1")
+
+
 def test_unopenable_database_exits_with_one_line(var_dir, tmp_path):
     env = procs.service_env(var_dir, None, db_path="/proc/no/such/dir/asyncmail.db")
     log = tmp_path / "dispatcher.log"
