@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import db, intake, store, wakeup
+from common import intake, store, wakeup
 from common.config import load_config
 from common.models import Message
 from dispatcher import mime
@@ -120,21 +120,22 @@ def _service(root: Path):
     ini.touch()
     var = root / "var"
     config = load_config(ini, environ={"ASYNCMAIL_VAR_DIR": str(var)})
-    conn = db.connect(config.database, config.synchronous)
+    conn = store.db.connect(config.database, config.synchronous)
     env = procs.service_env(var, ini, batch_size_per_account=50)
     return config, conn, env
 
 
 def dispatch_rate(config, conn, items: list[dict]) -> float:
     """Messages per second of DISPATCHERS real dispatcher processes."""
-    store.set_active(conn, False)
+    store.settings.set_active(conn, False)
     for n in range(0, len(items), 1000):
         intake.accept_batch(conn, config, items[n : n + 1000], time.time())
     procs.wait_for(
-        lambda: len(store.heartbeats(conn, time.time())) >= DISPATCHERS, message="dispatchers"
+        lambda: len(store.heartbeats.list_all(conn, time.time())) >= DISPATCHERS,
+        message="dispatchers",
     )
     began = time.time()
-    store.set_active(conn, True)
+    store.settings.set_active(conn, True)
     wakeup.notify(config.run_dir, wakeup.DISPATCHER)
     count = "SELECT count(*) AS n FROM messages WHERE sent_ts IS NULL AND error_ts IS NULL"
     procs.wait_for(lambda: conn.execute(count).fetchone()["n"] == 0, timeout=600, interval=0.05)
@@ -171,8 +172,8 @@ def run() -> dict:
     sink, peer, running = Sink(), start_server(), []
     try:
         config, conn, env = _service(root)
-        store.upsert_account(conn, {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0)
-        store.upsert_account(conn, {"id": "idle", "host": peer.host, "port": peer.port}, 0)
+        store.accounts.upsert(conn, {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0)
+        store.accounts.upsert(conn, {"id": "idle", "host": peer.host, "port": peer.port}, 0)
         running = [procs.start("dispatcher", env, root / f"d{n}.log") for n in range(DISPATCHERS)]
         raws, ours = [], []
         for n in range(ROUNDS):

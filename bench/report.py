@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import db, reports, wakeup
+from common import store, wakeup
 from common.config import load_config
 from tests import procs
 from tests.upstream import Upstream
@@ -47,7 +47,7 @@ def _write_outcomes(conn, ids: list[str], now: float, reported: bool = False) ->
         (i, int(now), int(now), int(now), now, now, now, int(now) if reported else None)
         for i in ids
     ]
-    with db.write(conn):
+    with store.db.write(conn):
         conn.executemany(_OUTCOME, rows)
 
 
@@ -89,7 +89,7 @@ def _drain_rate(conn, config, upstream: Upstream) -> float:
     _write_outcomes(conn, [f"backlog-{n}" for n in range(BACKLOG)], now)
     started = time.perf_counter()
     wakeup.notify(config.run_dir, wakeup.REPORTER)
-    procs.wait_for(lambda: reports.unreported_count(conn) == 0, timeout=120, interval=0.005)
+    procs.wait_for(lambda: store.reports.unreported_count(conn) == 0, timeout=120, interval=0.005)
     return BACKLOG / (time.perf_counter() - started)
 
 
@@ -137,7 +137,7 @@ def run() -> dict:
         var_dir.mkdir()
         ini.write_text("[delivery]\nclient_sync_idle_seconds = 0\n")
         config = load_config(ini, environ={"ASYNCMAIL_VAR_DIR": str(var_dir)})
-        conn = db.connect(config.database, config.synchronous)
+        conn = store.db.connect(config.database, config.synchronous)
         env = procs.service_env(var_dir, ini, client_sync_url=upstream.url)
         proc = procs.start("reporter", env, Path(tmp) / "reporter.log")
         try:

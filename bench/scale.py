@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import db, queue, store
+from common import store
 from common.ratelimit import Ledger, Limits
 
 SIZES = (1_000, 1_000_000)
@@ -72,9 +72,9 @@ FROM n
 def _fill(path: Path, rows: int, now: float) -> int:
     """Create the database with ``rows`` messages; returns how many are pending."""
     pending = max(MIN_PENDING, int(rows * PENDING_SHARE))
-    conn = db.connect(path, "OFF")
+    conn = store.db.connect(path, "OFF")
     try:
-        with db.write(conn):
+        with store.db.write(conn):
             conn.executemany(
                 "INSERT INTO accounts(id, host, port, created_at, updated_at) "
                 "VALUES (?, '127.0.0.1', 25, ?, ?)",
@@ -98,11 +98,11 @@ def _fill(path: Path, rows: int, now: float) -> int:
     return pending
 
 
-def _message(tag: str, n: int) -> store.NewMessage:
+def _message(tag: str, n: int) -> store.messages.NewMessage:
     message_id = f"{tag}-{n}"
     account = None if n % (ACCOUNTS + 1) == 0 else f"acct-{n % (ACCOUNTS + 1)}"
     payload = {"id": message_id, "from": "bench@example.com", "to": ["rcpt@example.com"]}
-    return store.NewMessage(message_id, account, n % 4, payload, None)
+    return store.messages.NewMessage(message_id, account, n % 4, payload, None)
 
 
 def _ms(seconds: list[float]) -> dict:
@@ -118,7 +118,7 @@ def _ms(seconds: list[float]) -> dict:
 
 def _forget(conn, ids: list[str]) -> None:
     """Remove rows the bench added, so every measurement sees the same table size."""
-    with db.write(conn):
+    with store.db.write(conn):
         conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
 
 
@@ -127,14 +127,14 @@ def _enqueue_costs(conn) -> dict:
     for n in range(SINGLE_ENQUEUES):
         message = _message("single", n)
         started = time.perf_counter()
-        store.enqueue(conn, [message], time.time())
+        store.messages.enqueue(conn, [message], time.time())
         singles.append(time.perf_counter() - started)
     _forget(conn, [f"single-{n}" for n in range(SINGLE_ENQUEUES)])
     batches = []
     for b in range(BATCHES):
         messages = [_message(f"batch{b}", n) for n in range(BATCH_SIZE)]
         started = time.perf_counter()
-        store.enqueue(conn, messages, time.time())
+        store.messages.enqueue(conn, messages, time.time())
         batches.append(time.perf_counter() - started)
         _forget(conn, [m.id for m in messages])
     return {
@@ -150,15 +150,15 @@ def _claim_costs(conn) -> dict:
     for n in range(WARMUP_CLAIMS + CLAIMS):
         now = time.time()
         started = time.perf_counter()
-        taken = queue.claim(conn, "bench", now, LEASE_SECONDS, BATCH_PER_ACCOUNT, True)
+        taken = store.claims.claim(conn, "bench", now, LEASE_SECONDS, BATCH_PER_ACCOUNT, True)
         if n >= WARMUP_CLAIMS:
             timings.append(time.perf_counter() - started)
         claimed = len(taken.messages)
-        queue.release(conn, [m["id"] for m in taken.messages], "bench", now)
+        store.claims.release(conn, [m["id"] for m in taken.messages], "bench", now)
     idle = []
     for _ in range(CLAIMS):  # nothing ready yet: the cost of an idle dispatcher's poll
         started = time.perf_counter()
-        queue.claim(conn, "bench", 0.0, LEASE_SECONDS, BATCH_PER_ACCOUNT, True)
+        store.claims.claim(conn, "bench", 0.0, LEASE_SECONDS, BATCH_PER_ACCOUNT, True)
         idle.append(time.perf_counter() - started)
     return {
         "claim": _ms(timings),
@@ -175,7 +175,7 @@ def measure(rows: int, directory: Path) -> dict:
     pending = _fill(path, rows, time.time())
     figures = {"rows": rows, "pending": pending}
     figures["fill_seconds"] = round(time.perf_counter() - started, 1)
-    conn = db.connect(path, "FULL")
+    conn = store.db.connect(path, "FULL")
     try:
         figures.update(_claim_costs(conn))
         figures.update(_enqueue_costs(conn))

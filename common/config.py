@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.enums import Priority
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "asyncmail.ini"
-PRIORITY_NAMES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
 
 
 class ConfigError(ValueError):
@@ -77,11 +78,10 @@ def _delays(text: str) -> tuple[int, ...]:
 
 
 def _priority(text: str) -> int:
-    text = text.strip().lower()
-    value = PRIORITY_NAMES.get(text, int(text) if text.isdigit() else -1)
-    if not 0 <= value <= 3:
-        raise ValueError("expected 0-3 or immediate/high/medium/low")
-    return value
+    try:
+        return int(Priority.parse(text))
+    except ValueError:
+        raise ValueError("expected 0-3 or immediate/high/medium/low") from None
 
 
 def _synchronous(text: str) -> str:

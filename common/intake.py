@@ -43,9 +43,9 @@ def accept_batch(
     """Validate every item on its own, store the valid ones in one transaction."""
     result = BatchResult()
     priority_default = config.default_priority if default_priority is None else default_priority
-    accounts = store.account_ids(conn)
+    accounts = store.accounts.ids(conn)
     seen: set[str] = set()
-    batch: list[store.NewMessage] = []
+    batch: list[store.messages.NewMessage] = []
     for item in items:
         model, payload, reason = validate_message(item)
         reason = reason or _refusal(model, seen, accounts, config)
@@ -55,9 +55,11 @@ def accept_batch(
         seen.add(model.id)
         deferred_ts = None if model.deferred_ts is None else int(model.deferred_ts)
         priority = model.resolved_priority(priority_default)
-        batch.append(store.NewMessage(model.id, model.account_id, priority, payload, deferred_ts))
+        batch.append(
+            store.messages.NewMessage(model.id, model.account_id, priority, payload, deferred_ts)
+        )
     if batch:
-        for message_id, reason in store.enqueue(conn, batch, now).items():
+        for message_id, reason in store.messages.enqueue(conn, batch, now).items():
             if reason is None:
                 result.queued.append(message_id)
             else:

@@ -96,7 +96,7 @@ class QueueCollector:
 
         conn = self.connect()
         now = time.time()
-        counts = store.status_counts(conn, now)
+        counts = store.messages.status_counts(conn, now)
         pending = counts["queued"] + counts["deferred"] + counts["sending"]
         yield GaugeMetricFamily(
             "asyncmail_pending_messages", "Messages not yet sent or failed.", value=pending
@@ -110,26 +110,26 @@ class QueueCollector:
         by_priority = GaugeMetricFamily(
             "asyncmail_pending_by_priority", "Unsent messages by priority.", labels=["priority"]
         )
-        for priority, n in store.pending_by_priority(conn).items():
+        for priority, n in store.messages.pending_by_priority(conn).items():
             by_priority.add_metric([str(priority)], n)
         yield by_priority
         yield GaugeMetricFamily(
             "asyncmail_oldest_ready_age_seconds",
             "How long the oldest claimable message has waited.",
-            value=store.oldest_ready_age(conn, now),
+            value=store.messages.oldest_ready_age(conn, now),
         )
         beats = GaugeMetricFamily(
             "asyncmail_heartbeat_age_seconds",
             "Seconds since each process's last recorded heartbeat.",
             labels=["process", "kind"],
         )
-        for beat in store.heartbeats(conn, now):
+        for beat in store.heartbeats.list_all(conn, now):
             beats.add_metric([beat["process"], beat["kind"]], beat["age_seconds"])
         yield beats
         yield GaugeMetricFamily(
             "asyncmail_oldest_unreported_age_seconds",
             "How long the oldest outcome has waited for its delivery report.",
-            value=store.oldest_unreported_age(conn, now),
+            value=store.reports.oldest_unreported_age(conn, now),
         )
 
 

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from common.config import PRIORITY_NAMES
+from common.enums import Priority
 
 MAX_ID_LENGTH = 255
 MAX_BATCH = 1000  # most messages one add-messages request may carry
@@ -131,18 +131,8 @@ def _header_text(value: Any) -> Any:
     return _no_line_breaks(value)
 
 
-def parse_priority(value: Any) -> int:
-    """0-3 (also "0"-"3", as the reference accepts) or immediate/high/medium/low."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        value = PRIORITY_NAMES.get(text, int(text) if text in {"0", "1", "2", "3"} else None)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
-        return value
-    raise ValueError("must be 0-3 or immediate/high/medium/low")
-
-
 def _priority(value: Any) -> Any:
-    parse_priority(value)
+    Priority.parse(value)
     return value
 
 
@@ -269,7 +259,7 @@ class Message(BaseModel):
         return self.content_type == "html" or (self.content_type is None and bool(self.html))
 
     def resolved_priority(self, default: int) -> int:
-        return default if self.priority is None else parse_priority(self.priority)
+        return default if self.priority is None else int(Priority.parse(self.priority))
 
     def recipients(self) -> list[str]:
         """Every envelope recipient: to, cc and bcc addresses."""

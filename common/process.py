@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import apsw
 
-from common import db, metrics, store
+from common import metrics, store
 from common.config import Config, ConfigError, load_config
 from common.logs import fields, setup_logging
 
@@ -67,7 +67,7 @@ class Heartbeat:
     def __call__(self) -> None:
         now = self.clock()
         if now - self.last >= HEARTBEAT_EVERY:
-            store.beat(self.conn, self.name, self.kind, os.getpid(), now)
+            store.heartbeats.beat(self.conn, self.name, self.kind, os.getpid(), now)
             metrics.HEARTBEAT.labels(self.name).set(now)
             self.last = now
 
@@ -86,7 +86,7 @@ def open_process(kind: str) -> tuple[Config, str, apsw.Connection]:
     name = process_name(kind)
     setup_logging(config.log_level, name)
     try:
-        conn = db.connect(config.database, config.synchronous)
+        conn = store.db.connect(config.database, config.synchronous)
     except (apsw.Error, OSError) as exc:
         logger.error(fields(event="database_unavailable", path=config.database, reason=exc))
         raise SystemExit(1) from None

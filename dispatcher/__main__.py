@@ -21,7 +21,7 @@ def main() -> int:
     signals = Signals()
     signals.install()
     waiter = wakeup.Waiter(config.run_dir, wakeup.DISPATCHER, name)
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.send_starts, conn))
+    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
     beat = Heartbeat(conn, name, wakeup.DISPATCHER)
     dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(), fetcher=Fetcher(config),
                             name=name, should_stop=lambda: signals.stop,

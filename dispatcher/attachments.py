@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from common.config import Config
+from common.logs import redact_url
 from common.models import Attachment
 from dispatcher.mime import Part
 
@@ -130,34 +131,38 @@ class Fetcher:
                 )
             except requests.RequestException as exc:
                 raise AttachmentError(
-                    f"{_short(url)}: {type(exc).__name__}", transient=True
+                    f"{redact_url(url)}: {type(exc).__name__}", transient=True
                 ) from None
             with response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers["Location"])
                     continue
                 return self._body(url, response)
-        raise AttachmentError(f"{_short(url)}: more than {MAX_REDIRECTS} redirects", final=True)
+        raise AttachmentError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects", final=True)
 
     def _body(self, url: str, response: requests.Response) -> bytes:
         if response.status_code >= 400:
             transient = response.status_code >= 500 or response.status_code == 429
             raise AttachmentError(
-                f"{_short(url)}: HTTP {response.status_code}", transient=transient
+                f"{redact_url(url)}: HTTP {response.status_code}", transient=transient
             )
         limit = self.config.attachment_max_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise AttachmentError(f"{_short(url)}: larger than {limit} bytes", final=True)
+            raise AttachmentError(f"{redact_url(url)}: larger than {limit} bytes", final=True)
         chunks, size = [], 0
         try:
             for chunk in response.iter_content(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise AttachmentError(f"{_short(url)}: larger than {limit} bytes", final=True)
+                    raise AttachmentError(
+                        f"{redact_url(url)}: larger than {limit} bytes", final=True
+                    )
                 chunks.append(chunk)
         except requests.RequestException as exc:
-            raise AttachmentError(f"{_short(url)}: {type(exc).__name__}", transient=True) from None
+            raise AttachmentError(
+                f"{redact_url(url)}: {type(exc).__name__}", transient=True
+            ) from None
         return b"".join(chunks)
 
     def _check_target(self, url: str) -> tuple[str, dict]:
@@ -165,7 +170,7 @@ class Fetcher:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AttachmentError(
-                f"{_short(url)}: only http and https URLs are fetched", final=True
+                f"{redact_url(url)}: only http and https URLs are fetched", final=True
             )
         if self.config.allow_private_attachment_urls:
             return url, {}
@@ -174,17 +179,17 @@ class Fetcher:
             addresses = self.resolve(parts.hostname, port)
         except OSError as exc:
             raise AttachmentError(
-                f"{_short(url)}: cannot resolve host ({exc})", transient=True
+                f"{redact_url(url)}: cannot resolve host ({exc})", transient=True
             ) from None
         for address in addresses:
             if not self.address_allowed(address):
                 raise AttachmentError(
-                    f"{_short(url)}: refused, {parts.hostname} resolves to non-public address "
+                    f"{redact_url(url)}: refused, {parts.hostname} resolves to non-public address "
                     f"{address} (allow_private_attachment_urls is off)",
                     final=True,
                 )
         if not addresses:
-            raise AttachmentError(f"{_short(url)}: no address for host", transient=True)
+            raise AttachmentError(f"{redact_url(url)}: no address for host", transient=True)
         userinfo, _, host = parts.netloc.rpartition("@")
         literal = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
         pinned = f"{userinfo}@{literal}:{port}" if userinfo else f"{literal}:{port}"
@@ -237,9 +242,3 @@ def _is_public(address: str) -> bool:
 
 def _resolve(host: str, port: int) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
-
-
-def _short(url: str) -> str:
-    """A URL without credentials or query string (either may carry a secret)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -17,14 +17,16 @@ from collections.abc import Callable
 
 import apsw
 
-from common import crypto, db, metrics, queue, store, wakeup
+from common import crypto, metrics, store, wakeup
 from common.config import Config
+from common.enums import FINAL_NEXT, Next, Outcome
 from common.logs import fields
 from common.models import Message
 from common.ratelimit import Limits
+from common.store.claims import Attempt, Claim, Transition
 from dispatcher import mime
 from dispatcher.attachments import AttachmentError
-from dispatcher.smtp import Endpoint, Outcome, Phase, Result
+from dispatcher.smtp import Endpoint, Phase, Result
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +68,15 @@ class Dispatcher:
         self.clock, self.rng = clock, rng or random.Random()
         self.should_stop, self.heartbeat = should_stop, heartbeat  # checked between messages
         self.next_ready: float | None = None
-        self.run_now_seen = queue.run_now_at(conn)
+        self.run_now_seen = store.settings.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
-        self._pending: list[queue.Transition] = []  # outcomes not yet committed
+        self._pending: list[Transition] = []  # outcomes not yet committed
         self._accounts: dict[str | None, tuple] = {}  # id -> (row snapshot, Endpoint, Limits)
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
         self._nudged = self._synced = 0.0
         if config.synchronous in RELAXED_LEVELS:
-            db.set_synchronous(conn, "NORMAL")
-        conn.set_busy_handler(queue.BusyWait())
+            store.db.set_synchronous(conn, "NORMAL")
+        conn.set_busy_handler(store.claims.BusyWait())
 
     def reconfigure(self, config: Config) -> None:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
@@ -96,7 +98,7 @@ class Dispatcher:
         if not self._may_claim():
             self.next_ready = None
             return False
-        claim = queue.claim(
+        claim = store.claims.claim(
             self.conn,
             self.owner,
             now,
@@ -108,7 +110,7 @@ class Dispatcher:
         if not claim.messages:
             self.draining = False
             ids = [*claim.accounts, *([None] if self.config.has_default_account else [])]
-            self.next_ready = queue.next_ready_at(self.conn, ids)
+            self.next_ready = store.claims.next_ready_at(self.conn, ids)
             return False
         self._deliver_claim(claim)
         return True
@@ -121,16 +123,16 @@ class Dispatcher:
         return wait
 
     def _may_claim(self) -> bool:
-        if not store.is_active(self.conn, self.config.active):
+        if not store.settings.is_active(self.conn, self.config.active):
             return False  # suspended: reporting goes on, sending does not
         if not self.config.test_mode or self.draining:
             return True
-        run_now = queue.run_now_at(self.conn)
+        run_now = store.settings.run_now_at(self.conn)
         if run_now > self.run_now_seen:
             self.run_now_seen, self.draining = run_now, True
         return self.draining
 
-    def _deliver_claim(self, claim: queue.Claim) -> None:
+    def _deliver_claim(self, claim: Claim) -> None:
         held: dict[str | None, float] = {}  # rate-limited account -> when a slot frees
         skipped: dict[str | None, list[str]] = {}
         lease_expires = claim.lease_expires
@@ -138,7 +140,7 @@ class Dispatcher:
             if self.should_stop():  # SIGTERM: the message in hand is done; give back the rest
                 self._commit()
                 rest = [r["id"] for r in claim.messages[index:]]
-                queue.release(self.conn, rest, self.owner, self.clock())
+                store.claims.release(self.conn, rest, self.owner, self.clock())
                 return
             self.heartbeat()  # a long batch to a slow server must not look like a dead process
             account_id = row["account_id"]
@@ -150,11 +152,13 @@ class Dispatcher:
             transition = self._attempt(row, claim.accounts.get(account_id))
             self._pending.append(transition)
             self._count(row, transition)
-            if transition.attempt.outcome == queue.DEFERRED:
+            if transition.attempt.outcome == Outcome.DEFERRED:
                 held[account_id] = transition.ready_at
         self._commit()
         for account_id, ids in skipped.items():
-            queue.release(self.conn, ids, self.owner, self.clock(), ready_at=held[account_id])
+            store.claims.release(
+                self.conn, ids, self.owner, self.clock(), ready_at=held[account_id]
+            )
 
     def _commit(self, only_if_due: bool = False, upcoming: tuple | None = None) -> None:
         """Record pending outcomes in one transaction; with only_if_due, once the group is full.
@@ -175,10 +179,10 @@ class Dispatcher:
             rows, held = upcoming
             ids = [r["id"] for r in rows if r["account_id"] not in held][:OUTCOME_GROUP]
             ahead = (self.owner, ids)
-        queue.record(
+        store.claims.record(
             self.conn, self._pending, self.name, self._durable(sync_due), sending_next=ahead
         )
-        self._unreported += sum(t.state in ("sent", "error") for t in self._pending)
+        self._unreported += sum(t.state in FINAL_NEXT for t in self._pending)
         self._pending = []
         self._nudge_reporter(force=not only_if_due)
 
@@ -195,11 +199,11 @@ class Dispatcher:
         if now < lease_expires - self.config.lease_seconds / 2:
             return lease_expires
         expires = now + self.config.lease_seconds
-        queue.extend_lease(self.conn, [r["id"] for r in remaining], self.owner, expires)
+        store.claims.extend_lease(self.conn, [r["id"] for r in remaining], self.owner, expires)
         return expires
 
     # -- one message --------------------------------------------------------------------------
-    def _attempt(self, row: dict, account: dict | None) -> queue.Transition:
+    def _attempt(self, row: dict, account: dict | None) -> Transition:
         """Build, reserve, send; every failure becomes the message's transition."""
         started = self.clock()
         try:
@@ -249,7 +253,7 @@ class Dispatcher:
             self._accounts[account_id] = cached
         return cached[1], cached[2]
 
-    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint) -> queue.Transition:
+    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint) -> Transition:
         start = self.clock()
         try:
             result = self.pool.send(
@@ -263,38 +267,36 @@ class Dispatcher:
         metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
         return self._after(row, result, start, duration)
 
-    def _held_back(self, row: dict, account: dict, free_at: float) -> queue.Transition:
+    def _held_back(self, row: dict, account: dict, free_at: float) -> Transition:
         now = self.clock()
         metrics.RATE_LIMITED.labels(_label(row["account_id"])).inc()
         if account.get("limit_behavior") == "reject":
-            attempt = self._attempt_row(row, now, queue.REJECTED, None, "rate limit exceeded")
-            return queue.Transition(attempt, "error", now, error="rate limit exceeded")
+            attempt = self._attempt_row(row, now, Outcome.REJECTED, None, "rate limit exceeded")
+            return Transition(attempt, Next.ERROR, now, error="rate limit exceeded")
         detail = f"rate limit: next slot in {free_at - now:.3f}s"
-        attempt = self._attempt_row(row, now, queue.DEFERRED, None, detail)
-        return queue.Transition(attempt, "deferred", now, ready_at=free_at)
+        attempt = self._attempt_row(row, now, Outcome.DEFERRED, None, detail)
+        return Transition(attempt, Next.DEFERRED, now, ready_at=free_at)
 
     def _after(self, row: dict, result: Result, start: float, duration: float | None):
         """The transition an SMTP result (or a failure before SMTP) leads to."""
         now = self.clock()
         attempt = self._attempt_row(
-            row, start, result.outcome.value, result.code, result.detail, duration
+            row, start, result.outcome, result.code, result.detail, duration
         )
         if result.outcome is Outcome.SENT:  # SENDING -> SENT
-            return queue.Transition(attempt, "sent", now, refused=result.refused or None)
+            return Transition(attempt, Next.SENT, now, refused=result.refused or None)
         if result.outcome is Outcome.PERMANENT:  # SENDING -> ERROR
-            return queue.Transition(attempt, "error", now, error=result.detail)
+            return Transition(attempt, Next.ERROR, now, error=result.detail)
         uncertain = result.outcome is Outcome.UNCERTAIN
         done = row["attempts"] + 1
         if done > self.config.max_retries:  # SENDING -> ERROR: retries exhausted
             error = f"{result.detail} (gave up after {done} attempts)"
-            return queue.Transition(
-                attempt, "error", now, error=error, possible_duplicate=uncertain
-            )
+            return Transition(attempt, Next.ERROR, now, error=error, possible_duplicate=uncertain)
         # SENDING -> DEFERRED: retry later; an uncertain send waits at least the 2nd delay
         ready_at = now + self.retry_delay(done, uncertain)
-        return queue.Transition(
+        return Transition(
             attempt,
-            "retry",
+            Next.RETRY,
             now,
             ready_at=ready_at,
             error=result.detail,
@@ -311,19 +313,19 @@ class Dispatcher:
             delay = max(delay, delays[min(1, len(delays) - 1)])
         return delay
 
-    def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> queue.Attempt:
-        return queue.Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
+    def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> Attempt:
+        return Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
 
     # -- bookkeeping --------------------------------------------------------------------------
-    def _count(self, row: dict, transition: queue.Transition) -> None:
+    def _count(self, row: dict, transition: Transition) -> None:
         account, attempt = _label(row["account_id"]), transition.attempt
         metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
-        if transition.state == "sent":
+        if transition.state is Next.SENT:
             metrics.SENT.labels(account).inc()
             metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
                 max(0.0, transition.now - row["enqueued_at"])
             )
-        elif transition.state == "error":
+        elif transition.state is Next.ERROR:
             metrics.ERRORS.labels(account).inc()
         else:
             metrics.DEFERRED.labels(account).inc()

@@ -20,19 +20,13 @@ from dataclasses import dataclass, field
 
 from common import crypto
 from common.config import Config
+from common.enums import Outcome
 
 logger = logging.getLogger(__name__)
 
 NOOP_AFTER_IDLE = 3.0  # seconds: servers drop idle clients; a NOOP proves the link first
 DEFAULT_TTL = 300  # seconds a default-account connection lives ([smtp] has no ttl key)
 DEFAULT_TIMEOUT = 30.0  # seconds per connect and per command for the default account
-
-
-class Outcome(enum.StrEnum):
-    SENT = "sent"
-    TEMPORARY = "temporary"  # nothing was delivered; retry later
-    PERMANENT = "permanent"  # the server refused for good
-    UNCERTAIN = "uncertain"  # the message was transmitted but its acceptance was never heard
 
 
 class Phase(enum.StrEnum):

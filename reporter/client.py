@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import requests
 
 from common.config import Config
+from reporter.body import encode_report
 
 CONNECT_TIMEOUT = 5.0  # seconds: a local or LAN upstream accepts at once; longer means down
 READ_TIMEOUT = 30.0  # seconds: below supervisord's stopwaitsecs, so TERM can wait for it
@@ -36,21 +35,6 @@ class Answer:
 def sign(key: str, timestamp: str, body: bytes) -> str:
     """Hex HMAC-SHA256 of ``timestamp + body`` (timestamp as ASCII digits, no separator)."""
     return hmac.new(key.encode(), timestamp.encode() + body, hashlib.sha256).hexdigest()
-
-
-def encode_report(items: list[dict]) -> bytes:
-    """The request body: ``{"delivery_report": [...]}`` as compact UTF-8 JSON."""
-    return json.dumps(
-        {"delivery_report": items}, ensure_ascii=False, separators=(",", ":")
-    ).encode()
-
-
-def safe_url(url: str) -> str:
-    """The URL without credentials or query, fit for a log line."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class SyncClient:

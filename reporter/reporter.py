@@ -19,10 +19,11 @@ from collections.abc import Callable
 
 import tenacity
 
-from common import metrics, reports, store
+from common import metrics, store
 from common.config import Config
-from common.logs import fields
-from reporter.client import SyncClient, safe_url
+from common.logs import fields, redact_url
+from reporter.body import report_item
+from reporter.client import SyncClient
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class Reporter:
         self.retry_at = 0.0  # BACKOFF until this time
         self.last_post_at = now  # the idle report is due client_sync_idle_seconds after this
         self.last_purge_at = 0.0  # purge on the first turn
-        self.run_now_seen = self._run_now_at()  # a run-now from before we started is old news
+        self.run_now_seen = store.settings.run_now_at(
+            self.conn
+        )  # a run-now from before we started is old news
         self.open_until = 0.0  # test_mode: reporting allowed until this time
         self.configure(config)
 
@@ -68,7 +71,7 @@ class Reporter:
         if self.client is None:
             logger.info(fields(event="reporting_off", reason="no client_sync_url configured"))
         else:
-            logger.info(fields(event="reporting_to", url=safe_url(self.client.url)))
+            logger.info(fields(event="reporting_to", url=redact_url(self.client.url)))
 
     def run_once(self, now: float) -> bool:
         """Purge when due, post one batch when due; True when another batch may follow at once."""
@@ -78,7 +81,7 @@ class Reporter:
         run_now = self._saw_run_now(now)
         if not run_now and (now < self.retry_at or self._held_by_test_mode(now)):
             return False
-        rows = reports.fetch_unreported(self.conn, self.config.report_batch_size)
+        rows = store.reports.fetch_unreported(self.conn, self.config.report_batch_size)
         if not rows and not run_now and not self._idle_report_due(now):
             return False
         return self._post(rows, now) and bool(rows)
@@ -95,12 +98,12 @@ class Reporter:
     # -- posting -------------------------------------------------------------------------------
     def _post(self, rows: list[dict], now: float) -> bool:
         started = time.monotonic()
-        answer = self.client.post([reports.report_item(row, now) for row in rows], now)
+        answer = self.client.post([report_item(row, now) for row in rows], now)
         acked = now + (time.monotonic() - started)
         if not answer.ok:
             self._failed(len(rows), answer.status, answer.reason, acked)
             return False
-        reports.mark_reported(self.conn, rows, int(acked))
+        store.reports.mark_reported(self.conn, rows, int(acked))
         self._succeeded(rows, acked)
         return True
 
@@ -141,16 +144,9 @@ class Reporter:
     def _held_by_test_mode(self, now: float) -> bool:
         return self.config.test_mode and now >= self.open_until
 
-    def _run_now_at(self) -> float:
-        value = store.get_setting(self.conn, "run_now_at")
-        try:
-            return float(value) if value else 0.0
-        except ValueError:  # not written by run-now: ignore it rather than stop reporting
-            return 0.0
-
     def _saw_run_now(self, now: float) -> bool:
         """True once per run-now: it posts at once, past any backoff, and opens test_mode."""
-        requested = self._run_now_at()
+        requested = store.settings.run_now_at(self.conn)
         if requested <= self.run_now_seen:
             return False
         self.run_now_seen = requested
@@ -163,7 +159,7 @@ class Reporter:
         if not retention or now - self.last_purge_at < PURGE_EVERY:
             return
         self.last_purge_at = now
-        removed = store.purge_reported(self.conn, now - retention)
+        removed = store.reports.purge_reported(self.conn, now - retention)
         if removed:
             logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
 

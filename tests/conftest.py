@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from common import db
+from common import store
 from common.config import load_config
 
 
@@ -49,6 +49,6 @@ def config(make_config):
 
 @pytest.fixture
 def conn(config):
-    connection = db.connect(config.database, config.synchronous)
+    connection = store.db.connect(config.database, config.synchronous)
     yield connection
     connection.close()

@@ -144,7 +144,7 @@ class Peer:
         return self.handler.received
 
     def account(self, account_id: str = "acct", **extra) -> dict:
-        """An ``accounts`` row pointing at this server (for store.upsert_account)."""
+        """An ``accounts`` row pointing at this server (for store.accounts.upsert)."""
         row = {"id": account_id, "host": self.host, "port": self.port}
         row.update({"use_tls": self.kind == "tls", "starttls": self.kind == "starttls"})
         row.update(extra)

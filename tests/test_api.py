@@ -8,7 +8,7 @@ import time
 import pytest
 
 from common import metrics, store, wakeup
-from web import app as web_app
+from web import db as web_db
 from web.app import create_app
 
 TOKEN = "s3cret-token"
@@ -95,7 +95,7 @@ def test_unauthenticated_requests_reach_no_route(client, conn):
     response = client.post("/commands/add-messages", json={"messages": [message()]})
     assert response.status_code == 401
     assert client.get("/no/such/route").status_code == 401
-    assert store.list_messages(conn, time.time())[0] == []
+    assert store.messages.list_page(conn, time.time())[0] == []
 
 
 def test_without_token_only_loopback_is_served(make_config):
@@ -188,7 +188,7 @@ def test_valid_items_queue_beside_rejected_ones(client, conn):
     assert response.status_code == 200
     assert response.json["queued"] == 1
     assert response.json["rejected"][0]["id"] == "bad"
-    assert [m["id"] for m in store.list_messages(conn, time.time())[0]] == ["good"]
+    assert [m["id"] for m in store.messages.list_page(conn, time.time())[0]] == ["good"]
 
 
 def test_repeated_id_replaces_an_unclaimed_message(client, conn):
@@ -350,7 +350,7 @@ def test_cleanup_bad_age_is_400(client, value):
 # -- commands -----------------------------------------------------------------------------------
 def test_suspend_and_activate_are_persisted(client, conn, make_config):
     assert post(client, "/commands/suspend").json == {"ok": True, "active": False}
-    assert store.is_active(conn, True) is False
+    assert store.settings.is_active(conn, True) is False
     fresh = create_app(make_config(api_token=TOKEN)).test_client()
     assert get(fresh, "/status").json["active"] is False
     assert post(client, "/commands/activate").json == {"ok": True, "active": True}
@@ -366,7 +366,7 @@ def test_run_now_records_and_wakes(client, app, conn):
         response = post(client, "/commands/run-now")
         assert response.json == {"ok": True, "woken": 2}
         assert dispatcher.wait(2) and reporter.wait(2)
-        assert float(store.get_setting(conn, "run_now_at")) >= before
+        assert float(store.settings.get(conn, "run_now_at")) >= before
     finally:
         dispatcher.close()
         reporter.close()
@@ -374,7 +374,7 @@ def test_run_now_records_and_wakes(client, app, conn):
 
 def test_status_reports_counts_and_processes(client, conn):
     add(client, message("a"), message("b", deferred_ts=time.time() + 600))
-    store.beat(conn, "dispatcher-00", "dispatcher", 4242, time.time())
+    store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 4242, time.time())
     status = get(client, "/status").json
     assert status["ok"] is True and status["active"] is True
     assert status["counts"] == {"queued": 1, "deferred": 1, "sending": 0, "sent": 0, "error": 0}
@@ -392,13 +392,13 @@ def test_account_create_replace_list_never_shows_password(client, conn):
     accounts = get(client, "/accounts").json["accounts"]
     assert [(a["id"], a["port"], a["limit_per_minute"]) for a in accounts] == [("acme", 2525, 10)]
     assert "password" not in json.dumps(accounts)
-    assert store.get_account(conn, "acme", with_password=True)["password"] == "pw"
+    assert store.accounts.get(conn, "acme", with_password=True)["password"] == "pw"
 
 
 def test_account_password_is_encrypted_with_secret_key(make_config, conn):
     client = create_app(make_config(api_token=TOKEN, secret_key="k3y")).test_client()
     post(client, "/account", account())
-    stored = store.get_account(conn, "acme", with_password=True)["password"]
+    stored = store.accounts.get(conn, "acme", with_password=True)["password"]
     assert stored.startswith("enc:") and "pw" not in stored
 
 
@@ -431,7 +431,7 @@ def test_delete_account_refuses_while_unsent_unless_purge(client, conn):
     response = client.delete("/account/acme?purge=true", headers=AUTH)
     assert response.json == {"ok": True, "removed": "acme", "purged_messages": 1}
     assert get(client, "/accounts").json["accounts"] == []
-    assert store.get_message(conn, "a", time.time()) is None
+    assert store.messages.get(conn, "a", time.time()) is None
 
 
 def test_delete_account_without_messages_and_unknown(client):
@@ -457,7 +457,7 @@ def test_openapi_is_served(client):
 
 # -- failures that are not the client's ------------------------------------------------------------
 def test_locked_database_answers_503_and_stores_nothing(app, client, conn):
-    web_app.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+    web_db.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
     conn.execute("BEGIN IMMEDIATE")
     try:
         response = add(client, message())
@@ -466,7 +466,7 @@ def test_locked_database_answers_503_and_stores_nothing(app, client, conn):
     assert response.status_code == 503
     assert response.json["ok"] is False and "retry" in response.json["error"]
     assert response.headers["Retry-After"] == "5"
-    assert store.list_messages(conn, time.time())[0] == []
+    assert store.messages.list_page(conn, time.time())[0] == []
 
 
 def test_a_bug_is_a_logged_json_500(app, caplog):

@@ -219,7 +219,7 @@ def test_message_with_all_three_sources_arrives_intact(
 ):
     config = s3_config(make_config, s3_endpoint, allow_private_attachment_urls=True)
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     files = [
         {"filename": "inline.bin", "content": base64.b64encode(b"\x00inline\xff").decode()},
         {"filename": "web.dat", "url": f"{http_base}/file", "mime_type": "application/x-web"},
@@ -239,7 +239,7 @@ def test_message_with_all_three_sources_arrives_intact(
 def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_server, http_base):
     config = make_config(allow_private_attachment_urls=True, max_retries=1)
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/gone"}]))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -253,7 +253,7 @@ def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_se
 
 def test_refused_url_fails_at_once(conn, config, smtp_server, http_base):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/file"}]))
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")

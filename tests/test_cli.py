@@ -11,7 +11,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from common import cli, cli_stack, crypto, db, store, wakeup
+from cli import main as cli
+from cli import stack as cli_stack
+from common import crypto, store, wakeup
 from common.config import load_config
 
 
@@ -37,7 +39,7 @@ def run(var_dir, ini, capsys):
 @pytest.fixture
 def conn(run, var_dir):
     run("init")
-    connection = db.connect(var_dir / "asyncmail.db")
+    connection = store.db.connect(var_dir / "asyncmail.db")
     yield connection
     connection.close()
 
@@ -170,7 +172,7 @@ def test_account_password_from_environment_is_sealed(run, conn, monkeypatch):
         "10",
     )
     assert code == 0 and "hunter2" not in out
-    stored = store.get_account(conn, "acc1", with_password=True)["password"]
+    stored = store.accounts.get(conn, "acc1", with_password=True)["password"]
     assert stored.startswith(crypto.PREFIX)
     assert crypto.unseal(stored, "k" * 32) == "hunter2"
     code, out, _ = run("accounts", "list")
@@ -182,7 +184,7 @@ def test_account_password_from_prompt(run, conn, monkeypatch):
     monkeypatch.setattr("getpass.getpass", lambda prompt: "typed-secret")
     args = ("accounts", "add", "acc2", "--host", "h.example.org", "--port", "25")
     assert run(*args, "--user", "u", "--password-prompt")[0] == 0
-    assert store.get_account(conn, "acc2", with_password=True)["password"] == "typed-secret"
+    assert store.accounts.get(conn, "acc2", with_password=True)["password"] == "typed-secret"
 
 
 def test_password_is_never_taken_from_argv(run):
@@ -201,7 +203,7 @@ def test_account_add_rejects_bad_values(run, conn, monkeypatch):
         "accounts", "add", "a", "--host", "h", "--port", "465", "--use-tls", "--starttls"
     )
     assert code == 2 and "starttls" in err
-    assert store.list_accounts(conn) == []
+    assert store.accounts.list_all(conn) == []
 
 
 def test_account_show_and_delete(run, conn):
@@ -214,7 +216,7 @@ def test_account_show_and_delete(run, conn):
     assert code == 1 and "1 unsent" in err
     assert run("accounts", "delete", "acc", "--purge")[0] == 0
     assert run("accounts", "delete", "acc")[0] == 1
-    assert store.get_message(conn, "m1", time.time()) is None
+    assert store.messages.get(conn, "m1", time.time()) is None
 
 
 # -- send ---------------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ def test_send_from_flags(run, conn, tmp_path):
         "--html",
     )
     assert code == 0 and "queued 1" in out
-    record = store.get_message(conn, "m1", time.time())
+    record = store.messages.get(conn, "m1", time.time())
     message = record["message"]
     assert record["priority"] == 1 and message["content_type"] == "html"
     assert message["headers"] == {"X-Campaign": "spring"}
@@ -258,7 +260,7 @@ def test_send_rejects_invalid_message_with_reason(run, conn):
         "b",
     )
     assert code == 1 and "not-an-address" in out
-    assert store.get_message(conn, "bad", time.time()) is None
+    assert store.messages.get(conn, "bad", time.time()) is None
 
 
 def test_send_header_injection_is_rejected(run, conn):
@@ -285,7 +287,7 @@ def test_send_json_file_batch(run, conn, tmp_path):
     result = json.loads(out)
     assert code == 1 and result["queued"] == ["j1"]
     assert result["rejected"][0]["id"] == "j2" and "from" in result["rejected"][0]["reason"]
-    assert store.get_message(conn, "j1", time.time())["priority"] == 3
+    assert store.messages.get(conn, "j1", time.time())["priority"] == 3
     path.write_text(json.dumps([{**good, "id": "j3"}]))
     assert run("send", "--json", str(path))[0] == 0
 
@@ -320,7 +322,7 @@ def test_send_eml(run, conn, tmp_path):
     path.write_bytes(_eml())
     code, out, _ = run("send", "--eml", str(path), "--priority", "immediate")
     assert code == 0, out
-    record = store.get_message(conn, "q3-report@example.org", time.time())
+    record = store.messages.get(conn, "q3-report@example.org", time.time())
     message = record["message"]
     assert record["priority"] == 0
     assert message["content_type"] == "html" and "html version" in message["body"]
@@ -371,13 +373,13 @@ def test_messages_delete(run, conn):
         "not_found": ["zz"],
         "in_flight": [],
     }
-    assert store.status_counts(conn, time.time())["queued"] == 0
+    assert store.messages.status_counts(conn, time.time())["queued"] == 0
 
 
 # -- scheduler --------------------------------------------------------------------------------
 def test_status_shows_counts_and_heartbeats(run, conn):
     send(run, "m1", "--priority", "low")
-    store.beat(conn, "dispatcher-00", "dispatcher", 123, time.time())
+    store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 123, time.time())
     data = json.loads(run("status", "--json")[1])
     assert data["active"] is True and data["counts"]["queued"] == 1
     assert data["pending_by_priority"]["3"] == 1
@@ -388,9 +390,9 @@ def test_status_shows_counts_and_heartbeats(run, conn):
 
 def test_suspend_and_activate_persist(run, conn):
     assert run("suspend")[0] == 0
-    assert store.is_active(conn, True) is False
+    assert store.settings.is_active(conn, True) is False
     assert run("activate")[0] == 0
-    assert store.is_active(conn, False) is True
+    assert store.settings.is_active(conn, False) is True
 
 
 def test_run_now_wakes_sleepers(run, conn, var_dir):
@@ -401,13 +403,13 @@ def test_run_now_wakes_sleepers(run, conn, var_dir):
         assert waiter.wait(1.0) is True
     finally:
         waiter.close()
-    assert float(store.get_setting(conn, "run_now_at")) <= time.time()
+    assert float(store.settings.get(conn, "run_now_at")) <= time.time()
 
 
 def test_cleanup_removes_old_reported(run, conn):
     send(run, "old")
     send(run, "new")
-    with db.write(conn):
+    with store.db.write(conn):
         conn.execute(
             "UPDATE messages SET sent_ts = 1, reported_ts = ? WHERE id = 'old'",
             (time.time() - 7200,),
@@ -417,7 +419,7 @@ def test_cleanup_removes_old_reported(run, conn):
         )
     code, out, _ = run("cleanup", "--older-than", "3600", "--json")
     assert code == 0 and json.loads(out)["removed"] == 1
-    assert store.get_message(conn, "new", time.time()) is not None
+    assert store.messages.get(conn, "new", time.time()) is not None
     assert run("cleanup", "--older-than", "-1")[0] == 2
 
 
@@ -426,12 +428,12 @@ def test_prepare_wipes_metrics_and_heartbeats(var_dir, ini):
     config = load_config(ini)
     (var_dir / "metrics").mkdir()
     (var_dir / "metrics" / "counter_999.db").write_bytes(b"stale")
-    conn = db.connect(config.database)
-    store.beat(conn, "dispatcher-07", "dispatcher", 1, time.time())
+    conn = store.db.connect(config.database)
+    store.heartbeats.beat(conn, "dispatcher-07", "dispatcher", 1, time.time())
     cli_stack.prepare(config)
     assert list((var_dir / "metrics").iterdir()) == []
     assert stat.S_IMODE((var_dir / "metrics").stat().st_mode) == 0o700
-    assert store.heartbeats(conn, time.time()) == []
+    assert store.heartbeats.list_all(conn, time.time()) == []
     conn.close()
 
 

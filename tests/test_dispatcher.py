@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from common import crypto, intake, queue, store, wakeup
+from common import crypto, intake, store, wakeup
 from common.ratelimit import Ledger
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
@@ -33,7 +33,7 @@ class Clock:
 
 def make_dispatcher(conn, config, cert=None, clock=None, **kwargs) -> Dispatcher:
     clock = clock or Clock()
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.send_starts, conn))
+    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
     pool = Pool(context=cert.client_context() if cert else None, clock=clock)
     return Dispatcher(
         conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config), name="test",
@@ -71,14 +71,14 @@ def attempts(conn, message_id: str) -> list[dict]:
 def account(conn, smtp_server):
     """A plain server and an account 'acct' pointing at it."""
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     return peer
 
 
 @pytest.mark.parametrize("kind", ["plain", "starttls", "tls"])
 def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert, kind):
     peer = smtp_server(kind, auth=("mailer", "s3cret"), behavior=Behavior(pipelining=True))
-    store.upsert_account(conn, peer.account(user="mailer", password="s3cret"), int(T0))
+    store.accounts.upsert(conn, peer.account(user="mailer", password="s3cret"), int(T0))
     enqueue(conn, config, message(1), message(2))
     dispatcher = make_dispatcher(conn, config, tls_cert)
     assert dispatcher.run_once(T0) is True
@@ -89,19 +89,19 @@ def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert
     assert sent["lease_owner"] is None and sent["smtp_code"] == 250
     [attempt] = attempts(conn, "m1")
     assert (attempt["outcome"], attempt["smtp_code"], attempt["ts"]) == ("sent", 250, T0)
-    assert store.get_message(conn, "m1", T0)["status"] == "sent"
+    assert store.messages.get(conn, "m1", T0)["status"] == "sent"
     assert dispatcher.run_once(T0) is False  # nothing left
     dispatcher.close()
 
 
 def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
     config = make_config(secret_key="k" * 32)
-    from common import db
+    from common import store
 
-    conn = db.connect(config.database)
+    conn = store.db.connect(config.database)
     peer = smtp_server("tls", auth=("mailer", "s3cret"))
     sealed = crypto.seal("s3cret", config.secret_key)
-    store.upsert_account(conn, peer.account(user="mailer", password=sealed), int(T0))
+    store.accounts.upsert(conn, peer.account(user="mailer", password=sealed), int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config, tls_cert).run_once(T0)
     assert row(conn, "m1")["sent_ts"] is not None
@@ -110,7 +110,7 @@ def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
 
 def test_wrong_password_is_temporary(conn, config, smtp_server):
     peer = smtp_server("plain", auth=("mailer", "s3cret"))
-    store.upsert_account(conn, peer.account(user="mailer", password="wrong"), int(T0))
+    store.accounts.upsert(conn, peer.account(user="mailer", password="wrong"), int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")
@@ -125,9 +125,9 @@ def test_wrong_password_is_temporary(conn, config, smtp_server):
 def test_default_account_from_smtp_section(make_config, smtp_server):
     peer = smtp_server()
     config = make_config(smtp_host=peer.host, smtp_port=peer.port)
-    from common import db
+    from common import store
 
-    conn = db.connect(config.database)
+    conn = store.db.connect(config.database)
     enqueue(conn, config, message(1, account_id=None))
     make_dispatcher(conn, config).run_once(T0)
     assert len(peer.received) == 1 and row(conn, "m1")["sent_ts"] == int(T0)
@@ -148,8 +148,8 @@ def test_priority_then_age_within_one_claim(conn, config, account):
 def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=2)
     busy, quiet = smtp_server(), smtp_server()
-    store.upsert_account(conn, busy.account("busy"), int(T0))
-    store.upsert_account(conn, quiet.account("quiet", batch_size=1), int(T0))
+    store.accounts.upsert(conn, busy.account("busy"), int(T0))
+    store.accounts.upsert(conn, quiet.account("quiet", batch_size=1), int(T0))
     enqueue(conn, config, *[message(f"b{i}", "busy") for i in range(5)])
     enqueue(conn, config, *[message(f"q{i}", "quiet") for i in range(3)])
     dispatcher = make_dispatcher(conn, config)
@@ -160,15 +160,15 @@ def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
 
 
 def test_claims_never_overlap_and_expired_leases_are_taken(conn, config, account):
-    from common import db
+    from common import store
 
     enqueue(conn, config, *[message(i) for i in range(4)])
-    other = db.connect(config.database)
-    first = queue.claim(conn, "a", T0, 120, 50, False)
-    second = queue.claim(other, "b", T0, 120, 50, False)
+    other = store.db.connect(config.database)
+    first = store.claims.claim(conn, "a", T0, 120, 50, False)
+    second = store.claims.claim(other, "b", T0, 120, 50, False)
     assert len(first.messages) == 4 and second.messages == []
-    assert store.get_message(conn, "m0", T0)["status"] == "sending"
-    taken = queue.claim(other, "b", T0 + 121, 120, 50, False)  # "a" died: its lease ran out
+    assert store.messages.get(conn, "m0", T0)["status"] == "sending"
+    taken = store.claims.claim(other, "b", T0 + 121, 120, 50, False)  # "a" died: its lease ran out
     assert sorted(m["id"] for m in taken.messages) == ["m0", "m1", "m2", "m3"]
     other.close()
 
@@ -188,7 +188,7 @@ A, X, Y = "rcpt@example.com", "x@example.com", "y@example.com"
 @pytest.mark.parametrize("pipelining", [False, True])
 def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused, pipelining):
     peer = smtp_server(behavior=Behavior(rcpt=replies, pipelining=pipelining))
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1, to=to))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
@@ -208,7 +208,7 @@ def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refus
 @pytest.mark.parametrize("pipelining", [False, True])
 def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
     peer = smtp_server(behavior=Behavior(data_reply=reply, pipelining=pipelining))
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1), message(2))
     make_dispatcher(conn, config).run_once(T0)
     for message_id in ("m1", "m2"):  # the connection is reset and reused after each
@@ -220,18 +220,18 @@ def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
 
 def test_drop_after_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(drop_after_data=True))
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["possible_duplicate"] == 1 and got["sent_ts"] is None
     assert got["ready_at"] - T0 >= 300  # no sooner than the second retry delay
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
-    assert store.get_message(conn, "m1", T0)["possible_duplicate"] is True
+    assert store.messages.get(conn, "m1", T0)["possible_duplicate"] is True
 
 
 def test_silence_times_out_as_temporary(conn, config, silent_server):
-    store.upsert_account(conn, silent_server.account("acct", timeout=0.3), int(T0))
+    store.accounts.upsert(conn, silent_server.account("acct", timeout=0.3), int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
@@ -241,7 +241,7 @@ def test_silence_times_out_as_temporary(conn, config, silent_server):
 
 def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=5))
-    store.upsert_account(conn, peer.account(timeout=0.3), int(T0))
+    store.accounts.upsert(conn, peer.account(timeout=0.3), int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config).run_once(T0)
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
@@ -251,7 +251,7 @@ def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
 def test_retries_until_max_then_error(conn, make_config, smtp_server):
     config = make_config(max_retries=2, retry_delays=(10, 20))
     peer = smtp_server(behavior=Behavior(data_reply="451 later"))
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
@@ -268,7 +268,7 @@ def test_retries_until_max_then_error(conn, make_config, smtp_server):
 
 def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(limit_per_minute=1), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
     enqueue(conn, config, message(1), message(2), message(3))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -285,7 +285,7 @@ def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
 def test_rate_limit_reject(conn, config, smtp_server):
     peer = smtp_server()
     account = peer.account(limit_per_minute=1, limit_behavior="reject")
-    store.upsert_account(conn, account, int(T0))
+    store.accounts.upsert(conn, account, int(T0))
     enqueue(conn, config, message(1), message(2))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m2")
@@ -295,13 +295,13 @@ def test_rate_limit_reject(conn, config, smtp_server):
 
 def test_account_limit_change_applies_on_next_claim(conn, config, smtp_server):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(limit_per_minute=1), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
     enqueue(conn, config, message(1), message(2))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     assert len(peer.received) == 1
-    store.upsert_account(conn, peer.account(limit_per_minute=10), int(T0))
-    store.upsert_account(conn, peer.account(limit_per_minute=None), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_minute=10), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_minute=None), int(T0))
     conn.execute("UPDATE messages SET ready_at = ?, deferred_ts = NULL", (T0,))
     dispatcher.run_once(T0 + 1)
     assert len(peer.received) == 2
@@ -312,10 +312,10 @@ def test_suspend_and_test_mode(conn, make_config, account):
     enqueue(conn, config, message(1))
     dispatcher = make_dispatcher(conn, config)
     assert dispatcher.run_once(T0) is False  # test mode: waits for run-now
-    store.set_active(conn, False)
-    store.set_setting(conn, "run_now_at", str(T0))
+    store.settings.set_active(conn, False)
+    store.settings.put(conn, "run_now_at", str(T0))
     assert dispatcher.run_once(T0) is False  # suspended wins
-    store.set_active(conn, True)
+    store.settings.set_active(conn, True)
     assert dispatcher.run_once(T0) is True
     enqueue(conn, config, message(2))
     assert dispatcher.run_once(T0) is True  # still draining after that run-now
@@ -346,12 +346,12 @@ def test_stop_releases_the_rest_of_the_claim(conn, config, account):
     for message_id in ("m1", "m2", "m3"):
         released = row(conn, message_id)
         assert released["lease_owner"] is None and released["ready_at"] == pytest.approx(T0)
-        assert store.get_message(conn, message_id, T0)["status"] == "queued"
+        assert store.messages.get(conn, message_id, T0)["status"] == "queued"
 
 
 def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, message(1))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -367,7 +367,7 @@ def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
 def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_server, pipelining):
     behavior = Behavior(messages_per_connection=2, pipelining=pipelining)
     peer = smtp_server(behavior=behavior)
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     enqueue(conn, config, *[message(i) for i in range(5)])
     make_dispatcher(conn, config).run_once(T0)
     assert len(peer.received) == 5
@@ -377,7 +377,7 @@ def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_se
 
 def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(ttl=60), int(T0))
+    store.accounts.upsert(conn, peer.account(ttl=60), int(T0))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
     for i, step in enumerate((0, 10, 70)):  # idle 10 s: NOOP, reuse; past ttl: reconnect
@@ -410,12 +410,12 @@ def test_idle_seconds_until_the_next_due_row(conn, make_config, account):
 
 
 def test_delivery_activity_logs_one_line_without_password(make_config, smtp_server, caplog):
-    from common import db
+    from common import store
 
     config = make_config(delivery_activity=True)
-    conn = db.connect(config.database)
+    conn = store.db.connect(config.database)
     peer = smtp_server("plain", auth=("mailer", "pw-XYZZY"))
-    store.upsert_account(conn, peer.account(user="mailer", password="pw-XYZZY"), int(T0))
+    store.accounts.upsert(conn, peer.account(user="mailer", password="pw-XYZZY"), int(T0))
     enqueue(conn, config, message(1))
     with caplog.at_level(logging.INFO, logger="dispatcher"):
         make_dispatcher(conn, config).run_once(T0)
@@ -431,7 +431,7 @@ def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipe
     from dispatcher import mime
 
     peer = smtp_server(behavior=Behavior(pipelining=pipelining))
-    store.upsert_account(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, peer.account(), int(T0))
     item = message(1, cc="c@example.com", bcc="hidden@example.com", return_path="b@example.com",
                    body=".leading dot\r\n..two\n.\nend without newline")  # fmt: skip
     enqueue(conn, config, item)
@@ -444,11 +444,11 @@ def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipe
 
 
 def test_reconfigure_switches_the_default_account(make_config, smtp_server):
-    from common import db
+    from common import store
 
     first, second = smtp_server(), smtp_server()
     config = make_config(smtp_host=first.host, smtp_port=first.port)
-    conn = db.connect(config.database)
+    conn = store.db.connect(config.database)
     dispatcher = make_dispatcher(conn, config)
     enqueue(conn, config, message(1, account_id=None))
     dispatcher.run_once(T0)
@@ -461,7 +461,7 @@ def test_reconfigure_switches_the_default_account(make_config, smtp_server):
 
 def test_unusable_ledger_means_no_unmetered_send(conn, config, smtp_server, caplog):
     peer = smtp_server()
-    store.upsert_account(conn, peer.account(limit_per_second=5), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_second=5), int(T0))
     config.ratelimit_dir.parent.mkdir(parents=True, exist_ok=True)
     config.ratelimit_dir.write_text("not a directory")
     enqueue(conn, config, message(1))
@@ -484,9 +484,9 @@ def test_retry_delays_jitter_and_repeat(conn, make_config):
 def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
     enqueue(conn, config, *[message(i, priority="immediate" if i < 3 else "low")
                             for i in range(10)])  # fmt: skip
-    dead = queue.claim(conn, "dead", T0, 120, 50, False, sending_ahead=8)
+    dead = store.claims.claim(conn, "dead", T0, 120, 50, False, sending_ahead=8)
     assert [m["id"] for m in dead.messages][:3] == ["m0", "m1", "m2"]
-    taken = queue.claim(conn, "next", T0 + 121, 120, 50, False)  # its lease ran out
+    taken = store.claims.claim(conn, "next", T0 + 121, 120, 50, False)  # its lease ran out
     flags = {m["id"]: row(conn, m["id"])["possible_duplicate"] for m in taken.messages}
     assert sorted(i for i, flag in flags.items() if flag) == [m["id"] for m in dead.messages][:8]
 
@@ -494,7 +494,7 @@ def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
 def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=30)
     peer = smtp_server(behavior=Behavior(rcpt={"x@example.com": "550 no"}))
-    store.upsert_account(conn, peer.account(limit_per_minute=20), int(T0))
+    store.accounts.upsert(conn, peer.account(limit_per_minute=20), int(T0))
     enqueue(conn, config, *[message(i, to="x@example.com" if i % 7 == 0 else "r@example.com")
                             for i in range(30)])  # fmt: skip
     make_dispatcher(conn, config).run_once(T0)
@@ -506,7 +506,7 @@ def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
 
 def test_missing_starttls_is_account_trouble_not_a_bounce(conn, config, smtp_server):
     peer = smtp_server("starttls")  # requires STARTTLS before MAIL
-    store.upsert_account(conn, {**peer.account(), "starttls": False}, int(T0))
+    store.accounts.upsert(conn, {**peer.account(), "starttls": False}, int(T0))
     enqueue(conn, config, message(1))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")

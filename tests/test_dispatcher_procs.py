@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common import db, intake, store
+from common import intake, store
 from common.config import load_config
 from tests import procs
 from tests.smtp_peers import Behavior, smtp_server, tls_cert  # noqa: F401
@@ -35,7 +35,7 @@ def service(short_var, tmp_path):
     ini = tmp_path / "asyncmail.ini"
     ini.touch()
     started: list = []
-    conn = db.connect(var_dir / "asyncmail.db")
+    conn = store.db.connect(var_dir / "asyncmail.db")
 
     class Service:
         def __init__(self):
@@ -76,7 +76,7 @@ def subjects(peer) -> list[str]:
 @pytest.mark.parametrize("dispatchers", [2, 4])
 def test_many_dispatchers_never_send_a_message_twice(service, smtp_server, dispatchers):
     peer = smtp_server()
-    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    store.accounts.upsert(service.conn, peer.account(), int(time.time()))
     running = service.start(dispatchers, batch_size_per_account=10)
     ids = service.enqueue(400)
     procs.wait_for(lambda: service.unsent() == 0, timeout=60, message="all sent")
@@ -89,7 +89,7 @@ def test_many_dispatchers_never_send_a_message_twice(service, smtp_server, dispa
 
 def test_killed_dispatcher_loses_nothing(service, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=0.2))
-    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    store.accounts.upsert(service.conn, peer.account(), int(time.time()))
     [victim] = service.start(1, lease_seconds=2)
     ids = service.enqueue(8)
     procs.wait_for(lambda: len(peer.received) >= 1, message="first delivery")
@@ -113,7 +113,7 @@ def test_killed_dispatcher_loses_nothing(service, smtp_server):
 
 def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(service, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=1.0))
-    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    store.accounts.upsert(service.conn, peer.account(), int(time.time()))
     [proc] = service.start(1)
     service.enqueue(5)
     procs.wait_for(lambda: peer.handler.attempted, message="a send in progress")
@@ -127,9 +127,11 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(service, smt
 
 def test_enqueue_wakes_an_idle_dispatcher(service, smtp_server):
     peer = smtp_server()
-    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    store.accounts.upsert(service.conn, peer.account(), int(time.time()))
     service.start(1, send_interval_seconds=60)
-    procs.wait_for(lambda: store.heartbeats(service.conn, time.time()), message="heartbeat")
+    procs.wait_for(
+        lambda: store.heartbeats.list_all(service.conn, time.time()), message="heartbeat"
+    )
     time.sleep(0.3)  # let it reach its idle wait
     service.enqueue(1)
     procs.wait_for(lambda: peer.received, timeout=10, message="woken, not polled")
@@ -137,14 +139,16 @@ def test_enqueue_wakes_an_idle_dispatcher(service, smtp_server):
 
 def test_sigusr1_wakes_an_idle_dispatcher(service, smtp_server):
     peer = smtp_server()
-    store.upsert_account(service.conn, peer.account(), int(time.time()))
+    store.accounts.upsert(service.conn, peer.account(), int(time.time()))
     (dispatcher,) = service.start(1, send_interval_seconds=300)
-    procs.wait_for(lambda: store.heartbeats(service.conn, time.time()), message="heartbeat")
+    procs.wait_for(
+        lambda: store.heartbeats.list_all(service.conn, time.time()), message="heartbeat"
+    )
     time.sleep(0.3)  # let it reach its idle wait
     payload = {"id": "quiet", "from": "s@example.com", "to": "r@example.com",
                "subject": "quiet", "body": "hi"}  # fmt: skip
-    quiet = store.NewMessage("quiet", "acct", 2, payload, None)
-    store.enqueue(service.conn, [quiet], time.time())  # stored without a wake-up datagram
+    quiet = store.messages.NewMessage("quiet", "acct", 2, payload, None)
+    store.messages.enqueue(service.conn, [quiet], time.time())  # stored without a wake-up datagram
     time.sleep(1.0)
     assert peer.received == []  # asleep: only the poll interval (300 s) would find it
     dispatcher.send_signal(signal.SIGUSR1)

@@ -10,7 +10,7 @@ import socket
 import pytest
 import requests
 
-from common import db, metrics
+from common import metrics, store
 from tests.conftest import free_port
 from tests.procs import service_env, start, stop, wait_for
 from tests.stack import descendants
@@ -179,7 +179,7 @@ def test_sigkilled_workers_lose_no_acknowledged_message(var_dir):
             answer = _post_until_answered(session, base + "/commands/add-messages", batch)
             assert answer.json()["queued"] == 5
             acknowledged.extend(m["id"] for m in batch["messages"])
-        conn = db.connect(var_dir / "asyncmail.db")
+        conn = store.db.connect(var_dir / "asyncmail.db")
         stored = {row["id"] for row in conn.execute("SELECT id FROM messages")}
         conn.close()
     assert kills >= 5

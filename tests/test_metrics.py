@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import db, metrics, store
+from common import metrics, store
 from tests.procs import ROOT, service_env
 from web.app import create_app
 
@@ -42,10 +42,10 @@ metrics.at_exit()
 """
 RENDER = """
 import sys
-from common import db, metrics
+from common import metrics, store
 from common.config import load_config
 config = load_config()
-conn = db.connect(config.database)
+conn = store.db.connect(config.database)
 sys.stdout.write(metrics.render(lambda: conn).decode())
 """
 
@@ -104,8 +104,10 @@ def exposition_with_everything(multiprocess, conn) -> str:
     env, render = multiprocess
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-00", "100")
     now = time.time()
-    store.enqueue(conn, [store.NewMessage("m1", None, 1, {"id": "m1"}, None)], now - 30)
-    store.beat(conn, "dispatcher-00", "dispatcher", 1, now)
+    store.messages.enqueue(
+        conn, [store.messages.NewMessage("m1", None, 1, {"id": "m1"}, None)], now - 30
+    )
+    store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 1, now)
     return render()
 
 
@@ -148,19 +150,19 @@ def test_heartbeat_gauge_keeps_the_latest_of_a_restarted_process(multiprocess):
 
 def test_queue_gauges_come_from_the_database(conn):
     now = time.time()
-    store.enqueue(
+    store.messages.enqueue(
         conn,
         [
-            store.NewMessage("a", None, 0, {"id": "a"}, None),
-            store.NewMessage("b", None, 3, {"id": "b"}, int(now) + 3600),
+            store.messages.NewMessage("a", None, 0, {"id": "a"}, None),
+            store.messages.NewMessage("b", None, 3, {"id": "b"}, int(now) + 3600),
         ],
         now - 60,
     )
-    with db.write(conn):
+    with store.db.write(conn):
         conn.execute(
             "UPDATE messages SET sent_ts = ?, outcome_at = ? WHERE id = 'a'", (int(now), now - 5)
         )
-    store.beat(conn, "reporter", "reporter", 7, now - 2)
+    store.heartbeats.beat(conn, "reporter", "reporter", 7, now - 2)
     values = samples(metrics.render(lambda: conn).decode())
     assert values["asyncmail_pending_messages"] == 1
     assert values['asyncmail_messages{status="sent"}'] == 1

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from common.enums import Priority
 from common.models import (
     Account,
     Attachment,
     parse_address_list,
-    parse_priority,
     split_addresses,
     validate_message,
 )
@@ -51,13 +51,13 @@ def test_parse_address_list_refuses_non_addresses(bad):
     [(0, 0), (3, 3), ("immediate", 0), ("High", 1), (" low ", 3), ("2", 2)],
 )
 def test_parse_priority(value, expected):
-    assert parse_priority(value) == expected
+    assert Priority.parse(value) == expected
 
 
 @pytest.mark.parametrize("value", [4, -1, 7, "urgent", "", True, 1.0, None, "10"])
 def test_parse_priority_refuses(value):
     with pytest.raises(ValueError):
-        parse_priority(value)
+        Priority.parse(value)
 
 
 def test_stored_payload_is_the_input_with_unknown_fields_kept():

@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from common import ratelimit, store
-from common.db import write
 from common.ratelimit import Ledger, Limits
+from common.store.db import write
 
 T0 = 1_800_000_000.0  # a fixed epoch: the ledger only ever sees the clock the test hands it
 
@@ -324,9 +324,9 @@ def test_send_starts_reads_only_attempts_that_began_a_send(conn):
         conn.executemany(
             "INSERT INTO attempts(message_id, account_id, ts, outcome) VALUES (?, ?, ?, ?)", rows
         )
-    assert store.send_starts(conn, "acct", T0) == [T0 + 1, T0 + 2, T0 + 3]
-    assert store.send_starts(conn, None, T0) == [T0 + 6]
-    assert store.send_starts(conn, "other", 0) == []
+    assert store.attempts.send_starts(conn, "acct", T0) == [T0 + 1, T0 + 2, T0 + 3]
+    assert store.attempts.send_starts(conn, None, T0) == [T0 + 6]
+    assert store.attempts.send_starts(conn, "other", 0) == []
 
 
 def test_a_ledger_removed_while_a_process_waits_for_its_lock_is_not_split(ledger):

@@ -121,7 +121,7 @@ def test_dispatchers_keep_the_pace_of_limit_per_second(conn, config, smtp_server
     """60 messages, limit_per_second=5: all arrive, no one-second window holds more than 5."""
     peer = smtp_server()
     account = peer.account("acct", limit_per_second=5, limit_per_day=1000)
-    store.upsert_account(conn, account, int(time.time()))
+    store.accounts.upsert(conn, account, int(time.time()))
     ids = [f"m{n}" for n in range(60)]
     enqueue(conn, config, [message(i, "acct") for i in ids])
     with dispatchers(config, processes):
@@ -191,10 +191,10 @@ class Clock:
 def test_combined_minute_and_second_limits_with_a_stepped_clock(conn, config, smtp_server):
     """Two dispatchers share one ledger; the clock jumps to the next ready row each turn."""
     peer = smtp_server()
-    store.upsert_account(conn, peer.account("acct", limit_per_second=2, limit_per_minute=5), 0)
+    store.accounts.upsert(conn, peer.account("acct", limit_per_second=2, limit_per_minute=5), 0)
     enqueue(conn, config, [message(f"m{n:02d}", "acct") for n in range(12)])
     clock = Clock(T0)
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.send_starts, conn))
+    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
     pair = [
         Dispatcher(
             conn, config, ledger=ledger, pool=Pool(clock=clock), fetcher=Fetcher(config),

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from common import db, reports, store
+from common import store
+from reporter.body import REFERENCE_FIELDS
 from reporter.client import SyncClient
 from reporter.reporter import BACKOFF_MAX, POLL_SECONDS, RUN_NOW_WINDOW, Reporter, backoff_delay
 from tests.upstream import Upstream
@@ -34,9 +35,9 @@ def record_outcome(
     attempts=1,
 ) -> None:
     """Enqueue a message, then give it a terminal outcome as a dispatcher would."""
-    new = store.NewMessage(message_id, None, 2, {"id": message_id}, None)
-    store.enqueue(conn, [new], at - 1)
-    with db.write(conn):
+    new = store.messages.NewMessage(message_id, None, 2, {"id": message_id}, None)
+    store.messages.enqueue(conn, [new], at - 1)
+    with store.db.write(conn):
         conn.execute(
             "UPDATE messages SET sent_ts = :sent, error_ts = :failed, error = :error, "
             "attempts = :attempts, smtp_code = :code, refused = :refused, "
@@ -114,7 +115,7 @@ def test_outcomes_reach_upstream_once_each_oldest_first(upstream, make_reporter,
     assert [item["id"] for item in upstream.items()] == ["m1", "m2", "m3"]
     assert len(upstream.requests) == 1
     assert all(reported_ts(conn, f"m{n}") == int(T0) for n in (1, 2, 3))
-    assert reports.unreported_count(conn) == 0
+    assert store.reports.unreported_count(conn) == 0
 
 
 def test_item_keeps_reference_fields_first_then_ours(upstream, make_reporter, conn):
@@ -127,8 +128,8 @@ def test_item_keeps_reference_fields_first_then_ours(upstream, make_reporter, co
     drain(reporter, T0)
 
     sent, failed, twice = upstream.items()
-    assert list(sent)[:7] == list(reports.REFERENCE_FIELDS)
-    assert list(sent) == [*reports.REFERENCE_FIELDS, "status", "attempts", "smtp_code", "refused"]
+    assert list(sent)[:7] == list(REFERENCE_FIELDS)
+    assert list(sent) == [*REFERENCE_FIELDS, "status", "attempts", "smtp_code", "refused"]
     assert sent == {
         "id": "ok",
         "account_id": None,
@@ -163,12 +164,12 @@ def test_only_the_posted_rows_are_marked(upstream, make_reporter, conn, config):
     """An outcome recorded while the POST is in flight waits for the next request."""
     record_outcome(conn, "posted", T0 - 5)
     record_outcome(conn, "redone", T0 - 4)
-    other = db.connect(config.database)
+    other = store.db.connect(config.database)
 
     def meanwhile(request):
         if not upstream.requests[1:]:  # during the first request only
             record_outcome(other, "late", T0 - 1)
-            with db.write(other):  # "redone" resubmitted and failed again: a new outcome
+            with store.db.write(other):  # "redone" resubmitted and failed again: a new outcome
                 other.execute("UPDATE messages SET outcome_at = ? WHERE id = 'redone'", (T0,))
 
     upstream.on_request = meanwhile
@@ -193,7 +194,7 @@ def test_any_2xx_acknowledges_whatever_its_body(upstream, make_reporter, conn):
 
 
 def test_suspend_does_not_stop_reporting(upstream, make_reporter, conn):
-    store.set_active(conn, False)
+    store.settings.set_active(conn, False)
     record_outcome(conn, "m", T0 - 1)
     drain(make_reporter(client_sync_url=upstream.url), T0)
     assert [i["id"] for i in upstream.items()] == ["m"]
@@ -300,12 +301,12 @@ def test_upstream_trouble_loses_nothing_and_backs_off(trouble, upstream, make_re
     assert sample("asyncmail_report_batches_total", result="failed") - failed == 3
 
     assert delays[0] < delays[1] < delays[2] <= BACKOFF_MAX
-    assert reports.unreported_count(conn) == 3
+    assert store.reports.unreported_count(conn) == 3
     assert upstream.items() == []
     {"500": lambda: upstream.answer(200), "down": upstream.up, "hang": upstream.release}[trouble]()
     reporter.client.timeout = PATIENT
     drain(reporter, reporter.retry_at)
-    assert reports.unreported_count(conn) == 0
+    assert store.reports.unreported_count(conn) == 0
     assert {i["id"] for i in upstream.items()} == {"m0", "m1", "m2"}
     assert (reporter.failures, reporter.retry_at) == (0, 0.0)
 
@@ -324,7 +325,7 @@ def test_run_now_tries_at_once_despite_backoff(upstream, make_reporter, conn):
     reporter.run_once(T0)
     upstream.answer(200)
     assert reporter.run_once(T0 + 0.1) is False  # backing off
-    store.set_setting(conn, "run_now_at", repr(T0 + 0.2))
+    store.settings.put(conn, "run_now_at", repr(T0 + 0.2))
     reporter.run_once(T0 + 0.2)
     assert [i["id"] for i in upstream.items()] == ["m"]
 
@@ -363,7 +364,7 @@ def test_test_mode_reports_only_after_run_now(upstream, make_reporter, conn):
     drain(reporter, T0 + 100)
     assert upstream.requests == []
 
-    store.set_setting(conn, "run_now_at", repr(T0 + 100))
+    store.settings.put(conn, "run_now_at", repr(T0 + 100))
     drain(reporter, T0 + 101)
     record_outcome(conn, "after", T0 + 102)  # the dispatch that run-now started
     drain(reporter, T0 + 103)
@@ -376,7 +377,7 @@ def test_test_mode_reports_only_after_run_now(upstream, make_reporter, conn):
 
 def test_run_now_posts_an_empty_report_when_nothing_waits(upstream, make_reporter, conn):
     reporter = make_reporter(client_sync_url=upstream.url, test_mode=True)
-    store.set_setting(conn, "run_now_at", repr(T0))
+    store.settings.put(conn, "run_now_at", repr(T0))
     reporter.run_once(T0)
     reporter.run_once(T0 + 1)
     assert [json.loads(r.body) for r in upstream.requests] == [{"delivery_report": []}]
@@ -392,7 +393,7 @@ def test_without_client_sync_url_it_idles_says_so_once_and_still_purges(
         assert reporter.run_once(T0) is False
         assert reporter.run_once(T0 + 1) is False
     assert caplog.text.count("reporting_off") == 1
-    assert store.get_message(conn, "old", T0) is None
+    assert store.messages.get(conn, "old", T0) is None
 
 
 # -- retention --------------------------------------------------------------------------------
@@ -411,7 +412,7 @@ def test_retention_purges_reported_rows_at_most_once_a_minute(upstream, make_rep
 
     conn.execute("UPDATE messages SET reported_ts = ? WHERE id = 'recent'", (T0 - week - 1,))
     reporter.run_once(T0 + 30)
-    assert store.get_message(conn, "recent", T0) is not None
+    assert store.messages.get(conn, "recent", T0) is not None
     reporter.run_once(T0 + 61)
-    assert store.get_message(conn, "recent", T0) is None
-    assert store.get_message(conn, "unreported", T0) is not None
+    assert store.messages.get(conn, "recent", T0) is None
+    assert store.messages.get(conn, "unreported", T0) is not None

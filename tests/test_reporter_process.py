@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from common import reports, store, wakeup
+from common import store, wakeup
 from tests import procs
 from tests.test_reporter import record_outcome
 from tests.upstream import Upstream
@@ -62,8 +62,8 @@ def test_wakes_on_outcome_heartbeats_and_exits_0_on_term(start_reporter, upstrea
     _outcomes(conn, config, ["a", "b"])
 
     assert [i["id"] for i in upstream.wait_for_items(2)] == ["a", "b"]
-    procs.wait_for(lambda: reports.unreported_count(conn) == 0)
-    assert [b["kind"] for b in store.heartbeats(conn, time.time())] == ["reporter"]
+    procs.wait_for(lambda: store.reports.unreported_count(conn) == 0)
+    assert [b["kind"] for b in store.heartbeats.list_all(conn, time.time())] == ["reporter"]
     assert procs.stop(proc) == 0
 
 
@@ -79,7 +79,7 @@ def test_term_finishes_the_request_in_hand(start_reporter, upstream, conn, confi
     upstream.release(200)
 
     assert proc.wait(10) == 0
-    assert reports.unreported_count(conn) == 0
+    assert store.reports.unreported_count(conn) == 0
 
 
 def test_sigkill_between_post_and_commit_repeats_but_never_drops(
@@ -91,12 +91,12 @@ def test_sigkill_between_post_and_commit_repeats_but_never_drops(
     _outcomes(conn, config, ["a", "b", "c"])
     held = upstream.wait_for_requests(1)[0]
     procs.stop(first, signal.SIGKILL)
-    assert reports.unreported_count(conn) == 3
+    assert store.reports.unreported_count(conn) == 3
 
     upstream.release(200)
     start_reporter(client_sync_url=upstream.url)
 
-    procs.wait_for(lambda: reports.unreported_count(conn) == 0, message="all reported")
+    procs.wait_for(lambda: store.reports.unreported_count(conn) == 0, message="all reported")
     assert [i["id"] for i in held.items] == ["a", "b", "c"]
     assert [i["id"] for i in upstream.answered()[-1].items] == ["a", "b", "c"]
 

@@ -8,11 +8,11 @@ import logging
 import sys
 
 from bench import __main__ as bench_main
-from common import db
+from common import store
 
 
 def test_schema_is_current(conn):
-    assert db.schema_version(conn) == db.SCHEMA_VERSION
+    assert store.db.schema_version(conn) == store.db.SCHEMA_VERSION
 
 
 def test_wsgi_entry_point_builds_an_authenticating_app(var_dir, monkeypatch):

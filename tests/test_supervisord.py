@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from common import db, store
+from common import store
 from tests.conftest import free_port
 from tests.procs import ROOT, service_env, wait_for
 from tests.stack import ASYNCMAIL, Stack, alive, descendants
@@ -35,8 +35,8 @@ def test_stack_runs_every_program_and_stops_with_nothing_left(stack, var_dir):
     assert not (var_dir / "metrics" / "counter_424242.db").exists()
     web = stack.program_pid("web")
     wait_for(lambda: len(descendants(web)) == 2, message="two gunicorn workers")
-    conn = db.connect(var_dir / "asyncmail.db")
-    wait_for(lambda: store.heartbeats(conn, time.time()), message="a heartbeat")
+    conn = store.db.connect(var_dir / "asyncmail.db")
+    wait_for(lambda: store.heartbeats.list_all(conn, time.time()), message="a heartbeat")
     conn.close()
     assert len(stack.pids()) >= 1 + 5 + 2
     assert stack.stop(signal.SIGTERM) == set()

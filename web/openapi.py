@@ -454,3 +454,8 @@ OPENAPI = {
         "responses": RESPONSES,
     },
 }
+
+
+def openapi_document() -> dict:
+    """The document /openapi.json serves."""
+    return OPENAPI

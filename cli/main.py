@@ -11,12 +11,10 @@ import sys
 
 import apsw
 
-from common import cli_accounts as a
-from common import cli_commands as c
-from common import cli_stack
-from common.cli_output import UNAVAILABLE, USAGE, CliError
+from cli import accounts, messages, service, stack
+from cli.output import UNAVAILABLE, USAGE, CliError
 from common.config import ConfigError, load_config
-from common.status import Status
+from common.enums import Status
 
 PRIORITIES = "0-3 or immediate/high/medium/low"
 
@@ -53,7 +51,7 @@ def _accounts(sub, common) -> None:
     group = sub.add_parser("accounts", help="manage SMTP accounts").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    add = _command(group, "add", a.cmd_accounts_add, common)
+    add = _command(group, "add", accounts.cmd_accounts_add, common)
     add.add_argument("id", help="account id messages refer to as account_id")
     add.add_argument("--host", required=True)
     add.add_argument("--port", type=int, required=True)
@@ -80,9 +78,9 @@ def _accounts(sub, common) -> None:
         add.add_argument(f"--limit-per-{unit}", type=int, metavar="N")
     add.add_argument("--limit-behavior", choices=["defer", "reject"])
     add.add_argument("--batch-size", type=int, help="most messages per claim for this account")
-    _command(group, "list", a.cmd_accounts_list, common)
-    _command(group, "show", a.cmd_accounts_show, common).add_argument("id")
-    delete = _command(group, "delete", a.cmd_accounts_delete, common)
+    _command(group, "list", accounts.cmd_accounts_list, common)
+    _command(group, "show", accounts.cmd_accounts_show, common).add_argument("id")
+    delete = _command(group, "delete", accounts.cmd_accounts_delete, common)
     delete.add_argument("id")
     delete.add_argument("--purge", action="store_true", help="also delete its unsent messages")
 
@@ -92,7 +90,7 @@ def _send(sub, common) -> None:
     send = _command(
         sub,
         "send",
-        c.cmd_send,
+        messages.cmd_send,
         _common_options(with_json=False),
         epilog="Exit 1 when any message was rejected; the reasons are printed.",
     )
@@ -136,18 +134,18 @@ def _messages(sub, common) -> None:
     group = sub.add_parser("messages", help="inspect and delete messages").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    listing = _command(group, "list", c.cmd_messages_list, common)
+    listing = _command(group, "list", messages.cmd_messages_list, common)
     listing.add_argument("--status", choices=[s.value for s in Status])
     listing.add_argument("--account")
     listing.add_argument("--active-only", action="store_true", help="only unsent messages")
     listing.add_argument("--limit", type=int, default=50, help="1-1000 (50)")
     listing.add_argument("--cursor", type=int, default=0, help="from a previous page")
-    _command(group, "show", c.cmd_messages_show, common).add_argument("id")
-    _command(group, "delete", c.cmd_messages_delete, common).add_argument("ids", nargs="+")
+    _command(group, "show", messages.cmd_messages_show, common).add_argument("id")
+    _command(group, "delete", messages.cmd_messages_delete, common).add_argument("ids", nargs="+")
 
 
 def _stack(sub, common) -> None:
-    launch = _command(sub, "supervisord", cli_stack.cmd_supervisord, common)
+    launch = _command(sub, "supervisord", stack.cmd_supervisord, common)
     launch.add_argument(
         "-n",
         "--foreground",
@@ -155,14 +153,14 @@ def _stack(sub, common) -> None:
         help="stay in the foreground (make run); default: daemonise",
     )
     ctl = _command(
-        sub, "ctl", cli_stack.cmd_ctl, common, epilog="Example: asyncmail ctl stop 'dispatcher:*'"
+        sub, "ctl", stack.cmd_ctl, common, epilog="Example: asyncmail ctl stop 'dispatcher:*'"
     )
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="supervisorctl arguments")
-    stop = _command(sub, "shutdown", cli_stack.cmd_shutdown, common)
+    stop = _command(sub, "shutdown", stack.cmd_shutdown, common)
     stop.add_argument(
         "--timeout",
         type=float,
-        default=cli_stack.SHUTDOWN_TIMEOUT,
+        default=stack.SHUTDOWN_TIMEOUT,
         help="seconds to wait for every process to exit",
     )
 
@@ -179,17 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(sub, "init", c.cmd_init, common)
-    _command(sub, "check-config", c.cmd_check_config, common)
-    _command(sub, "token", c.cmd_token, common)
+    _command(sub, "init", service.cmd_init, common)
+    _command(sub, "check-config", service.cmd_check_config, common)
+    _command(sub, "token", service.cmd_token, common)
     _accounts(sub, common)
     _send(sub, common)
     _messages(sub, common)
-    _command(sub, "status", c.cmd_status, common)
-    _command(sub, "run-now", c.cmd_run_now, common)
-    _command(sub, "suspend", c.cmd_suspend, common)
-    _command(sub, "activate", c.cmd_activate, common)
-    cleanup = _command(sub, "cleanup", c.cmd_cleanup, common)
+    _command(sub, "status", service.cmd_status, common)
+    _command(sub, "run-now", service.cmd_run_now, common)
+    _command(sub, "suspend", service.cmd_suspend, common)
+    _command(sub, "activate", service.cmd_activate, common)
+    cleanup = _command(sub, "cleanup", service.cmd_cleanup, common)
     cleanup.add_argument(
         "--older-than",
         type=int,

@@ -9,9 +9,8 @@ import time
 
 from pydantic import ValidationError
 
-from common import crypto, store, wakeup
-from common.cli_commands import connect
-from common.cli_output import OK, REFUSED, CliError, emit, pairs, table, when
+from cli.output import OK, REFUSED, CliError, emit, pairs, table, when
+from common import operations, store
 from common.config import Config
 from common.models import Account, explain
 
@@ -52,12 +51,8 @@ def cmd_accounts_add(config: Config, args) -> int:
         account = Account.model_validate(fields)
     except ValidationError as exc:
         raise CliError("invalid account: " + explain(exc)) from None
-    row = account.model_dump()
-    row["password"] = crypto.seal(account.password, config.secret_key)
-    conn = connect(config)
-    store.upsert_account(conn, row, int(time.time()))
-    wakeup.notify(config.run_dir, wakeup.DISPATCHER)
-    saved = store.get_account(conn, account.id)
+    conn = store.db.open_database(config)
+    saved = operations.save_account(conn, config, account, time.time())
     emit(args, {"ok": True, "account": saved}, f"saved account {account.id}")
     return OK
 
@@ -80,7 +75,7 @@ def _tls(account: dict) -> str:
 
 def cmd_accounts_list(config: Config, args) -> int:
     """List SMTP accounts (never their passwords)."""
-    accounts = store.list_accounts(connect(config))
+    accounts = store.accounts.list_all(store.db.open_database(config))
     rows = [{**a, "tls": _tls(a), "limits": _limits(a)} for a in accounts]
     human = table(rows, ["id", "host", "port", "user", "tls", "limits", "limit_behavior"])
     emit(args, {"ok": True, "accounts": accounts}, human if accounts else "no accounts")
@@ -89,7 +84,7 @@ def cmd_accounts_list(config: Config, args) -> int:
 
 def cmd_accounts_show(config: Config, args) -> int:
     """Show one account (never its password)."""
-    account = store.get_account(connect(config), args.id)
+    account = store.accounts.get(store.db.open_database(config), args.id)
     if account is None:
         raise CliError(f"no account {args.id!r}", REFUSED)
     shown = {
@@ -103,17 +98,13 @@ def cmd_accounts_show(config: Config, args) -> int:
 
 def cmd_accounts_delete(config: Config, args) -> int:
     """Delete an account; refused while it has unsent messages unless --purge."""
-    deleted, unsent = store.delete_account(connect(config), args.id, args.purge)
-    if deleted:
-        emit(
-            args,
-            {"ok": True, "removed": args.id, "purged_messages": unsent},
-            f"deleted account {args.id} ({unsent} unsent messages purged)",
-        )
-        return OK
-    if unsent:
-        raise CliError(
-            f"account {args.id!r} has {unsent} unsent messages; delete them first or pass --purge",
-            REFUSED,
-        )
-    raise CliError(f"no account {args.id!r}", REFUSED)
+    try:
+        unsent = operations.delete_account(store.db.open_database(config), args.id, args.purge)
+    except operations.Refused as exc:
+        raise CliError(str(exc), REFUSED) from None
+    emit(
+        args,
+        {"ok": True, "removed": args.id, "purged_messages": unsent},
+        f"deleted account {args.id} ({unsent} unsent messages purged)",
+    )
+    return OK

@@ -176,3 +176,8 @@ def migrate_schema(conn: apsw.Connection) -> int:
             conn.execute(MIGRATIONS[number])
             conn.execute(f"PRAGMA user_version={number + 1}")
     return SCHEMA_VERSION
+
+
+def open_database(config) -> apsw.Connection:
+    """The configured database (``config.database`` at ``config.synchronous``), migrated."""
+    return connect(config.database, config.synchronous)

@@ -1,19 +1,9 @@
-"""Message states, derived from columns in exactly one place (Python and SQL side by side)."""
+"""A message's status, derived from its columns in exactly one place (Python and SQL side by
+side); the names live in ``common.enums.Status``."""
 
 from __future__ import annotations
 
-import enum
-
-
-class Status(enum.StrEnum):
-    QUEUED = "queued"  # ready now
-    DEFERRED = "deferred"  # deferred_ts in the future (client's wish, retry delay or rate limit)
-    SENDING = "sending"  # leased by a dispatcher
-    SENT = "sent"  # terminal
-    ERROR = "error"  # terminal
-
-
-TERMINAL = frozenset({Status.SENT, Status.ERROR})
+from common.enums import Status
 
 _PENDING = "sent_ts IS NULL AND error_ts IS NULL"
 _LEASED = "lease_expires IS NOT NULL AND lease_expires > :now"

@@ -26,21 +26,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.db import BUSY_TIMEOUT_MS, set_synchronous, write
+from common.enums import PRIORITIES, UNCOUNTED_OUTCOMES, Next, Outcome
+from common.store.db import BUSY_TIMEOUT_MS, set_synchronous, write
 
-PRIORITIES = (0, 1, 2, 3)  # immediate, high, medium, low: claimed in this order
 # SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ... while a dispatcher's write holds
 # the lock for ~50 µs: retry sooner, backing off to BUSY_MAX_WAIT, within the same deadline.
 BUSY_FIRST_WAIT = 0.00005
 BUSY_MAX_WAIT = 0.005
-
-# Attempt outcomes as stored in attempts.outcome.
-SENT = "sent"
-TEMPORARY = "temporary"
-PERMANENT = "permanent"
-UNCERTAIN = "uncertain"  # the end-of-DATA reply never came: the server may have accepted it
-DEFERRED = "deferred"  # held back by the rate limit; not an attempt at the SMTP server
-REJECTED = "rejected"  # refused by the rate limit with limit_behavior = reject
 
 _READY = """
 SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at
@@ -182,7 +174,7 @@ class Attempt:
     message_id: str
     account_id: str | None
     ts: float  # the moment the SMTP send started (the rate-limit ledger is rebuilt from it)
-    outcome: str
+    outcome: Outcome
     smtp_code: int | None = None
     detail: str = ""
     duration: float | None = None
@@ -190,10 +182,10 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Transition:
-    """A message's next state after an attempt; ``state`` is sent, error, retry or deferred."""
+    """A message's next state after an attempt."""
 
     attempt: Attempt
-    state: str
+    state: Next
     now: float
     ready_at: float | None = None  # retry and deferred: when the row may be claimed again
     error: str | None = None
@@ -223,7 +215,7 @@ UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
 WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 """
-_STATEMENTS = {"sent": _SENT, "error": _ERROR, "retry": _RETRY, "deferred": _RETRY}
+_STATEMENTS = {Next.SENT: _SENT, Next.ERROR: _ERROR, Next.RETRY: _RETRY, Next.DEFERRED: _RETRY}
 
 
 @contextlib.contextmanager
@@ -277,7 +269,7 @@ def _apply(conn, t: Transition, process: str) -> None:
             "now_s": int(t.now),
             "code": a.smtp_code,
             "error": t.error,
-            "counted": 0 if a.outcome in (DEFERRED, REJECTED) else 1,
+            "counted": 0 if a.outcome in UNCOUNTED_OUTCOMES else 1,
             "dup": int(t.possible_duplicate),
             "refused": json.dumps(t.refused) if t.refused else None,
             "ready_at": t.ready_at,
@@ -290,12 +282,3 @@ def _apply(conn, t: Transition, process: str) -> None:
         (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
          process),
     )  # fmt: skip
-
-
-def run_now_at(conn) -> float:
-    """The time of the latest ``run-now`` command (0 when never called)."""
-    row = conn.execute("SELECT value FROM settings WHERE key = 'run_now_at'").fetchone()
-    try:
-        return float(row["value"]) if row else 0.0
-    except ValueError:
-        return 0.0

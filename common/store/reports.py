@@ -1,4 +1,5 @@
-"""Report-side SQL: which terminal outcomes still owe the upstream a delivery report.
+"""Report-side SQL: which terminal outcomes still owe the upstream a delivery report, and the
+retention purge of the ones that were reported.
 
 A row owes a report once a dispatcher has recorded its terminal outcome (``outcome_at`` set)
 and until a 2xx answer from the upstream has been committed as ``reported_ts``.  The partial
@@ -8,13 +9,9 @@ ones costs the same with a hundred rows stored or a million.
 
 from __future__ import annotations
 
-import json
+from common.store.db import write
 
-from common.db import write
-from common.status import status_of
-
-# The reference's seven fields come first and keep their meaning; ours follow.
-REFERENCE_FIELDS = ("id", "account_id", "priority", "sent_ts", "error_ts", "error", "deferred_ts")
+PURGE_BATCH = 500  # rows deleted per write transaction: short enough never to stall enqueues
 
 _UNREPORTED = """
 SELECT id, account_id, priority, sent_ts, error_ts, error, deferred_ts,
@@ -45,42 +42,33 @@ def mark_reported(conn, rows: list[dict], reported_ts: int) -> int:
         return conn.total_changes() - before
 
 
-def _epoch(value) -> int | None:
-    return None if value is None else int(value)
-
-
-def _refused(text: str | None):
-    """The stored JSON of refused recipients; unparsable text is passed on, never a blocker."""
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def report_item(row: dict, now: float) -> dict:
-    """One ``delivery_report`` item: the reference's seven fields first, unchanged, then ours."""
-    item = {
-        "id": row["id"],
-        "account_id": row["account_id"],
-        "priority": row["priority"],
-        "sent_ts": _epoch(row["sent_ts"]),
-        "error_ts": _epoch(row["error_ts"]),
-        "error": row["error"],
-        "deferred_ts": _epoch(row["deferred_ts"]),
-        "status": status_of(row, now).value,
-        "attempts": row["attempts"],
-        "smtp_code": row["smtp_code"],
-        "refused": _refused(row["refused"]),
-    }
-    if row["possible_duplicate"]:
-        item["possible_duplicate"] = True
-    return item
-
-
 def unreported_count(conn) -> int:
     """How many terminal outcomes still wait for an acknowledged report."""
     return conn.execute(
         "SELECT count(*) AS n FROM messages WHERE reported_ts IS NULL AND outcome_at IS NOT NULL"
     ).fetchone()["n"]
+
+
+def oldest_unreported_age(conn, now: float) -> float:
+    """Seconds since the oldest outcome still waiting for its delivery report (0 when none)."""
+    row = conn.execute(
+        "SELECT min(outcome_at) AS t FROM messages "
+        "WHERE reported_ts IS NULL AND outcome_at IS NOT NULL"
+    ).fetchone()
+    return 0.0 if row["t"] is None else max(0.0, now - row["t"])
+
+
+def purge_reported(conn, reported_before: float, batch: int = PURGE_BATCH) -> int:
+    """Delete rows reported before the cutoff, ``batch`` rows per short transaction."""
+    removed = 0
+    while True:
+        with write(conn):
+            conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                "WHERE reported_ts IS NOT NULL AND reported_ts < ? LIMIT ?)",
+                (reported_before, batch),
+            )
+            changed = conn.changes()
+        removed += changed
+        if changed < batch:
+            return removed

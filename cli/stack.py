@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import db, store
-from common.cli_output import OK, UNAVAILABLE, CliError, emit
+from cli.output import OK, UNAVAILABLE, CliError, emit
+from common import store
 from common.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +53,8 @@ def prepare(config: Config) -> None:
     shutil.rmtree(config.metrics_dir, ignore_errors=True)
     config.metrics_dir.mkdir(mode=0o700)
     shutil.rmtree(config.run_dir / "wake", ignore_errors=True)
-    conn = db.connect(config.database, config.synchronous)
-    store.clear_heartbeats(conn)
+    conn = store.db.connect(config.database, config.synchronous)
+    store.heartbeats.clear(conn)
     conn.close()
 
 

@@ -1,0 +1,38 @@
+"""Storage: the only room that holds SQL.
+
+    db          connections (apsw, WAL, pragmas), write transactions, numbered migrations
+    status      a message's status from its columns, in Python and in SQL
+    messages    enqueue, delete, list, read and count messages (API and CLI)
+    accounts    SMTP accounts
+    settings    persisted switches (active, run-now)
+    heartbeats  process liveness
+    claims      dispatch: claim under a lease, release, record outcomes
+    reports     delivery reports owed, marked, purged after retention
+    attempts    send starts, for the rate-limit ledger's rebuild
+
+Programs call ``store.<module>.<function>(conn, ...)``; none of them writes SQL.
+"""
+
+from common.store import (
+    accounts,
+    attempts,
+    claims,
+    db,
+    heartbeats,
+    messages,
+    reports,
+    settings,
+    status,
+)
+
+__all__ = [
+    "accounts",
+    "attempts",
+    "claims",
+    "db",
+    "heartbeats",
+    "messages",
+    "reports",
+    "settings",
+    "status",
+]

@@ -1,0 +1,55 @@
+"""The proxy_sync request body: one item per terminal outcome, the reference's fields first.
+
+``{"delivery_report": [item, ...]}`` as compact UTF-8 JSON.  The reference's seven fields
+come first and keep their meaning; ours follow, so an upstream written for the reference
+reads what it knows and ignores the rest.
+"""
+
+from __future__ import annotations
+
+import json
+
+from common.store.status import status_of
+
+REFERENCE_FIELDS = ("id", "account_id", "priority", "sent_ts", "error_ts", "error", "deferred_ts")
+
+
+def _epoch(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _refused(text: str | None):
+    """The stored JSON of refused recipients; unparsable text is passed on, never a blocker."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def report_item(row: dict, now: float) -> dict:
+    """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
+    item = {
+        "id": row["id"],
+        "account_id": row["account_id"],
+        "priority": row["priority"],
+        "sent_ts": _epoch(row["sent_ts"]),
+        "error_ts": _epoch(row["error_ts"]),
+        "error": row["error"],
+        "deferred_ts": _epoch(row["deferred_ts"]),
+        "status": status_of(row, now).value,
+        "attempts": row["attempts"],
+        "smtp_code": row["smtp_code"],
+        "refused": _refused(row["refused"]),
+    }
+    if row["possible_duplicate"]:
+        item["possible_duplicate"] = True
+    return item
+
+
+def encode_report(items: list[dict]) -> bytes:
+    """The request body: ``{"delivery_report": [...]}`` as compact UTF-8 JSON."""
+    return json.dumps(
+        {"delivery_report": items}, ensure_ascii=False, separators=(",", ":")
+    ).encode()

@@ -1,0 +1,44 @@
+"""SMTP accounts: create or replace, list, delete (``common.operations``)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, jsonify
+from pydantic import ValidationError
+
+from common import operations, store
+from common.models import Account, explain
+from web.db import get_config, get_conn
+from web.inputs import flag, json_body
+
+blueprint = Blueprint("accounts", __name__)
+
+REFUSAL_STATUS = {operations.Refusal.NOT_FOUND: 404, operations.Refusal.CONFLICT: 409}
+
+
+@blueprint.post("/account")
+def add_account():
+    """Create or replace an SMTP account; the answer never holds the password."""
+    try:
+        account = Account.model_validate(json_body())
+    except ValidationError as exc:
+        abort(400, "Invalid account: " + explain(exc) + ".")
+    saved = operations.save_account(get_conn(), get_config(), account, time.time())
+    return jsonify(ok=True, account=saved)
+
+
+@blueprint.get("/accounts")
+def accounts():
+    """Every account, without passwords."""
+    return jsonify(ok=True, accounts=store.accounts.list_all(get_conn()))
+
+
+@blueprint.delete("/account/<path:account_id>")
+def delete_account(account_id: str):
+    """Delete an account; 409 while it has unsent messages unless ?purge=true."""
+    try:
+        purged = operations.delete_account(get_conn(), account_id, flag("purge"))
+    except operations.Refused as exc:
+        abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
+    return jsonify(ok=True, removed=account_id, purged_messages=purged)

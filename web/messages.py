@@ -1,0 +1,94 @@
+"""Messages: enqueue (add-messages), delete, list and read."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, jsonify, request
+
+from common import intake, store
+from common.enums import Priority, Status
+from common.models import MAX_BATCH
+from web.db import get_config, get_conn
+from web.errors import error_response
+from web.inputs import flag, int_arg, json_body
+
+blueprint = Blueprint("messages", __name__)
+MAX_PAGE = 1000  # most messages one GET /messages page may carry
+STATUS_VALUES = frozenset(s.value for s in Status)
+STATUS_NAMES = ", ".join(s.value for s in Status)
+
+
+def _default_priority(body: dict) -> int | None:
+    """The batch's default_priority, or a 400."""
+    value = body.get("default_priority")
+    if value is None:
+        return None
+    try:
+        return int(Priority.parse(value))
+    except ValueError:
+        abort(400, "'default_priority' must be 0-3 or immediate/high/medium/low.")
+
+
+@blueprint.post("/commands/add-messages")
+def add_messages():
+    """Validate each message on its own, store the valid ones, wake dispatchers."""
+    body = json_body()
+    items = body.get("messages")
+    if not isinstance(items, list):
+        abort(400, "'messages' must be a list of message objects.")
+    if len(items) > MAX_BATCH:
+        abort(
+            400, f"At most {MAX_BATCH} messages per request ({len(items)} sent); split the batch."
+        )
+    default_priority = _default_priority(body)
+    result = intake.accept_batch(get_conn(), get_config(), items, time.time(), default_priority)
+    if items and not result.queued:
+        return error_response(
+            400,
+            "No message was queued; see 'rejected' for the reasons.",
+            queued=0,
+            rejected=result.rejected,
+        )
+    return jsonify(ok=True, queued=len(result.queued), rejected=result.rejected)
+
+
+@blueprint.post("/commands/delete-messages")
+def delete_messages():
+    """Delete the listed messages that no dispatcher holds."""
+    ids = json_body().get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        abort(400, "'ids' must be a list of message id strings.")
+    out = store.messages.delete(get_conn(), ids, time.time())
+    return jsonify(
+        ok=True, removed=len(out["removed"]), not_found=out["not_found"], in_flight=out["in_flight"]
+    )
+
+
+@blueprint.get("/messages")
+def list_messages():
+    """A page of messages in storage order, filtered, with the next page's cursor."""
+    limit = int_arg("limit", 100, 1, MAX_PAGE)
+    cursor = int_arg("cursor", 0, 0, 2**63 - 1)
+    status_text = request.args.get("status") or None
+    if status_text is not None and status_text not in STATUS_VALUES:
+        abort(400, f"'status' must be one of {STATUS_NAMES}.")
+    rows, next_cursor = store.messages.list_page(
+        get_conn(),
+        time.time(),
+        status=None if status_text is None else Status(status_text),
+        active_only=flag("active_only"),
+        account_id=request.args.get("account_id") or None,
+        limit=limit,
+        cursor=cursor,
+    )
+    return jsonify(ok=True, messages=rows, next_cursor=next_cursor)
+
+
+@blueprint.get("/messages/<path:message_id>")
+def get_message(message_id: str):
+    """One message: the record, its attempt log and its status."""
+    record = store.messages.get(get_conn(), message_id, time.time())
+    if record is None:
+        abort(404, f"No message {message_id!r}; it was never queued or has been purged.")
+    return jsonify(ok=True, **record)

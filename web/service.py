@@ -1,0 +1,42 @@
+"""The service itself: health, status, metrics and the API's own description."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, jsonify
+
+from common import metrics, operations, store
+from web.db import get_config, get_conn
+from web.openapi import openapi_document
+
+blueprint = Blueprint("service", __name__)
+
+
+@blueprint.get("/health")
+def health():
+    """200 while the database answers, 503 otherwise; needs no token."""
+    try:
+        store.db.ping(get_conn())
+    except Exception as exc:  # any database failure means unhealthy
+        return jsonify(ok=False, status="unavailable", error=f"Database unavailable: {exc}"), 503
+    return jsonify(ok=True, status="ok")
+
+
+@blueprint.get("/status")
+def status():
+    """Scheduler switch, counts by status and priority, process heartbeats."""
+    return jsonify(ok=True, **operations.status(get_conn(), get_config(), time.time()))
+
+
+@blueprint.get("/metrics")
+def scrape():
+    """Prometheus text: every process's counters plus database gauges."""
+    body = metrics.render(get_conn)
+    return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 document of this API."""
+    return jsonify(openapi_document())
