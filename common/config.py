@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -230,6 +231,57 @@ def _fields_by_ini_name() -> dict[tuple[str, str], dataclasses.Field]:
     return table
 
 
+# Keys of the reference service's config.ini (gnr-async-mail-service) that belong to features
+# this service does not have (its IMAP receiving and bounce detection): accepted so its
+# config.ini starts this service unchanged, and ignored.
+REFERENCE_UNUSED = {
+    "imap": {
+        "enabled",
+        "poll_interval_seconds",
+        "s3_bucket",
+        "s3_region",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_endpoint_url",
+        "s3_path_prefix",
+        "attachment_inline_max_size",
+        "message_retention_seconds",
+        "attachment_retention_seconds",
+    },
+    "bounce_detection": {"enabled", "retention_seconds"},
+}
+
+
+def _known_keys() -> dict[str, set[str]]:
+    """Every accepted key, by section."""
+    known: dict[str, set[str]] = {s: set(keys) for s, keys in REFERENCE_UNUSED.items()}
+    for section, name in _fields_by_ini_name():
+        known.setdefault(section, set()).add(name)
+    return known
+
+
+def _closest(word: str, choices) -> str | None:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _refuse_unknown(parser: configparser.ConfigParser) -> None:
+    """A key or section the service does not know is a typo until proven otherwise."""
+    known = _known_keys()
+    for name in parser.defaults():
+        raise ConfigError(f"unknown key [DEFAULT] {name}; put it in the section it belongs to")
+    for section in parser.sections():
+        if section not in known:
+            close = _closest(section, known)
+            hint = f"; did you mean [{close}]?" if close else ""
+            raise ConfigError(f"unknown section [{section}]{hint}")
+        for name in parser.options(section):
+            if name not in known[section]:
+                close = _closest(name, known[section])
+                hint = f"; did you mean {close}?" if close else ""
+                raise ConfigError(f"unknown key [{section}] {name}{hint}")
+
+
 def _parse(f: dataclasses.Field, text: str, origin: str):
     try:
         return f.metadata["parse"](text)
@@ -250,6 +302,7 @@ def load_config(path: str | os.PathLike | None = None, environ=None, **overrides
             raise ConfigError(f"{path}: cannot parse ({exc.message.splitlines()[0]})") from None
     elif "ASYNCMAIL_CONFIG" in environ or path != DEFAULT_CONFIG:
         raise ConfigError(f"ASYNCMAIL_CONFIG: file {path} does not exist")
+    _refuse_unknown(parser)
 
     values: dict[str, object] = {}
     for (section, name), f in _fields_by_ini_name().items():

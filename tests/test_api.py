@@ -341,7 +341,21 @@ def test_cleanup_removes_only_old_reported_messages(client, conn):
     assert remaining == ["new", "unreported"]
 
 
-@pytest.mark.parametrize("value", [-1, "soon", True, 1.5])
+def test_cleanup_with_retention_zero_and_no_age_removes_nothing_and_says_so(make_config, conn):
+    config = make_config(delivery_report_retention_seconds=0, smtp_host="127.0.0.1")
+    client = create_app(config).test_client()
+    add(client, message("old"))
+    with conn:
+        conn.execute("UPDATE messages SET sent_ts = 1, reported_ts = 1 WHERE id = 'old'")
+    answer = client.post("/commands/cleanup-messages").json
+    assert answer["removed"] == 0 and "keep forever" in answer["note"]
+    assert client.post("/commands/cleanup-messages", json={"older_than_seconds": 60}).json == {
+        "ok": True,
+        "removed": 1,
+    }
+
+
+@pytest.mark.parametrize("value", [-1, "soon", True, 1.5, 10**320, 2**63])
 def test_cleanup_bad_age_is_400(client, value):
     response = post(client, "/commands/cleanup-messages", {"older_than_seconds": value})
     assert response.status_code == 400

@@ -423,6 +423,16 @@ def test_cleanup_removes_old_reported(run, conn):
     assert run("cleanup", "--older-than", "-1")[0] == 2
 
 
+def test_cleanup_with_retention_zero_says_it_kept_everything(run, conn, ini):
+    ini.write_text(ini.read_text() + "[delivery]\ndelivery_report_retention_seconds = 0\n")
+    send(run, "old")
+    with store.db.write(conn):
+        conn.execute("UPDATE messages SET sent_ts = 1, reported_ts = 1 WHERE id = 'old'")
+    code, out, _ = run("cleanup")
+    assert code == 0 and "keep forever" in out
+    assert store.messages.get(conn, "old", time.time()) is not None
+
+
 # -- the launcher (process-free parts; tests/test_supervisord.py runs the real thing) ---------
 def test_prepare_wipes_metrics_and_heartbeats(var_dir, ini):
     config = load_config(ini)

@@ -256,3 +256,34 @@ def test_db_path_expands_the_home_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     config = load_config(empty_ini(tmp_path), environ={"ASYNCMAIL_DB_PATH": "~/q.db"})
     assert config.database == tmp_path / "q.db"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[delivery]\nmax_retry = 3\n",
+            "unknown key [delivery] max_retry; did you mean max_retries?",
+        ),
+        ("[server]\napi_tokn = t\n", "unknown key [server] api_tokn; did you mean api_token?"),
+        ("[delivry]\nmax_retries = 3\n", "unknown section [delivry]; did you mean [delivery]?"),
+        ("[server]\nfrobnicate = 1\n", "unknown key [server] frobnicate"),
+        ("[mystery]\nx = 1\n", "unknown section [mystery]"),
+        ("[DEFAULT]\nport = 1\n", "unknown key [DEFAULT] port"),
+    ],
+)
+def test_unknown_keys_and_sections_are_refused_with_the_closest_name(tmp_path, text, message):
+    path = tmp_path / "typo.ini"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_key_without_a_close_name_offers_no_guess(tmp_path):
+    path = tmp_path / "typo.ini"
+    path.write_text("[server]\nfrobnicate = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert "did you mean" not in str(caught.value)
