@@ -315,7 +315,7 @@ class Message(BaseModel):
     @classmethod
     def _header_names(cls, value: dict | None) -> dict | None:
         for name in value or {}:
-            if not HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):  # match() would let a final newline through
                 raise ValueError(f"header name {name!r} is not a valid header field name")
         return value
 
