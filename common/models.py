@@ -1,17 +1,13 @@
 """Payload models: what a message and an account may look like, with reasons for rejection.
 
-The API and the CLI validate with the same code, and ``web.openapi`` documents these very
-models, so a constraint written here is both enforced and published.  Each field is typed
-(pydantic checks the type, strictly: no bool for a number, no number for a string); a wrong
-type gets this module's sentence through ``_wrong_type``, and value checks run after it
-(``AfterValidator``).  Where a check is Python code that JSON Schema cannot run (address
-parsing, base64), the field's schema carries the pattern or a description of it.
+The API and the CLI validate with these models and ``web.openapi`` publishes their JSON
+schemas (the API's own request and answer shapes are in ``web.schemas``).  Every field is
+typed, strictly (no bool for a number, no number for a string); a wrong type gets this
+module's sentence (``_wrong_type``) and value checks run after the type check.  A check JSON
+Schema cannot state (address grammar, base64) is described in the field's schema.
 
-A message is validated on its own; the result is either a ``Message`` or a one-sentence reason
-a person can act on.  The stored payload is the item exactly as the client sent it, so a
-message reads back identical; unknown fields are ignored (never validated or acted on) but
-kept, as the reference service kept them.  API-only request and answer shapes are in
-``web.schemas``.
+A message is validated on its own: a ``Message`` or a one-sentence reason a person can act
+on.  The stored payload is the item exactly as sent; unknown fields are ignored but kept.
 """
 
 from __future__ import annotations
@@ -49,12 +45,12 @@ MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite i
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
 ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
-# The patterns below are checked here and published as they are in the JSON schema, so they
-# are written in the subset of regular expressions Python and ECMA-262 read alike.
-ONE_LINE = re.compile(r"^[^\r\n\x00]*$")  # header text: no CR or LF (injection), no NUL
+# Published in the JSON schema (ECMA-262 reads $ as the end of the text; Python's $ also
+# matches before a final newline, so these are checked after CR and LF are refused, or whole).
+ONE_LINE = r"^[^\r\n\x00]*$"  # header text: no CR or LF (injection), no NUL
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
-HTTP_URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/]+")
-MIME_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
+HTTP_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/]+"
+MIME_TYPE = r"^[\w.+-]+/[\w.+-]+$"
 ACCOUNT_ID = r"^[\w.@+-]+$"
 HOST = r"^[^\s/]+$"
 PRIORITY_HELP = (
@@ -184,16 +180,19 @@ def _base64(value: str) -> str:
     return value
 
 
-def _matches(pattern: re.Pattern, reason: str) -> AfterValidator:
+def _matching(text_type: Any, pattern: str, reason: str) -> Any:
+    """``text_type`` that must match ``pattern`` (published), refused with ``reason``."""
+    compiled = re.compile(pattern)
+
     def check(value: str) -> str:
-        if not pattern.match(value):
+        if not compiled.match(value):
             raise ValueError(reason)
         return value
 
-    return AfterValidator(check)
+    return Annotated[text_type, AfterValidator(check), _schema(pattern=pattern)]
 
 
-Line = Annotated[StrictStr, _schema(pattern=ONE_LINE.pattern)]
+Line = Annotated[StrictStr, _schema(pattern=ONE_LINE)]  # the types below check it
 HeaderText = Annotated[Line, _wrong_type("must be a string"), AfterValidator(_no_line_breaks)]
 NonBlank = Annotated[HeaderText, AfterValidator(_not_blank), _schema(minLength=1)]
 AddressList = Annotated[
@@ -218,6 +217,8 @@ EpochSeconds = Annotated[
     _wrong_type("must be epoch seconds (a number between 0 and year 9999)"),
 ]
 Limit = Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
+HttpUrl = _matching(StrictStr, HTTP_URL, "must be an http:// or https:// URL")
+MimeType = _matching(HeaderText, MIME_TYPE, "must look like type/subtype")
 
 
 class S3Source(BaseModel):
@@ -238,23 +239,11 @@ class Attachment(BaseModel):
         description="The file, base64-encoded.",
         json_schema_extra={"contentEncoding": "base64"},
     )
-    url: (
-        Annotated[
-            StrictStr,
-            _matches(HTTP_URL, "must be an http:// or https:// URL"),
-            _schema(pattern=HTTP_URL.pattern),
-        ]
-        | None
-    ) = Field(None, description="An http(s) URL the dispatcher fetches at send time.")
+    url: HttpUrl | None = Field(None, description="Fetched by the dispatcher at send time.")
     s3: S3Source | None = None
-    mime_type: (
-        Annotated[
-            HeaderText,
-            _matches(MIME_TYPE, "must look like type/subtype"),
-            _schema(pattern=MIME_TYPE.pattern),
-        ]
-        | None
-    ) = Field(None, description="Default: guessed from the filename.", examples=["text/csv"])
+    mime_type: MimeType | None = Field(
+        None, description="Default: guessed from the filename.", examples=["text/csv"]
+    )
     content_id: HeaderText | None = Field(None, description="Makes an inline part (cid:).")
 
     @model_validator(mode="after")
@@ -277,7 +266,9 @@ class Message(BaseModel):
         max_length=MAX_ID_LENGTH,
         description="Printable characters; a queued message with this id is replaced.",
     )
-    account_id: StrictStr | None = Field(None, description="None: the [smtp] default account.")
+    account_id: StrictStr | None = Field(
+        None, description="Absent or null: the [smtp] default account."
+    )
     from_: SingleAddress = Field(
         alias="from",
         description="Exactly one address; 'Name <addr>' is allowed.",
