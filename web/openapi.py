@@ -162,7 +162,7 @@ def _response(status: int, answer: Answer) -> dict:
         return {"description": answer.description, "content": content}
     models = answer if isinstance(answer, tuple) else (answer,)
     schema = _ref(models[0]) if len(models) == 1 else {"anyOf": [_ref(m) for m in models]}
-    description = ERRORS.get(status) or models[0].__doc__.strip().splitlines()[0]
+    description = ERRORS[status] if models[0] is Error else models[0].__doc__.splitlines()[0]
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -173,8 +173,7 @@ def _parameters(route: Route, defs: dict) -> list[dict]:
     ]
     if route.query is None:
         return path
-    query = route.query.model_json_schema(ref_template=REF)
-    defs.update(query.get("$defs", {}))
+    query = _collect(defs, route.query.model_json_schema(ref_template=REF))
     return path + [
         {
             "name": name,
@@ -206,13 +205,19 @@ def _operation(route: Route, defs: dict) -> dict:
     return operation
 
 
+def _collect(defs: dict, schema: dict, name: str | None = None) -> dict:
+    """Move a model's ``$defs`` (and the model itself, given its name) into ``defs``."""
+    found = {**schema.pop("$defs", {}), **({name: schema} if name else {})}
+    for key, definition in found.items():
+        if defs.setdefault(key, definition) != definition:
+            raise ValueError(f"two different schemas are named {key}")
+    return schema
+
+
 def _components(defs: dict) -> dict:
     """Every model a route names, and the models and enums those use, as pydantic sees them."""
     for model in {model for route in ROUTES for model in _models(route)}:
-        schema = model.model_json_schema(ref_template=REF)
-        for name, definition in {**schema.pop("$defs", {}), model.__name__: schema}.items():
-            if defs.setdefault(name, definition) != definition:
-                raise ValueError(f"two different schemas are named {name}")
+        _collect(defs, model.model_json_schema(ref_template=REF), model.__name__)
     return dict(sorted(defs.items()))
 
 
