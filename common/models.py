@@ -1,9 +1,13 @@
 """Payload models: what a message and an account may look like, with reasons for rejection.
 
-The API and the CLI validate with the same code.  A message is validated on its own; the
-result is either a ``Message`` or a one-sentence reason a person can act on.  The stored
-payload is the item exactly as the client sent it, so a message reads back identical; unknown
-fields are ignored (never validated or acted on) but kept, as the reference service kept them.
+The API and the CLI validate with these models and ``web.openapi`` publishes their JSON
+schemas (the API's own request and answer shapes are in ``web.schemas``).  Every field is
+typed, strictly (no bool for a number, no number for a string); a wrong type gets this
+module's sentence (``_wrong_type``) and value checks run after the type check.  A check JSON
+Schema cannot state (address grammar, base64) is described in the field's schema.
+
+A message is validated on its own: a ``Message`` or a one-sentence reason a person can act
+on.  The stored payload is the item exactly as sent; unknown fields are ignored but kept.
 """
 
 from __future__ import annotations
@@ -12,19 +16,20 @@ import base64
 import binascii
 import email.utils
 import json
-import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -32,13 +37,55 @@ from pydantic import (
 from common.enums import Priority
 
 MAX_ID_LENGTH = 255
+MAX_HOST_LENGTH = 255  # a DNS name is at most 253 characters; an IP literal is shorter
 MAX_BATCH = 1000  # most messages one add-messages request may carry
 MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already generous
+MAX_TIMEOUT = 600  # seconds one SMTP command may take; longer only hides a dead server
 MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
 ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
+# Published in the JSON schema (ECMA-262 reads $ as the end of the text; Python's $ also
+# matches before a final newline, so these are checked after CR and LF are refused, or whole).
+ONE_LINE = r"^[^\r\n\x00]*$"  # header text: no CR or LF (injection), no NUL
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
+HTTP_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/]+"
+MIME_TYPE = r"^[\w.+-]+/[\w.+-]+$"
+ACCOUNT_ID = r"^[\w.@+-]+$"
+HOST = r"^[^\s/]+$"
+PRIORITY_HELP = (
+    "0 immediate, 1 high, 2 medium, 3 low; the names in any case and '0'-'3' are accepted."
+)
+ADDRESSES_HELP = (
+    "One address string (commas separate several) or a list of them; "
+    "'Name <addr@example.com>' is allowed."
+)
+
+
+def _wrong_type(reason: str) -> WrapValidator:
+    """Pydantic checks the type; a value of the wrong type is refused with ``reason``."""
+
+    def check(value: Any, handler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(reason) from None
+
+    return WrapValidator(check)
+
+
+def _schema(**keywords) -> Any:
+    """JSON-schema keywords for a check this module makes in Python (published, not run)."""
+    return Field(json_schema_extra=keywords)
+
+
+def _omit_default(schema: dict) -> None:
+    schema.pop("default", None)
+
+
+def omittable(description: str, **kwargs) -> Any:
+    """A field that may be left out but is never null: no ``default: null`` in its schema."""
+    return Field(None, description=description, json_schema_extra=_omit_default, **kwargs)
 
 
 def _no_line_breaks(value: str) -> str:
@@ -46,6 +93,12 @@ def _no_line_breaks(value: str) -> str:
         raise ValueError("must not contain CR or LF (header injection)")
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
     return value
 
 
@@ -97,109 +150,101 @@ def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _parsed(value: Any) -> list[tuple[str, str]]:
-    if isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(v, str) for v in value)
-    ):
-        return parse_address_list(value)
-    raise ValueError("must be an address string or a list of address strings")
-
-
-def _address_list(value: Any) -> Any:
-    _parsed(value)
+def _addresses(value: str | list[str]) -> str | list[str]:
+    parse_address_list(value)
     return value
 
 
-def _recipient_list(value: Any) -> Any:
-    if not _parsed(value):
+def _recipients(value: str | list[str]) -> str | list[str]:
+    if not parse_address_list(value):
         raise ValueError("must name at least one recipient")
     return value
 
 
-def _single_address(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    pairs = parse_address_list(value)
-    if len(pairs) != 1:
+def _one_address(value: str) -> str:
+    if len(parse_address_list(value)) != 1:
         raise ValueError("must be exactly one email address")
     return value
 
 
-def _header_text(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return _no_line_breaks(value)
+def _priority(value: Any, handler) -> Any:
+    Priority.parse(value)  # the one parser, and its reason for anything else (a bool, 1.5)
+    return handler(value)
 
 
-def _priority(value: Any) -> Any:
-    Priority.parse(value)
+def _base64(value: str) -> str:
+    try:
+        base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
     return value
 
 
-def _epoch(value: Any) -> Any:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= MAX_EPOCH
-    ):
-        raise ValueError("must be epoch seconds (a number between 0 and year 9999)")
-    return value
+def _matching(text_type: Any, pattern: str, reason: str) -> Any:
+    """``text_type`` that must match ``pattern`` (published), refused with ``reason``."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(reason)
+        return value
+
+    return Annotated[text_type, AfterValidator(check), _schema(pattern=pattern)]
 
 
-AddressList = Annotated[Any, BeforeValidator(_address_list)]
-RecipientList = Annotated[Any, BeforeValidator(_recipient_list)]
-SingleAddress = Annotated[Any, BeforeValidator(_single_address)]
-HeaderText = Annotated[Any, BeforeValidator(_header_text)]
+Line = Annotated[StrictStr, _schema(pattern=ONE_LINE)]  # the types below check it
+HeaderText = Annotated[Line, _wrong_type("must be a string"), AfterValidator(_no_line_breaks)]
+NonBlank = Annotated[HeaderText, AfterValidator(_not_blank), _schema(minLength=1)]
+AddressList = Annotated[
+    Line | list[Line],
+    _wrong_type("must be an address string or a list of address strings"),
+    AfterValidator(_addresses),
+]
+RecipientList = Annotated[
+    Annotated[Line, _schema(minLength=1)] | Annotated[list[Line], _schema(minItems=1)],
+    _wrong_type("must be an address string or a list of address strings"),
+    AfterValidator(_recipients),
+]
+SingleAddress = Annotated[Line, _wrong_type("must be a string"), AfterValidator(_one_address)]
+PriorityValue = Annotated[
+    Annotated[StrictInt, Field(ge=0, le=3)] | StrictStr,
+    WrapValidator(_priority),
+    Field(description=PRIORITY_HELP, examples=[1, "high"]),
+]
+EpochSeconds = Annotated[
+    Annotated[StrictInt, Field(ge=0, le=MAX_EPOCH)]
+    | Annotated[StrictFloat, Field(ge=0, le=MAX_EPOCH, allow_inf_nan=False)],
+    _wrong_type("must be epoch seconds (a number between 0 and year 9999)"),
+]
+Limit = Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
+HttpUrl = _matching(StrictStr, HTTP_URL, "must be an http:// or https:// URL")
+MimeType = _matching(HeaderText, MIME_TYPE, "must look like type/subtype")
 
 
 class S3Source(BaseModel):
+    """An object in the S3 bucket the dispatcher reads attachments from."""
+
     model_config = ConfigDict(extra="ignore")
     bucket: StrictStr = Field(min_length=1)
     key: StrictStr = Field(min_length=1)
 
 
 class Attachment(BaseModel):
-    """One attachment: exactly one of inline base64 ``content``, an ``url`` or an ``s3`` object."""
+    """One attachment: exactly one source, inline base64 content, a url or an s3 object."""
 
     model_config = ConfigDict(extra="ignore")
-    filename: HeaderText
-    content: StrictStr | None = None
-    url: StrictStr | None = None
+    filename: NonBlank
+    content: Annotated[StrictStr, AfterValidator(_base64)] | None = Field(
+        None,
+        description="The file, base64-encoded.",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
+    url: HttpUrl | None = Field(None, description="Fetched by the dispatcher at send time.")
     s3: S3Source | None = None
-    mime_type: HeaderText | None = None
-    content_id: HeaderText | None = None
-
-    @field_validator("filename")
-    @classmethod
-    def _filename_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("content")
-    @classmethod
-    def _valid_base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode("".join(value.split()), validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("is not valid base64") from None
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value, re.I):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("mime_type")
-    @classmethod
-    def _mime_type(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[\w.+-]+/[\w.+-]+$", value):
-            raise ValueError("must look like type/subtype")
-        return value
+    mime_type: MimeType | None = Field(
+        None, description="Default: guessed from the filename.", examples=["text/csv"]
+    )
+    content_id: HeaderText | None = Field(None, description="Makes an inline part (cid:).")
 
     @model_validator(mode="after")
     def _one_source(self) -> Attachment:
@@ -210,26 +255,44 @@ class Attachment(BaseModel):
 
 
 class Message(BaseModel):
-    """A message as a client submits it (SPEC §5 'Message fields')."""
+    """A message as a client submits it (SPEC §5 'Message fields').
+
+    Unknown fields are ignored but stored and returned unchanged.
+    """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    account_id: StrictStr | None = None
-    from_: SingleAddress = Field(alias="from")
-    from_name: HeaderText | None = None
-    to: RecipientList
-    cc: AddressList | None = None
-    bcc: AddressList | None = None
-    reply_to: AddressList | None = None
-    return_path: SingleAddress | None = None
-    subject: HeaderText
-    body: StrictStr
-    content_type: Literal["plain", "html"] | None = None
-    html: StrictBool | None = None
-    headers: dict[StrictStr, HeaderText] | None = None
-    message_id: HeaderText | None = None
-    priority: Annotated[Any, BeforeValidator(_priority)] = None
-    deferred_ts: Annotated[Any, BeforeValidator(_epoch)] = None
+    id: StrictStr = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="Printable characters; a queued message with this id is replaced.",
+    )
+    account_id: StrictStr | None = Field(
+        None, description="Absent or null: the [smtp] default account."
+    )
+    from_: SingleAddress = Field(
+        alias="from",
+        description="Exactly one address; 'Name <addr>' is allowed.",
+        examples=["Shop <noreply@shop.example>"],
+    )
+    from_name: HeaderText | None = Field(None, description="Display name for 'from'.")
+    to: RecipientList = Field(description=ADDRESSES_HELP)
+    cc: AddressList | None = Field(None, description=ADDRESSES_HELP)
+    bcc: AddressList | None = Field(None, description=ADDRESSES_HELP)
+    reply_to: AddressList | None = Field(None, description=ADDRESSES_HELP)
+    return_path: SingleAddress | None = Field(None, description="Envelope sender.")
+    subject: NonBlank = Field(description="Not blank.")
+    body: StrictStr = Field(description="Plain text, or HTML when content_type is html.")
+    content_type: Literal["plain", "html"] | None = Field(None, description="Default: plain.")
+    html: StrictBool | None = Field(None, description="true means content_type html.")
+    headers: (
+        Annotated[
+            dict[StrictStr, HeaderText], _schema(propertyNames={"pattern": HEADER_NAME.pattern})
+        ]
+        | None
+    ) = Field(None, description="Extra header fields, name to value.")
+    message_id: HeaderText | None = Field(None, description="Default: derived from id.")
+    priority: PriorityValue = omittable(PRIORITY_HELP + " Default: the batch's default_priority.")
+    deferred_ts: EpochSeconds = omittable("Do not send before this epoch second.")
     attachments: list[Attachment] | None = None
 
     @field_validator("id")
@@ -239,18 +302,11 @@ class Message(BaseModel):
             raise ValueError("must be printable characters only")
         return value
 
-    @field_validator("subject")
-    @classmethod
-    def _subject_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: dict | None) -> dict | None:
         for name in value or {}:
-            if not HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):  # match() would let a final newline through
                 raise ValueError(f"header name {name!r} is not a valid header field name")
         return value
 
@@ -304,21 +360,25 @@ class Account(BaseModel):
     """An SMTP account as POST /account takes it; the reference's fields plus ours."""
 
     model_config = ConfigDict(extra="ignore")
-    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[\w.@+-]+$")
-    host: StrictStr = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ACCOUNT_ID)
+    host: StrictStr = Field(min_length=1, max_length=MAX_HOST_LENGTH, pattern=HOST)
     port: StrictInt = Field(ge=1, le=65535)
-    user: StrictStr | None = None
-    password: StrictStr | None = None
-    use_tls: StrictBool | None = None
-    starttls: StrictBool = False
-    ttl: StrictInt = Field(default=300, ge=1, le=MAX_TTL)
-    timeout: float = Field(default=30.0, gt=0, le=600)
-    limit_per_second: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    limit_per_hour: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    limit_per_day: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    limit_behavior: Literal["defer", "reject"] = "defer"
-    batch_size: StrictInt | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    user: StrictStr | None = Field(None, description="Login; none: no AUTH.")
+    password: StrictStr | None = Field(
+        None, description="Never returned.", json_schema_extra={"writeOnly": True}
+    )
+    use_tls: StrictBool | None = Field(None, description="Implicit TLS; default: port is 465.")
+    starttls: StrictBool = Field(False, description="Upgrade with STARTTLS (not with use_tls).")
+    ttl: StrictInt = Field(300, ge=1, le=MAX_TTL, description="Seconds a connection is reused.")
+    timeout: float = Field(30.0, gt=0, le=MAX_TIMEOUT, description="Seconds per SMTP command.")
+    limit_per_second: Limit | None = Field(None, description="Most sends per second.")
+    limit_per_minute: Limit | None = Field(None, description="Most sends per minute.")
+    limit_per_hour: Limit | None = Field(None, description="Most sends per hour.")
+    limit_per_day: Limit | None = Field(None, description="Most sends per day.")
+    limit_behavior: Literal["defer", "reject"] = Field(
+        "defer", description="Over a limit: defer waits for a free slot, reject fails."
+    )
+    batch_size: Limit | None = Field(None, description="Messages sent per connection.")
 
     @field_validator("id", "host", "user", "password")
     @classmethod

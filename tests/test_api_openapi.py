@@ -1,92 +1,247 @@
-"""/openapi.json: a valid OpenAPI 3 document naming every route and method the app serves."""
+"""/openapi.json: generated from the models, valid OpenAPI 3.1, naming exactly the app's routes,
+and true: real answers of every route match the schema documented for their status."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
+from urllib.parse import parse_qsl, urlsplit
 
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
+from pydantic import TypeAdapter
 
+from common import enums, models, store
+from common.enums import Next, Outcome
+from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
+from common.store.claims import Attempt, Transition
+from web import db as web_db
+from web import schemas
 from web.app import create_app
-from web.openapi import openapi_document
+from web.openapi import REF, ROUTES, openapi_document
 
+TOKEN = "t"
+AUTH = {"X-API-Token": TOKEN}
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}  # answered by Flask for every route
+LIMITS = ("limit_per_second", "limit_per_minute", "limit_per_hour", "limit_per_day")
 
 
-@pytest.fixture
-def app(make_config):
-    return create_app(make_config(api_token="t"))
+def components() -> dict:
+    return openapi_document()["components"]["schemas"]
 
 
-def test_document_is_valid_openapi():
+def openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+
+
+def test_document_is_valid_openapi_3_1():
     validate(openapi_document())
+    assert openapi_document()["openapi"] == "3.1.0"
 
 
-def test_every_route_and_method_is_documented(app):
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        assert path in openapi_document()["paths"], path
-        for method in rule.methods - IMPLICIT_METHODS:
-            assert method.lower() in openapi_document()["paths"][path], f"{method} {path}"
-
-
-def test_every_documented_operation_exists(app):
+def test_route_table_is_the_url_map(make_config):
+    app = create_app(make_config(api_token=TOKEN))
     served = {
-        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule): r.methods for r in app.url_map.iter_rules()
+        (method, openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - IMPLICIT_METHODS
     }
-    for path, item in openapi_document()["paths"].items():
-        for method in item.keys() - {"parameters"}:
-            assert method.upper() in served[path], f"{method} {path}"
+    assert {(route.method, route.path) for route in ROUTES} == served
+    paths = openapi_document()["paths"]
+    assert {(method.upper(), path) for path, item in paths.items() for method in item} == served
 
 
 def test_only_health_is_open():
     open_operations = [
         path
         for path, item in openapi_document()["paths"].items()
-        for method, op in item.items()
-        if method != "parameters" and op.get("security") == []
+        for operation in item.values()
+        if operation.get("security") == []
     ]
     assert open_operations == ["/health"]
+    schemes = openapi_document()["components"]["securitySchemes"]
+    assert schemes["apiToken"] == {"type": "apiKey", "in": "header", "name": "X-API-Token"}
+    assert schemes["bearerToken"] == {"type": "http", "scheme": "bearer"}
 
 
-def test_served_document_is_the_module_document(app):
-    client = app.test_client()
-    assert client.get("/openapi.json", headers={"X-API-Token": "t"}).json == openapi_document()
+def test_served_document_is_the_module_document(make_config):
+    client = create_app(make_config(api_token=TOKEN)).test_client()
+    assert client.get("/openapi.json", headers=AUTH).json == openapi_document()
 
 
-def _check(schema_name: str, answer: dict) -> None:
-    from openapi_schema_validator import OAS30Validator
+@pytest.mark.parametrize("name", sorted(components()))
+def test_every_component_is_its_models_own_schema(name):
+    """Nothing in the document is written by hand: each schema is what pydantic says."""
+    source = getattr(schemas, name, None) or getattr(models, name, None) or getattr(enums, name)
+    own = TypeAdapter(source).json_schema(ref_template=REF)
+    own.pop("$defs", None)
+    assert components()[name] == own
 
-    root = {
-        "$ref": f"#/components/schemas/{schema_name}",
-        "components": openapi_document()["components"],
+
+def test_model_constraints_are_published():
+    account = components()["Account"]["properties"]
+    assert account["host"]["pattern"] == HOST and account["host"]["maxLength"] == MAX_HOST_LENGTH
+    assert account["ttl"]["maximum"] == MAX_TTL == 86400
+    for name in LIMITS:
+        assert {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT} in account[name]["anyOf"]
+    message = components()["Message"]["properties"]
+    assert message["id"]["maxLength"] == 255
+    assert [member["maximum"] for member in message["deferred_ts"]["anyOf"]] == [MAX_EPOCH] * 2
+    assert "null" not in str(message["priority"])  # an explicit null is refused
+    assert components()["AddMessagesRequest"]["properties"]["messages"]["maxItems"] == MAX_BATCH
+    query = openapi_document()["paths"]["/messages"]["get"]["parameters"]
+    assert {p["name"]: p["schema"].get("maximum") for p in query}["limit"] == 1000
+
+
+# -- real answers against the document ---------------------------------------------------------
+def check(response, method: str, path: str, body=None, query: str = "") -> None:
+    """The answer's status is documented for the operation and the answer matches its schema."""
+    document = openapi_document()
+    operation = document["paths"][path][method.lower()]
+    documented = operation["responses"].get(str(response.status_code))
+    assert documented, f"{method} {path} answered an undocumented {response.status_code}"
+    ((media_type, content),) = documented["content"].items()
+    assert response.mimetype == media_type
+    if media_type == "application/json":
+        validator(content["schema"]).validate(response.json)
+    names = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
+    assert {name for name, _ in parse_qsl(query)} <= names, "an undocumented query argument"
+    if body is not None and response.status_code == 200 and not response.json.get("rejected"):
+        # a body the server took whole is one the document allows
+        validator(operation["requestBody"]["content"]["application/json"]["schema"]).validate(body)
+
+
+def validator(schema: dict) -> jsonschema.Draft202012Validator:
+    root = {**schema, "components": openapi_document()["components"]}
+    return jsonschema.Draft202012Validator(root)
+
+
+def message(message_id: str, **fields) -> dict:
+    return {"id": message_id, "from": "a@b.org", "to": ["c@d.org"], "subject": "s", "body": "b"} | {
+        **fields
     }
-    OAS30Validator(root).validate(answer)
 
 
-def test_real_answers_match_their_schemas(app):
+GOOD_ACCOUNT = {"id": "acme", "host": "smtp.acme.test", "port": 587, "password": "pw"}
+FULL_MESSAGE = message(
+    "sent",
+    account_id="acme",
+    cc="Bob <bob@x.org>, e@f.org",
+    priority="high",
+    headers={"X-Campaign": "7"},
+    attachments=[{"filename": "a.txt", "content": "aGk="}],
+    custom={"kept": True},
+)
+CALLS = {  # id: (method, path, url, body, expected status, config overrides)
+    "health": ("GET", "/health", "/health", None, 200, {}),
+    "status": ("GET", "/status", "/status", None, 200, {}),
+    "add": ("POST", "/commands/add-messages", None, {"messages": [message("n")]}, 200, {}),
+    "add-one-rejected": (
+        "POST", "/commands/add-messages", None, {"messages": [message("n"), {}]}, 200, {},
+    ),
+    "add-not-a-list": ("POST", "/commands/add-messages", None, {"messages": "n"}, 400, {}),
+    "add-all-rejected": ("POST", "/commands/add-messages", None, {"messages": [{}]}, 400, {}),
+    "add-too-large": (
+        "POST", "/commands/add-messages", None, {"messages": [message("n", body="x" * 70_000)]},
+        413, {},
+    ),
+    "delete": (
+        "POST", "/commands/delete-messages", None, {"ids": ["sent", "sending", "nope"]}, 200, {},
+    ),
+    "delete-bad": ("POST", "/commands/delete-messages", None, {"ids": [1]}, 400, {}),
+    "cleanup": ("POST", "/commands/cleanup-messages", None, {"older_than_seconds": 0}, 200, {}),
+    "cleanup-kept-forever": (
+        "POST", "/commands/cleanup-messages", None, None, 200,
+        {"delivery_report_retention_seconds": 0},
+    ),
+    "cleanup-bad": (
+        "POST", "/commands/cleanup-messages", None, {"older_than_seconds": -1}, 400, {},
+    ),
+    "run-now": ("POST", "/commands/run-now", None, None, 200, {}),
+    "suspend": ("POST", "/commands/suspend", None, None, 200, {}),
+    "activate": ("POST", "/commands/activate", None, None, 200, {}),
+    "account": ("POST", "/account", None, {**GOOD_ACCOUNT, "limit_per_day": 5}, 200, {}),
+    "account-bad": ("POST", "/account", None, {**GOOD_ACCOUNT, "ttl": 86401}, 400, {}),
+    "accounts": ("GET", "/accounts", None, None, 200, {}),
+    "delete-account-busy": ("DELETE", "/account/{account_id}", "/account/acme", None, 409, {}),
+    "delete-account": (
+        "DELETE", "/account/{account_id}", "/account/acme?purge=true", None, 200, {},
+    ),
+    "delete-account-unknown": ("DELETE", "/account/{account_id}", "/account/x", None, 404, {}),
+    "messages": ("GET", "/messages", "/messages?limit=1&active_only=1", None, 200, {}),
+    "messages-sent": ("GET", "/messages", "/messages?status=sent&account_id=acme", None, 200, {}),
+    "messages-bad": ("GET", "/messages", "/messages?limit=1001", None, 400, {}),
+    "message-sent": ("GET", "/messages/{message_id}", "/messages/sent", None, 200, {}),
+    "message-sending": ("GET", "/messages/{message_id}", "/messages/sending", None, 200, {}),
+    "message-unknown": ("GET", "/messages/{message_id}", "/messages/none", None, 404, {}),
+    "metrics": ("GET", "/metrics", None, None, 200, {}),
+    "openapi": ("GET", "/openapi.json", None, None, 200, {}),
+    "no-token": ("GET", "/accounts", None, None, 401, {"api_token": "other"}),
+}  # fmt: skip
+
+
+@pytest.fixture
+def app(make_config, conn):
+    """An app whose database holds an account, a sent, a sending and a deferred message."""
+    app = create_app(make_config(api_token=TOKEN, smtp_host="127.0.0.1", smtp_port=2525))
     client = app.test_client()
-    auth = {"X-API-Token": "t"}
-    account = {"id": "acme", "host": "smtp.acme.test", "port": 587, "password": "pw"}
-    _check("AccountResponse", client.post("/account", json=account, headers=auth).json)
-    message = {
-        "id": "m1",
-        "account_id": "acme",
-        "from": "a@b.org",
-        "to": ["c@d.org"],
-        "subject": "s",
-        "body": "b",
-        "priority": "high",
-    }
-    added = client.post(
-        "/commands/add-messages", json={"messages": [message, {"id": 5}]}, headers=auth
+    assert client.post("/account", json=GOOD_ACCOUNT, headers=AUTH).status_code == 200
+    later = int(time.time()) + 3600
+    batch = [
+        FULL_MESSAGE,
+        message("sending"),
+        message("later", account_id="acme", deferred_ts=later),
+    ]
+    assert (
+        client.post("/commands/add-messages", json={"messages": batch}, headers=AUTH).json["queued"]
+        == 3
     )
-    _check("AddMessagesResponse", added.json)
-    _check("MessagesPage", client.get("/messages", headers=auth).json)
-    _check("MessageDetail", client.get("/messages/m1", headers=auth).json)
-    _check("Status", client.get("/status", headers=auth).json)
-    _check("AccountsResponse", client.get("/accounts", headers=auth).json)
-    _check("Error", client.get("/messages/none", headers=auth).json)
-    _check("Health", client.get("/health").json)
+    now = time.time()
+    store.claims.claim(conn, "dispatcher-00", now, 60, 10, True)
+    attempt = Attempt("sent", "acme", now, Outcome.SENT, 250, "2.0.0 ok", 0.25)
+    refused = {"x@y.org": [550, "no such user"]}
+    sent = Transition(attempt, Next.SENT, now, refused=refused, possible_duplicate=True)
+    store.claims.record(conn, [sent], "dispatcher-00")
+    store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
+    return app
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_real_answer_matches_its_documented_schema(app, call):
+    method, path, url, body, status, overrides = call
+    client = create_app(app.config["ASYNCMAIL"], max_request_bytes=64 * 1024, **overrides)
+    headers = {} if path == "/health" else AUTH
+    response = client.test_client().open(url or path, method=method, json=body, headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
+    check(response, method, path, body, urlsplit(url or path).query)
+
+
+def test_calls_cover_every_route():
+    assert {(call[0], call[1]) for call in CALLS.values()} == {(r.method, r.path) for r in ROUTES}
+
+
+def test_answer_of_an_unreachable_database_matches(make_config, tmp_path):
+    app = create_app(make_config(api_token=TOKEN, db_path=tmp_path))  # a directory: no database
+    check(app.test_client().get("/health"), "GET", "/health")
+
+
+def test_answer_of_a_locked_database_matches(app, conn):
+    web_db.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        response = app.test_client().post("/commands/suspend", headers=AUTH)
+    finally:
+        conn.execute("ROLLBACK")
+    assert response.status_code == 503
+    check(response, "POST", "/commands/suspend")
+
+
+def test_an_undocumented_key_fails_the_check(app):
+    """The answer models forbid unknown keys, so a key a route adds must be documented."""
+    response = app.test_client().post("/commands/suspend", headers=AUTH)
+    response.set_data(b'{"ok": true, "active": false, "extra": 1}')
+    with pytest.raises(jsonschema.ValidationError, match="extra"):
+        check(response, "POST", "/commands/suspend")

@@ -1,17 +1,25 @@
-"""Payload models without HTTP: addresses, priorities, attachments, accounts, stored payload."""
+"""Payload models without HTTP: addresses, priorities, attachments, accounts, stored payload,
+and their published JSON schemas."""
 
 from __future__ import annotations
 
+import re
+
+import jsonschema
 import pytest
+from pydantic import ValidationError
 
 from common.enums import Priority
 from common.models import (
     Account,
     Attachment,
+    Message,
     parse_address_list,
     split_addresses,
     validate_message,
 )
+
+EPOCH_REASON = "must be epoch seconds (a number between 0 and year 9999)"
 
 
 def item(**fields) -> dict:
@@ -131,3 +139,100 @@ def test_account_reference_fields_are_accepted():
         }
     )
     assert account.limit_per_day == 10000 and account.batch_size == 20
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"priority": None}, "field 'priority' must be 0-3 or immediate/high/medium/low"),
+        ({"priority": True}, "field 'priority' must be 0-3 or immediate/high/medium/low"),
+        ({"priority": 1.0}, "field 'priority' must be 0-3 or immediate/high/medium/low"),
+        ({"priority": "10"}, "field 'priority' must be 0-3 or immediate/high/medium/low"),
+        ({"deferred_ts": None}, f"field 'deferred_ts' {EPOCH_REASON}"),
+        ({"deferred_ts": True}, f"field 'deferred_ts' {EPOCH_REASON}"),
+        ({"deferred_ts": "5"}, f"field 'deferred_ts' {EPOCH_REASON}"),
+        ({"deferred_ts": float("inf")}, f"field 'deferred_ts' {EPOCH_REASON}"),
+        ({"to": True}, "field 'to' must be an address string or a list of address strings"),
+        (
+            {"to": ["a@b.org", 1]},
+            "field 'to' must be an address string or a list of address strings",
+        ),
+        ({"to": " , "}, "field 'to' must name at least one recipient"),
+        ({"from": ["a@b.org"]}, "field 'from' must be a string"),
+        ({"body": 5}, "field 'body' has the wrong type (input should be a valid string)"),
+        ({"html": "yes"}, "field 'html' has the wrong type (input should be a valid boolean)"),
+    ],
+)
+def test_strict_types_keep_their_reasons(fields, reason):
+    """Booleans, numeric strings and explicit nulls are refused with the same sentence as ever."""
+    assert validate_message(item(**fields))[2] == reason
+
+
+def test_header_name_with_a_final_newline_is_refused():
+    reason = validate_message(item(headers={"X-A\n": "v"}))[2]
+    assert reason == "field 'headers' header name 'X-A\\n' is not a valid header field name"
+
+
+def test_strict_numbers_keep_their_type():
+    model, _, _ = validate_message(item(priority="2", deferred_ts=1700000000.5))
+    assert model.priority == "2" and model.deferred_ts == 1700000000.5
+    model, _, _ = validate_message(item(priority=2, deferred_ts=1700000000))
+    assert type(model.priority) is int and type(model.deferred_ts) is int
+
+
+# -- the published schema and the checks agree -------------------------------------------------
+SAMPLES = [None, True, 0, 1, 3, 4, -1, 1.5, 65535, 65536, 86400, 86401, 10**9, 10**9 + 1, 10**30,
+           "", " ", "x", "2", "high", "a@b.org", "Bob <b@x.org>", "a@b.org, c@d.org", "bob",
+           "a\nb", "a\rb", "a\x00b", "x\n", "h/x", "h x", "x" * 255, "x" * 256, [], [1],
+           ["a@b.org"], ["a@b.org\n"], {}, {"X-A": "v"}, {"X A": "v"}, {"X-A\n": "v"},
+           {"X-A": "v\n"}, {"X-A": 1}, "plain", "html", "defer", "text/plain", "text",
+           "https://x.org/a", "ftp://x.org", "aGk=", "%%%", {"bucket": "b", "key": "k"},
+           {"bucket": "b"}]  # fmt: skip
+BASES = {
+    Message: {"id": "m", "from": "a@b.org", "to": "c@d.org", "subject": "s", "body": "b"},
+    Attachment: {"filename": "f", "content": "aGk="},
+    Account: {"id": "a", "host": "h", "port": 25},
+}
+# Checks JSON Schema cannot state: there the schema accepts more than the model.
+SCHEMA_WEAKER = {
+    Message: {"id", "from", "to", "cc", "bcc", "reply_to", "return_path", "subject", "priority"},
+    Attachment: {"filename", "content", "url", "s3"},  # not blank, base64, exactly one source
+    Account: {"use_tls", "starttls"},  # not both
+}
+MODEL_LAXER = {(Account, "timeout")}  # a lax float: also takes true and "30" (noted, kept)
+
+
+def _ecma_pattern(validator, pattern, instance, schema):
+    """JSON Schema patterns are ECMA-262, where $ is the end of the text (Python's $ also
+    matches before a final newline)."""
+    python = re.sub(r"(?<!\\)\$$", r"\\Z", pattern)
+    if validator.is_type(instance, "string") and not re.search(python, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+EcmaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern}
+)
+
+
+def _fields(model) -> list[tuple[type, str]]:
+    return [(model, info.alias or name) for name, info in model.model_fields.items()]
+
+
+@pytest.mark.parametrize(
+    "model, field", [*_fields(Message), *_fields(Attachment), *_fields(Account)], ids=str
+)
+def test_schema_and_model_agree(model, field):
+    """The schema never refuses what the model takes, and refuses what it refuses where it can."""
+    schema = EcmaValidator(model.model_json_schema())
+    for value in SAMPLES:
+        data = {**BASES[model], field: value}
+        try:
+            model.model_validate(data)
+            taken = True
+        except ValidationError:
+            taken = False
+        if taken and (model, field) not in MODEL_LAXER:
+            assert schema.is_valid(data), f"the schema refuses {field}={value!r}"
+        if not taken and field not in SCHEMA_WEAKER[model]:
+            assert not schema.is_valid(data), f"the schema allows {field}={value!r}"

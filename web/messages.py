@@ -14,7 +14,9 @@ from web.errors import error_response
 from web.inputs import flag, int_arg, json_body
 
 blueprint = Blueprint("messages", __name__)
+PAGE_SIZE = 100  # messages per GET /messages page unless ?limit says otherwise
 MAX_PAGE = 1000  # most messages one GET /messages page may carry
+MAX_CURSOR = 2**63 - 1  # cursors are SQLite rowids
 STATUS_VALUES = frozenset(s.value for s in Status)
 STATUS_NAMES = ", ".join(s.value for s in Status)
 
@@ -68,8 +70,8 @@ def delete_messages():
 @blueprint.get("/messages")
 def list_messages():
     """A page of messages in storage order, filtered, with the next page's cursor."""
-    limit = int_arg("limit", 100, 1, MAX_PAGE)
-    cursor = int_arg("cursor", 0, 0, 2**63 - 1)
+    limit = int_arg("limit", PAGE_SIZE, 1, MAX_PAGE)
+    cursor = int_arg("cursor", 0, 0, MAX_CURSOR)
     status_text = request.args.get("status") or None
     if status_text is not None and status_text not in STATUS_VALUES:
         abort(400, f"'status' must be one of {STATUS_NAMES}.")

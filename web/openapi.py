@@ -1,10 +1,130 @@
-"""The OpenAPI 3 document served at /openapi.json: every endpoint of SPEC §5, with schemas."""
+"""The OpenAPI 3.1 document served at /openapi.json, generated from the pydantic models.
+
+Schemas are the models' own JSON schemas (``common.models`` for the payloads the CLI shares,
+``web.schemas`` for the API's requests and answers), so a constraint is written once and both
+enforced and published.  Paths come from ``ROUTES``, one row per route; tests hold the rows
+equal to the Flask url_map and check real answers against the schema of their status.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass
 from importlib import metadata
 
-from common.models import MAX_BATCH, MAX_EPOCH, MAX_ID_LENGTH
+from pydantic import BaseModel
+
+from common.models import MAX_BATCH, Account
+from web.schemas import (
+    AccountAnswer,
+    AccountsAnswer,
+    ActiveAnswer,
+    AddMessagesAnswer,
+    AddMessagesRefused,
+    AddMessagesRequest,
+    CleanupAnswer,
+    CleanupRequest,
+    DeleteAccountAnswer,
+    DeleteAccountQuery,
+    DeleteMessagesAnswer,
+    DeleteMessagesRequest,
+    Error,
+    Health,
+    HealthDown,
+    MessageDetail,
+    MessagesPage,
+    MessagesQuery,
+    RunNowAnswer,
+    ServiceStatus,
+)
+
+REF = "#/components/schemas/{model}"
+SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # either header; /health needs neither
+ERRORS = {  # the description of each failure status; the body is always an Error
+    400: "The request is invalid; 'error' says why.",
+    401: "Missing or wrong token (or a remote client while no api_token is configured).",
+    404: "No such resource.",
+    409: "The account still has unsent messages.",
+    413: "The body exceeds max_request_bytes.",
+    500: "A bug; it has been logged.",
+    503: "The database is busy or full; nothing was stored, retry in a few seconds.",
+}
+
+
+@dataclass(frozen=True)
+class Media:
+    """An answer that is not one of the models: its media type and schema."""
+
+    description: str
+    schema: dict
+    media_type: str = "application/json"
+
+
+Answer = type[BaseModel] | tuple[type[BaseModel], ...] | Media
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: what it takes and what it answers, per status.
+
+    Every route may also answer 500, 503 when it uses the database, and 401 unless public.
+    """
+
+    operation_id: str
+    method: str
+    path: str  # OpenAPI form: {name} for a path parameter
+    summary: str
+    answers: dict[int, Answer]
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    public: bool = False  # answered without a token
+    database: bool = True  # False: never waits for the database, so never answers 503
+
+
+BAD_BODY = {400: Error, 413: Error}  # every route that reads a JSON body
+ROUTES = (
+    Route("health", "GET", "/health", "Liveness: 200 while the database answers.",
+          {200: Health, 503: HealthDown}, public=True),
+    Route("status", "GET", "/status", "Scheduler switch, counts per status, process heartbeats.",
+          {200: ServiceStatus}),
+    Route("addMessages", "POST", "/commands/add-messages",
+          f"Queue up to {MAX_BATCH} messages; each is validated on its own.",
+          {200: AddMessagesAnswer, 400: (Error, AddMessagesRefused), 413: Error},
+          body=AddMessagesRequest),
+    Route("deleteMessages", "POST", "/commands/delete-messages",
+          "Delete messages no dispatcher holds.",
+          {200: DeleteMessagesAnswer, **BAD_BODY}, body=DeleteMessagesRequest),
+    Route("cleanupMessages", "POST", "/commands/cleanup-messages",
+          "Purge messages reported longer ago than older_than_seconds.",
+          {200: CleanupAnswer, **BAD_BODY}, body=CleanupRequest, body_required=False),
+    Route("runNow", "POST", "/commands/run-now",
+          "Wake every dispatcher and the reporter now (needed in test_mode).",
+          {200: RunNowAnswer}),
+    Route("suspend", "POST", "/commands/suspend",
+          "Stop claiming messages (persisted); reporting continues.", {200: ActiveAnswer}),
+    Route("activate", "POST", "/commands/activate",
+          "Resume claiming messages (persisted).", {200: ActiveAnswer}),
+    Route("saveAccount", "POST", "/account",
+          "Create or replace an SMTP account (the password is never returned).",
+          {200: AccountAnswer, **BAD_BODY}, body=Account),
+    Route("listAccounts", "GET", "/accounts", "Every SMTP account, without passwords.",
+          {200: AccountsAnswer}),
+    Route("deleteAccount", "DELETE", "/account/{account_id}",
+          "Delete an account; 409 while it has unsent messages unless ?purge=true.",
+          {200: DeleteAccountAnswer, 404: Error, 409: Error}, query=DeleteAccountQuery),
+    Route("listMessages", "GET", "/messages", "A page of messages in storage order.",
+          {200: MessagesPage, 400: Error}, query=MessagesQuery),
+    Route("getMessage", "GET", "/messages/{message_id}",
+          "One message: the record, its attempts and its status.",
+          {200: MessageDetail, 404: Error}),
+    Route("metrics", "GET", "/metrics",
+          "Prometheus text format (open when metrics_public is true).",
+          {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}),
+    Route("openapi", "GET", "/openapi.json", "This document.",
+          {200: Media("The OpenAPI 3.1 document.", {"type": "object"})}, database=False),
+)  # fmt: skip
 
 
 def _version() -> str:
@@ -14,448 +134,117 @@ def _version() -> str:
         return "0+unknown"
 
 
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF.format(model=model.__name__)}
 
 
-def json_body(schema: dict, description: str = "") -> dict:
+def _models(route: Route) -> list[type[BaseModel]]:
+    """The models a route's body and answers name (its query becomes parameters)."""
+    found = [route.body] if route.body else []
+    for answer in _answers(route).values():
+        if not isinstance(answer, Media):
+            found.extend(answer if isinstance(answer, tuple) else (answer,))
+    return found
+
+
+def _answers(route: Route) -> dict[int, Answer]:
+    common = {500: Error}
+    if not route.public:
+        common[401] = Error
+    if route.database:
+        common[503] = Error
+    return dict(sorted({**common, **route.answers}.items()))
+
+
+def _response(status: int, answer: Answer) -> dict:
+    if isinstance(answer, Media):
+        content = {answer.media_type: {"schema": answer.schema}}
+        return {"description": answer.description, "content": content}
+    models = answer if isinstance(answer, tuple) else (answer,)
+    schema = _ref(models[0]) if len(models) == 1 else {"anyOf": [_ref(m) for m in models]}
+    description = ERRORS[status] if models[0] is Error else models[0].__doc__.splitlines()[0]
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def nullable(schema: dict) -> dict:
-    return {**schema, "nullable": True}
-
-
-def obj(required: list[str] | None = None, **properties) -> dict:
-    schema = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = required
-    return schema
-
-
-STRING = {"type": "string"}
-INTEGER = {"type": "integer"}
-BOOLEAN = {"type": "boolean"}
-EPOCH = {"type": "integer", "description": "Epoch seconds (UTC)."}
-OK_TRUE = {"type": "boolean", "enum": [True]}
-STATUS_NAMES = ["queued", "deferred", "sending", "sent", "error"]
-PRIORITY = {
-    "description": "0 immediate, 1 high, 2 medium, 3 low; the names and '0'-'3' are accepted.",
-    "oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 3},
-        {"type": "string", "enum": ["immediate", "high", "medium", "low", "0", "1", "2", "3"]},
-    ],
-}
-ADDRESSES = {
-    "description": "One address string (commas separate several) or a list of them; "
-    "'Name <addr@example.com>' is allowed.",
-    "oneOf": [STRING, {"type": "array", "items": STRING}],
-}
-
-SCHEMAS = {
-    "Error": obj(
-        ["ok", "error"],
-        ok={"type": "boolean", "enum": [False]},
-        error={"type": "string", "description": "A sentence saying what to change."},
-    ),
-    "S3Source": obj(["bucket", "key"], bucket=STRING, key=STRING),
-    "Attachment": {
-        **obj(
-            ["filename"],
-            filename=STRING,
-            content={"type": "string", "format": "byte", "description": "Base64 content."},
-            url={"type": "string", "format": "uri", "description": "http(s) URL fetched at send."},
-            s3=ref("S3Source"),
-            mime_type={"type": "string", "example": "application/pdf"},
-            content_id={"type": "string", "description": "For an inline part (cid:)."},
-        ),
-        "description": "Exactly one of content, url or s3.",
-    },
-    "Message": {
-        **obj(
-            ["id", "from", "to", "subject", "body"],
-            id={"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-            account_id=nullable({**STRING, "description": "None: the [smtp] default account."}),
-            **{"from": {"type": "string", "example": "Shop <noreply@shop.example>"}},
-            from_name=STRING,
-            to=ADDRESSES,
-            cc=ADDRESSES,
-            bcc=ADDRESSES,
-            reply_to=ADDRESSES,
-            return_path={"type": "string", "description": "Envelope sender."},
-            subject={"type": "string", "minLength": 1},
-            body=STRING,
-            content_type={"type": "string", "enum": ["plain", "html"]},
-            html={"type": "boolean", "description": "true means content_type html."},
-            headers={"type": "object", "additionalProperties": STRING},
-            message_id=STRING,
-            priority=PRIORITY,
-            deferred_ts=nullable(
-                {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": MAX_EPOCH,
-                    "description": "Do not send before this epoch second.",
-                }
-            ),
-            attachments={"type": "array", "items": ref("Attachment")},
-        ),
-        "description": "Unknown fields are ignored but stored and returned unchanged. "
-        "CR or LF in any header value is rejected.",
-    },
-    "AddMessagesRequest": obj(
-        ["messages"],
-        messages={"type": "array", "maxItems": MAX_BATCH, "items": ref("Message")},
-        default_priority=PRIORITY,
-    ),
-    "Rejected": obj(
-        ["id", "reason"], id=nullable(STRING), reason={"type": "string", "example": "in flight"}
-    ),
-    "AddMessagesResponse": obj(
-        ["ok", "queued", "rejected"],
-        ok=BOOLEAN,
-        queued=INTEGER,
-        rejected={"type": "array", "items": ref("Rejected")},
-        error={"type": "string", "description": "Present when no message was queued."},
-    ),
-    "DeleteMessagesRequest": obj(["ids"], ids={"type": "array", "items": STRING}),
-    "DeleteMessagesResponse": obj(
-        ["ok", "removed", "not_found", "in_flight"],
-        ok=OK_TRUE,
-        removed=INTEGER,
-        not_found={"type": "array", "items": STRING},
-        in_flight={"type": "array", "items": STRING},
-    ),
-    "CleanupRequest": obj(
-        older_than_seconds={
-            "type": "integer",
-            "minimum": 0,
-            "description": "Default: delivery_report_retention_seconds.",
+def _parameters(route: Route, defs: dict) -> list[dict]:
+    path = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    if route.query is None:
+        return path
+    query = _collect(defs, route.query.model_json_schema(ref_template=REF))
+    return path + [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in query.get("required", ()),
+            "description": prop.pop("description", ""),
+            "schema": prop,
         }
-    ),
-    "Removed": obj(["ok", "removed"], ok=OK_TRUE, removed=INTEGER),
-    "RunNowResponse": obj(
-        ["ok", "woken"], ok=OK_TRUE, woken={**INTEGER, "description": "Processes nudged."}
-    ),
-    "ActiveResponse": obj(["ok", "active"], ok=OK_TRUE, active=BOOLEAN),
-    "Account": obj(
-        ["id", "host", "port"],
-        id={"type": "string", "pattern": r"^[\w.@+-]+$"},
-        host=STRING,
-        port={"type": "integer", "minimum": 1, "maximum": 65535},
-        user=nullable(STRING),
-        password={**nullable(STRING), "writeOnly": True},
-        use_tls=nullable({**BOOLEAN, "description": "Implicit TLS; default: port is 465."}),
-        starttls=BOOLEAN,
-        ttl={"type": "integer", "minimum": 1, "description": "Seconds a connection is reused."},
-        timeout={"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 600},
-        limit_per_second=nullable({"type": "integer", "minimum": 1}),
-        limit_per_minute=nullable({"type": "integer", "minimum": 1}),
-        limit_per_hour=nullable({"type": "integer", "minimum": 1}),
-        limit_per_day=nullable({"type": "integer", "minimum": 1}),
-        limit_behavior={"type": "string", "enum": ["defer", "reject"]},
-        batch_size=nullable({"type": "integer", "minimum": 1}),
-    ),
-    "AccountOut": {
-        "allOf": [ref("Account"), obj(created_at=EPOCH, updated_at=EPOCH)],
-        "description": "An account as stored; the password is never returned.",
-    },
-    "AccountResponse": obj(["ok", "account"], ok=OK_TRUE, account=ref("AccountOut")),
-    "AccountsResponse": obj(
-        ["ok", "accounts"], ok=OK_TRUE, accounts={"type": "array", "items": ref("AccountOut")}
-    ),
-    "DeleteAccountResponse": obj(
-        ["ok", "removed", "purged_messages"], ok=OK_TRUE, removed=STRING, purged_messages=INTEGER
-    ),
-    "MessageRecord": obj(
-        ["id", "status", "message"],
-        id=STRING,
-        account_id=nullable(STRING),
-        priority=INTEGER,
-        status={"type": "string", "enum": STATUS_NAMES},
-        message=ref("Message"),
-        created_at=EPOCH,
-        updated_at=EPOCH,
-        deferred_ts=nullable(EPOCH),
-        sent_ts=nullable(EPOCH),
-        error_ts=nullable(EPOCH),
-        error=nullable(STRING),
-        reported_ts=nullable(EPOCH),
-        lease_owner=nullable(STRING),
-        lease_expires=nullable(EPOCH),
-        attempts={**INTEGER, "description": "Delivery attempts so far."},
-        smtp_code=nullable(INTEGER),
-        refused=nullable(
-            {"type": "object", "description": "Refused recipients: address -> [code, text]."}
-        ),
-        possible_duplicate=BOOLEAN,
-    ),
-    "Attempt": obj(
-        ts=EPOCH,
-        outcome={"type": "string", "example": "temporary"},
-        smtp_code=nullable(INTEGER),
-        detail=nullable(STRING),
-        duration=nullable({"type": "number", "description": "Seconds."}),
-        process=nullable(STRING),
-    ),
-    "MessageDetail": {
-        "allOf": [
-            ref("MessageRecord"),
-            obj(ok=OK_TRUE, attempt_log={"type": "array", "items": ref("Attempt")}),
-        ]
-    },
-    "MessagesPage": obj(
-        ["ok", "messages", "next_cursor"],
-        ok=OK_TRUE,
-        messages={"type": "array", "items": ref("MessageRecord")},
-        next_cursor=nullable({**INTEGER, "description": "Pass as cursor for the next page."}),
-    ),
-    "Health": obj(["ok", "status"], ok=BOOLEAN, status={"type": "string"}, error=STRING),
-    "Status": obj(
-        ["ok", "active", "counts"],
-        ok=OK_TRUE,
-        active=BOOLEAN,
-        test_mode=BOOLEAN,
-        counts={
-            "type": "object",
-            "properties": {name: INTEGER for name in STATUS_NAMES},
-        },
-        pending_by_priority={"type": "object", "additionalProperties": INTEGER},
-        oldest_ready_age_seconds={"type": "number"},
-        processes={
-            "type": "array",
-            "items": obj(
-                process=STRING, kind=STRING, pid=INTEGER, ts=EPOCH, age_seconds={"type": "number"}
-            ),
-        },
-    ),
-    "Options": obj(["ok", "allow"], ok=OK_TRUE, allow={"type": "array", "items": STRING}),
-}
+        for name, prop in query["properties"].items()
+    ]
 
 
-def _error(description: str) -> dict:
-    return json_body(ref("Error"), description)
-
-
-RESPONSES = {
-    "BadRequest": _error("The request or every message in it is invalid."),
-    "Unauthorized": _error("Missing or wrong token (or a remote client without api_token)."),
-    "NotFound": _error("No such resource."),
-    "TooLarge": _error("The body exceeds max_request_bytes."),
-    "Conflict": _error("The account still has unsent messages."),
-    "Internal": _error("A bug; it has been logged."),
-}
-
-
-def _responses(ok_schema: str | dict, ok_description: str, *errors: str) -> dict:
-    schema = ref(ok_schema) if isinstance(ok_schema, str) else ok_schema
-    out = {"200": json_body(schema, ok_description)}
-    codes = {
-        "BadRequest": "400",
-        "Unauthorized": "401",
-        "NotFound": "404",
-        "Conflict": "409",
-        "TooLarge": "413",
-        "Internal": "500",
+def _operation(route: Route, defs: dict) -> dict:
+    operation = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "responses": {str(status): _response(status, a) for status, a in _answers(route).items()},
     }
-    for name in ("Unauthorized", *errors, "Internal"):
-        out[codes[name]] = {"$ref": f"#/components/responses/{name}"}
-    return out
-
-
-def _operation(
-    op_id: str,
-    summary: str,
-    responses: dict,
-    body: str | None = None,
-    body_required: bool = True,
-    parameters: list | None = None,
-    public: bool = False,
-) -> dict:
-    operation = {"operationId": op_id, "summary": summary, "responses": responses}
-    if body is not None:
-        operation["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": ref(body)}},
-        }
+    parameters = _parameters(route, defs)
     if parameters:
         operation["parameters"] = parameters
-    if public:
+    if route.body is not None:
+        operation["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
+    if route.public:
         operation["security"] = []
     return operation
 
 
-def _query(name: str, schema: dict, description: str) -> dict:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+def _collect(defs: dict, schema: dict, name: str | None = None) -> dict:
+    """Move a model's ``$defs`` (and the model itself, given its name) into ``defs``."""
+    found = {**schema.pop("$defs", {}), **({name: schema} if name else {})}
+    for key, definition in found.items():
+        if defs.setdefault(key, definition) != definition:
+            raise ValueError(f"two different schemas are named {key}")
+    return schema
 
 
-def _path_id(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": STRING}
+def _components(defs: dict) -> dict:
+    """Every model a route names, and the models and enums those use, as pydantic sees them."""
+    for model in {model for route in ROUTES for model in _models(route)}:
+        _collect(defs, model.model_json_schema(ref_template=REF), model.__name__)
+    return dict(sorted(defs.items()))
 
 
-def _command(
-    op_id: str,
-    summary: str,
-    answer: str,
-    body: str | None = None,
-    errors: tuple = ("BadRequest", "TooLarge"),
-    body_required: bool = True,
-) -> dict:
-    return {
-        "post": _operation(
-            op_id, summary, _responses(answer, "Done.", *errors), body, body_required
-        )
-    }
-
-
-PATHS = {
-    "/health": {
-        "get": _operation(
-            "health",
-            "Liveness: 200 when the database answers.",
-            {
-                "200": json_body(ref("Health"), "Healthy."),
-                "503": json_body(ref("Health"), "The database does not answer."),
-            },
-            public=True,
-        )
-    },
-    "/status": {
-        "get": _operation(
-            "status",
-            "Scheduler switch, counts per status, process heartbeats.",
-            _responses("Status", "Current state."),
-        )
-    },
-    "/commands/add-messages": _command(
-        "addMessages",
-        "Queue up to 1000 messages; each is validated on its own.",
-        "AddMessagesResponse",
-        "AddMessagesRequest",
-    ),
-    "/commands/delete-messages": _command(
-        "deleteMessages",
-        "Delete messages no dispatcher holds.",
-        "DeleteMessagesResponse",
-        "DeleteMessagesRequest",
-    ),
-    "/commands/cleanup-messages": _command(
-        "cleanupMessages",
-        "Purge messages reported longer ago than older_than_seconds.",
-        "Removed",
-        "CleanupRequest",
-        body_required=False,
-    ),
-    "/commands/run-now": _command(
-        "runNow",
-        "Wake every dispatcher and the reporter now (needed in test_mode).",
-        "RunNowResponse",
-        errors=(),
-    ),
-    "/commands/suspend": _command(
-        "suspend",
-        "Stop claiming messages (persisted); reporting continues.",
-        "ActiveResponse",
-        errors=(),
-    ),
-    "/commands/activate": _command(
-        "activate", "Resume claiming messages (persisted).", "ActiveResponse", errors=()
-    ),
-    "/account": _command(
-        "addAccount",
-        "Create or replace an SMTP account (the password is never returned).",
-        "AccountResponse",
-        "Account",
-    ),
-    "/accounts": {
-        "get": _operation(
-            "listAccounts",
-            "Every SMTP account, without passwords.",
-            _responses("AccountsResponse", "The accounts."),
-        )
-    },
-    "/account/{account_id}": {
-        "parameters": [_path_id("account_id")],
-        "delete": _operation(
-            "deleteAccount",
-            "Delete an account; 409 while it has unsent messages.",
-            _responses("DeleteAccountResponse", "Deleted.", "NotFound", "Conflict"),
-            parameters=[_query("purge", {"type": "boolean"}, "Also delete its unsent messages.")],
-        ),
-    },
-    "/messages": {
-        "get": _operation(
-            "listMessages",
-            "A page of messages in storage order.",
-            _responses("MessagesPage", "One page.", "BadRequest"),
-            parameters=[
-                _query("active_only", {"type": "boolean"}, "Only messages not yet sent or failed."),
-                _query("status", {"type": "string", "enum": STATUS_NAMES}, "Only this status."),
-                _query("account_id", STRING, "Only this account's messages."),
-                _query(
-                    "limit",
-                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                    "Page size.",
-                ),
-                _query(
-                    "cursor", {"type": "integer", "minimum": 0}, "next_cursor of the last page."
-                ),
-            ],
-        )
-    },
-    "/messages/{message_id}": {
-        "parameters": [_path_id("message_id")],
-        "get": _operation(
-            "getMessage",
-            "One message: the record, its attempts and its status.",
-            _responses("MessageDetail", "The message.", "NotFound"),
-        ),
-    },
-    "/metrics": {
-        "get": _operation(
-            "metrics",
-            "Prometheus text format (open when metrics_public is true).",
-            {
-                "200": {"description": "Metrics.", "content": {"text/plain": {"schema": STRING}}},
-                "401": {"$ref": "#/components/responses/Unauthorized"},
-            },
-        )
-    },
-    "/openapi.json": {
-        "get": _operation(
-            "openapi", "This document.", _responses({"type": "object"}, "The OpenAPI document.")
-        )
-    },
-}
-
-OPENAPI = {
-    "openapi": "3.0.3",
-    "info": {
-        "title": "async-mail-service",
-        "version": _version(),
-        "description": "Durable REST-to-SMTP relay. Every answer is JSON with 'ok'; failures "
-        "add 'error'. Timestamps are epoch seconds. Unknown routes answer 404 and wrong "
-        "methods 405, both JSON.",
-    },
-    "security": [{"apiToken": []}, {"bearerToken": []}],
-    "paths": PATHS,
-    "components": {
-        "securitySchemes": {
-            "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"},
-            "bearerToken": {"type": "http", "scheme": "bearer"},
-        },
-        "schemas": SCHEMAS,
-        "responses": RESPONSES,
-    },
-}
-
-
+@functools.cache
 def openapi_document() -> dict:
-    """The document /openapi.json serves."""
-    return OPENAPI
+    """The document /openapi.json serves, built on first use."""
+    defs: dict = {}
+    paths: dict = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, defs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "async-mail-service",
+            "version": _version(),
+            "description": "Durable REST-to-SMTP relay. Every answer is JSON with 'ok'; "
+            "failures add 'error'. Timestamps are epoch seconds. Unknown routes answer 404 "
+            "and wrong methods 405, both JSON. Without a configured api_token only loopback "
+            "clients are served.",
+        },
+        "security": SECURITY,
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"},
+                "bearerToken": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": _components(defs),
+        },
+    }

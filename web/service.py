@@ -38,5 +38,5 @@ def scrape():
 
 @blueprint.get("/openapi.json")
 def openapi():
-    """The OpenAPI 3 document of this API."""
+    """The OpenAPI 3.1 document of this API, generated from the models (``web.openapi``)."""
     return jsonify(openapi_document())
