@@ -13,7 +13,7 @@ import time
 import pytest
 
 from common.ratelimit import Ledger, Limits
-from tests.procs import ROOT, wait_for
+from tests.support.procs import ROOT, wait_for
 
 # Reserve in a loop until the deadline; on a refusal sleep until the slot frees (as a
 # dispatcher defers); print the granted times as JSON.
