@@ -4,6 +4,7 @@
     factories.py    message(), account(), Clock and T0: the one way tests make their data
     db.py           enqueue through intake, rows and attempts read back, outcomes written
     dispatchers.py  make_dispatcher (in process, on a fixed clock) and dispatcher processes
+    ratelimit.py    send times checked against rate-limit windows
     smtp.py         aiosmtpd peers, Behavior, the silent server, a TLS certificate
     upstream.py     the proxy_sync upstream (HTTP) that delivery reports go to
     s3.py           moto's S3 server, for attachments

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-T0 = 1_800_000_000.0  # a fixed "now" (January 2027): far from the real clock, so none leans on it
+T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15 08:00 UTC) for code that takes a clock
 
 
 def message(message_id: str = "m1", account_id: str | None = None, **fields) -> dict:
