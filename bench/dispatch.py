@@ -6,7 +6,7 @@ woken by ``activate``, and the rate is MESSAGES over the time from activation to
 recorded outcome.  Raw: the very bytes the dispatcher would send (built by ``mime.build``)
 go through ``smtplib.SMTP.sendmail`` from two processes, one connection each, to the same
 sink.  ``efficiency`` = dispatch / raw.  The sink is Postfix's ``smtp-sink`` when installed,
-else the aiosmtpd recording sink of ``tests.smtp_peers``.
+else the aiosmtpd recording sink of ``tests.support.smtp``.
 
 Latency: with the dispatchers idle, one message at a time is enqueued through
 ``common.intake.accept_batch`` (what the API calls) after a random 50-200 ms gap, and
@@ -30,9 +30,9 @@ from common import intake, store, wakeup
 from common.config import load_config
 from common.models import Message
 from dispatcher import mime
-from tests import procs
-from tests.conftest import free_port
-from tests.smtp_peers import start_server
+from tests.support import procs
+from tests.support.procs import free_port
+from tests.support.smtp import start_server
 
 DISPATCHERS = 2
 MESSAGES = 5000  # per round

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import requests
 
+from tests.support.procs import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 WARMUP = 200  # requests before measuring: imports, first connection, SQLite page cache
@@ -31,13 +32,6 @@ BATCH_SIZE = 1000
 THREADS = 8
 CONCURRENT_SECONDS = 5.0
 TARGETS_MS = {"single_p50": 3.0, "single_p99": 15.0, "batch_1000_p50": 80.0}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

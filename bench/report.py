@@ -1,10 +1,10 @@
 """Outcome-to-report latency and backlog drain rate of a real ``python -m reporter``.
 
 The reporter runs as supervisord would start it (``synchronous=FULL``, its own process)
-against a local upstream (``tests.upstream``) that timestamps each request's arrival.  The
-bench plays the dispatchers: it commits terminal rows (``outcome_at`` = now) and calls
-``wakeup.notify`` exactly as a dispatcher does after recording outcomes.  Latency of an item
-is its arrival at the upstream minus its ``outcome_at``.
+against a local upstream (``tests.support.upstream``) that timestamps each request's
+arrival.  The bench plays the dispatchers: it commits terminal rows (``outcome_at`` = now)
+and calls ``wakeup.notify`` exactly as a dispatcher does after recording outcomes.  Latency
+of an item is its arrival at the upstream minus its ``outcome_at``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from common import store, wakeup
 from common.config import load_config
-from tests import procs
-from tests.upstream import Upstream
+from tests.support import procs
+from tests.support.upstream import Upstream
 
 WARMUP = 20  # outcomes before measuring: first connection, imports, page cache
 LOW_LOAD_SAMPLES = 300

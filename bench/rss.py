@@ -14,11 +14,10 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import free_port
-from tests.procs import wait_for
-from tests.smtp_peers import start_server
-from tests.stack import Stack, descendants
-from tests.upstream import Upstream
+from tests.support.procs import free_port, wait_for
+from tests.support.smtp import start_server
+from tests.support.stack import Stack, descendants
+from tests.support.upstream import Upstream
 
 MESSAGES = 5000  # enough for every process to reach its working size
 BATCH = 500  # messages per add-messages request: a realistic bulk client

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from prometheus_client import (
     REGISTRY,
@@ -88,14 +89,15 @@ HEARTBEAT = Gauge(
 class QueueCollector:
     """Gauges computed from the database at scrape time."""
 
-    def __init__(self, connect):
+    def __init__(self, connect, clock: Callable[[], float] = time.time):
         self.connect = connect  # () -> apsw connection, opened lazily by the caller
+        self.clock = clock  # ages are "now" minus a stored time; a test passes a fixed clock
 
     def collect(self):
         from common import store
 
         conn = self.connect()
-        now = time.time()
+        now = self.clock()
         counts = store.messages.status_counts(conn, now)
         pending = counts["queued"] + counts["deferred"] + counts["sending"]
         yield GaugeMetricFamily(
@@ -133,10 +135,10 @@ class QueueCollector:
         )
 
 
-def render(connect) -> bytes:
-    """The text exposition: every process's counters plus the database gauges."""
+def render(connect, clock: Callable[[], float] = time.time) -> bytes:
+    """The text exposition: every process's counters plus the database gauges at ``clock()``."""
     queue = CollectorRegistry()
-    queue.register(QueueCollector(connect))
+    queue.register(QueueCollector(connect, clock))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         merged = CollectorRegistry()
         MultiProcessCollector(merged)

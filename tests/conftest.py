@@ -1,54 +1,12 @@
-"""Fixtures every test module may use: a private var dir, its config, a migrated database."""
-
-from __future__ import annotations
-
-import os
-import socket
+"""Loads tests/support/: its fixture modules as plugins, its helpers with assertion rewriting."""
 
 import pytest
 
-from common import store
-from common.config import load_config
+pytest.register_assert_rewrite("tests.support")
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def var_dir(tmp_path, monkeypatch):
-    """A fresh ASYNCMAIL_VAR_DIR; no ASYNCMAIL_* variable from the caller's shell leaks in."""
-    for name in list(os.environ):
-        if name.startswith("ASYNCMAIL_") or name == "PROMETHEUS_MULTIPROC_DIR":
-            monkeypatch.delenv(name)
-    path = tmp_path / "var"
-    path.mkdir()
-    monkeypatch.setenv("ASYNCMAIL_VAR_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def make_config(var_dir, tmp_path):
-    """make_config(**overrides) -> Config rooted in the test's var dir (empty INI file)."""
-    ini = tmp_path / "asyncmail.ini"
-    ini.touch()
-
-    def make(**overrides):
-        return load_config(ini, environ={"ASYNCMAIL_VAR_DIR": str(var_dir)}, **overrides)
-
-    return make
-
-
-@pytest.fixture
-def config(make_config):
-    return make_config()
-
-
-@pytest.fixture
-def conn(config):
-    connection = store.db.connect(config.database, config.synchronous)
-    yield connection
-    connection.close()
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.smtp",
+    "tests.support.upstream",
+    "tests.support.s3",
+]

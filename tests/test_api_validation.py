@@ -7,23 +7,12 @@ import json
 
 import pytest
 
+from tests.support.factories import message
 from web.app import create_app
 
 TOKEN = "t0ken"
 AUTH = {"X-API-Token": TOKEN}
 URL = "/commands/add-messages"
-
-
-def message(message_id: str = "m1", **fields) -> dict:
-    item = {
-        "id": message_id,
-        "from": "shop@example.com",
-        "to": "alice@example.org",
-        "subject": "Hello",
-        "body": "Hi",
-    }
-    item.update(fields)
-    return {k: v for k, v in item.items() if v is not None}
 
 
 def without(field: str) -> dict:

@@ -1,7 +1,5 @@
 """Attachment fetching from real peers: a local HTTP server and moto's standalone S3."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.smtp_peers are parameters here)
-
 from __future__ import annotations
 
 import base64
@@ -14,9 +12,9 @@ import pytest
 from common import store
 from common.models import Attachment
 from dispatcher.attachments import MAX_REDIRECTS, AttachmentError, Fetcher
-from tests.conftest import free_port
-from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401
-from tests.test_dispatcher import T0, attempts, enqueue, make_dispatcher, message, row
+from tests.support.db import attempts, enqueue, row
+from tests.support.dispatchers import make_dispatcher
+from tests.support.factories import T0, message
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of every byte value
 
@@ -85,29 +83,11 @@ def http_base():
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's standalone S3 server with a bucket holding 'docs/report.pdf'."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
-    client.create_bucket(Bucket="mail")
-    client.put_object(Bucket="mail", Key="docs/report.pdf", Body=PAYLOAD[::-1])
-    yield url
-    with contextlib.suppress(Exception):
-        server.stop()
-
-
-def s3_config(make_config, url, **overrides):
-    return make_config(s3_endpoint_url=url, s3_region="us-east-1", s3_access_key_id="test",
-                       s3_secret_access_key="test", **overrides)  # fmt: skip
+@pytest.fixture
+def s3(s3_server):
+    """moto's S3 server holding 'docs/report.pdf' in bucket 'mail'."""
+    s3_server.put("mail", "docs/report.pdf", PAYLOAD[::-1])
+    return s3_server
 
 
 def fetch(config, **spec):
@@ -206,8 +186,8 @@ def test_server_errors_are_retried_client_errors_are_not(make_config, http_base)
     assert not caught.value.transient and Files.hits["/status/404"] == 1
 
 
-def test_s3_object(make_config, s3_endpoint):
-    config = s3_config(make_config, s3_endpoint)
+def test_s3_object(make_config, s3):
+    config = make_config(**s3.settings())
     assert fetch(config, s3={"bucket": "mail", "key": "docs/report.pdf"}).data == PAYLOAD[::-1]
     with pytest.raises(AttachmentError, match="NoSuchKey") as caught:
         fetch(config, s3={"bucket": "mail", "key": "missing"})
@@ -215,9 +195,9 @@ def test_s3_object(make_config, s3_endpoint):
 
 
 def test_message_with_all_three_sources_arrives_intact(
-    conn, make_config, smtp_server, http_base, s3_endpoint
+    conn, make_config, smtp_server, http_base, s3
 ):
-    config = s3_config(make_config, s3_endpoint, allow_private_attachment_urls=True)
+    config = make_config(**s3.settings(), allow_private_attachment_urls=True)
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(), int(T0))
     files = [
@@ -225,7 +205,7 @@ def test_message_with_all_three_sources_arrives_intact(
         {"filename": "web.dat", "url": f"{http_base}/file", "mime_type": "application/x-web"},
         {"filename": "report.pdf", "s3": {"bucket": "mail", "key": "docs/report.pdf"}},
     ]
-    enqueue(conn, config, message(1, attachments=files))
+    enqueue(conn, config, message("m1", "acct", attachments=files))
     make_dispatcher(conn, config).run_once(T0)
     got = {p.get_filename(): (p.get_content_type(), p.get_payload(decode=True))
            for p in peer.received[0].message().iter_attachments()}  # fmt: skip
@@ -240,7 +220,8 @@ def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_se
     config = make_config(allow_private_attachment_urls=True, max_retries=1)
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/gone"}]))
+    gone = [{"filename": "x", "url": f"{http_base}/gone"}]
+    enqueue(conn, config, message("m1", "acct", attachments=gone))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     assert peer.handler.attempted == [] and row(conn, "m1")["error_ts"] is None
@@ -254,7 +235,8 @@ def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_se
 def test_refused_url_fails_at_once(conn, config, smtp_server, http_base):
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1, attachments=[{"filename": "x", "url": f"{http_base}/file"}]))
+    loopback = [{"filename": "x", "url": f"{http_base}/file"}]
+    enqueue(conn, config, message("m1", "acct", attachments=loopback))
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")
     assert failed["error_ts"] == int(T0) and "allow_private_attachment_urls" in failed["error"]

@@ -1,70 +1,17 @@
 """Dispatcher.run_once against real aiosmtpd servers, a real database and a fixed clock."""
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.smtp_peers are parameters here)
-
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import random
 
 import pytest
 
-from common import crypto, intake, store, wakeup
-from common.ratelimit import Ledger
-from dispatcher.attachments import Fetcher
-from dispatcher.core import Dispatcher
-from dispatcher.smtp import Pool
-from tests.smtp_peers import Behavior, silent_server, smtp_server, tls_cert  # noqa: F401
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    """A clock tests move by hand."""
-
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def make_dispatcher(conn, config, cert=None, clock=None, **kwargs) -> Dispatcher:
-    clock = clock or Clock()
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
-    pool = Pool(context=cert.client_context() if cert else None, clock=clock)
-    return Dispatcher(
-        conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config), name="test",
-        clock=clock, rng=random.Random(7), **kwargs,
-    )  # fmt: skip
-
-
-def message(i: int | str, account_id: str | None = "acct", **fields) -> dict:
-    item = {
-        "id": f"m{i}", "from": "sender@example.com", "to": "rcpt@example.com",
-        "subject": f"hello {i}", "body": f"body {i}",
-    }  # fmt: skip
-    if account_id is not None:
-        item["account_id"] = account_id
-    item.update(fields)
-    return item
-
-
-def enqueue(conn, config, *items, now=T0) -> None:
-    result = intake.accept_batch(conn, config, list(items), now)
-    assert not result.rejected, result.rejected
-
-
-def row(conn, message_id: str) -> dict:
-    return conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-
-
-def attempts(conn, message_id: str) -> list[dict]:
-    return conn.execute(
-        "SELECT * FROM attempts WHERE message_id = ? ORDER BY id", (message_id,)
-    ).fetchall()
+from common import crypto, store, wakeup
+from tests.support.db import attempts, enqueue, row
+from tests.support.dispatchers import make_dispatcher
+from tests.support.factories import T0, Clock, message
+from tests.support.smtp import Behavior
 
 
 @pytest.fixture
@@ -79,10 +26,10 @@ def account(conn, smtp_server):
 def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert, kind):
     peer = smtp_server(kind, auth=("mailer", "s3cret"), behavior=Behavior(pipelining=True))
     store.accounts.upsert(conn, peer.account(user="mailer", password="s3cret"), int(T0))
-    enqueue(conn, config, message(1), message(2))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     dispatcher = make_dispatcher(conn, config, tls_cert)
     assert dispatcher.run_once(T0) is True
-    assert [r.message()["Subject"] for r in peer.received] == ["hello 1", "hello 2"]
+    assert peer.subjects() == ["m1", "m2"]
     assert len({r.peer_port for r in peer.received}) == 1  # one pooled connection
     sent = row(conn, "m1")
     assert (sent["sent_ts"], sent["outcome_at"], sent["attempts"]) == (int(T0), T0, 1)
@@ -102,7 +49,7 @@ def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
     peer = smtp_server("tls", auth=("mailer", "s3cret"))
     sealed = crypto.seal("s3cret", config.secret_key)
     store.accounts.upsert(conn, peer.account(user="mailer", password=sealed), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config, tls_cert).run_once(T0)
     assert row(conn, "m1")["sent_ts"] is not None
     conn.close()
@@ -111,7 +58,7 @@ def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
 def test_wrong_password_is_temporary(conn, config, smtp_server):
     peer = smtp_server("plain", auth=("mailer", "s3cret"))
     store.accounts.upsert(conn, peer.account(user="mailer", password="wrong"), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")
     assert failed["sent_ts"] is None and failed["error_ts"] is None
@@ -128,7 +75,7 @@ def test_default_account_from_smtp_section(make_config, smtp_server):
     from common import store
 
     conn = store.db.connect(config.database)
-    enqueue(conn, config, message(1, account_id=None))
+    enqueue(conn, config, message("m1"))
     make_dispatcher(conn, config).run_once(T0)
     assert len(peer.received) == 1 and row(conn, "m1")["sent_ts"] == int(T0)
     assert attempts(conn, "m1")[0]["account_id"] is None
@@ -136,13 +83,12 @@ def test_default_account_from_smtp_section(make_config, smtp_server):
 
 
 def test_priority_then_age_within_one_claim(conn, config, account):
-    enqueue(conn, config, message("low", priority="low"), now=T0 - 30)
-    enqueue(conn, config, message("old", priority=2), now=T0 - 20)
-    enqueue(conn, config, message("new", priority=2), now=T0 - 10)
-    enqueue(conn, config, message("now", priority="immediate"), now=T0 - 5)
+    enqueue(conn, config, message("low", "acct", priority="low"), now=T0 - 30)
+    enqueue(conn, config, message("old", "acct", priority=2), now=T0 - 20)
+    enqueue(conn, config, message("new", "acct", priority=2), now=T0 - 10)
+    enqueue(conn, config, message("now", "acct", priority="immediate"), now=T0 - 5)
     make_dispatcher(conn, config).run_once(T0)
-    order = [r.message()["Subject"] for r in account.received]
-    assert order == ["hello now", "hello old", "hello new", "hello low"]
+    assert account.subjects() == ["now", "old", "new", "low"]
 
 
 def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
@@ -162,7 +108,7 @@ def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
 def test_claims_never_overlap_and_expired_leases_are_taken(conn, config, account):
     from common import store
 
-    enqueue(conn, config, *[message(i) for i in range(4)])
+    enqueue(conn, config, *[message(f"m{i}", "acct") for i in range(4)])
     other = store.db.connect(config.database)
     first = store.claims.claim(conn, "a", T0, 120, 50, False)
     second = store.claims.claim(other, "b", T0, 120, 50, False)
@@ -189,7 +135,7 @@ A, X, Y = "rcpt@example.com", "x@example.com", "y@example.com"
 def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused, pipelining):
     peer = smtp_server(behavior=Behavior(rcpt=replies, pipelining=pipelining))
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1, to=to))
+    enqueue(conn, config, message("m1", "acct", to=to))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     if state == "sent":
@@ -209,7 +155,7 @@ def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refus
 def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
     peer = smtp_server(behavior=Behavior(data_reply=reply, pipelining=pipelining))
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1), message(2))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     for message_id in ("m1", "m2"):  # the connection is reset and reused after each
         got = row(conn, message_id)
@@ -221,7 +167,7 @@ def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
 def test_drop_after_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(drop_after_data=True))
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["possible_duplicate"] == 1 and got["sent_ts"] is None
@@ -232,7 +178,7 @@ def test_drop_after_data_is_uncertain(conn, config, smtp_server):
 
 def test_silence_times_out_as_temporary(conn, config, silent_server):
     store.accounts.upsert(conn, silent_server.account("acct", timeout=0.3), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["error_ts"] is None and got["possible_duplicate"] == 0
@@ -242,7 +188,7 @@ def test_silence_times_out_as_temporary(conn, config, silent_server):
 def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=5))
     store.accounts.upsert(conn, peer.account(timeout=0.3), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
     assert row(conn, "m1")["possible_duplicate"] == 1
@@ -252,7 +198,7 @@ def test_retries_until_max_then_error(conn, make_config, smtp_server):
     config = make_config(max_retries=2, retry_delays=(10, 20))
     peer = smtp_server(behavior=Behavior(data_reply="451 later"))
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
     for expected_delay in (10, 20):
@@ -269,16 +215,16 @@ def test_retries_until_max_then_error(conn, make_config, smtp_server):
 def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
-    enqueue(conn, config, message(1), message(2), message(3))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"), message("m3", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     assert len(peer.received) == 1
     held = row(conn, "m2")
     assert held["attempts"] == 0 and held["lease_owner"] is None
-    assert held["ready_at"] == pytest.approx(T0 + 60) and held["deferred_ts"] == int(T0 + 60)
+    assert held["ready_at"] == T0 + 60 and held["deferred_ts"] == int(T0 + 60)
     assert [a["outcome"] for a in attempts(conn, "m2")] == ["deferred"]
     skipped = row(conn, "m3")  # released cheaply, without an attempt row
-    assert skipped["ready_at"] == pytest.approx(T0 + 60) and attempts(conn, "m3") == []
+    assert skipped["ready_at"] == T0 + 60 and attempts(conn, "m3") == []
     assert dispatcher.run_once(T0 + 1) is False
 
 
@@ -286,7 +232,7 @@ def test_rate_limit_reject(conn, config, smtp_server):
     peer = smtp_server()
     account = peer.account(limit_per_minute=1, limit_behavior="reject")
     store.accounts.upsert(conn, account, int(T0))
-    enqueue(conn, config, message(1), message(2))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m2")
     assert got["error"] == "rate limit exceeded" and got["error_ts"] == int(T0)
@@ -296,7 +242,7 @@ def test_rate_limit_reject(conn, config, smtp_server):
 def test_account_limit_change_applies_on_next_claim(conn, config, smtp_server):
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
-    enqueue(conn, config, message(1), message(2))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     assert len(peer.received) == 1
@@ -309,7 +255,7 @@ def test_account_limit_change_applies_on_next_claim(conn, config, smtp_server):
 
 def test_suspend_and_test_mode(conn, make_config, account):
     config = make_config(test_mode=True)
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     dispatcher = make_dispatcher(conn, config)
     assert dispatcher.run_once(T0) is False  # test mode: waits for run-now
     store.settings.set_active(conn, False)
@@ -317,16 +263,16 @@ def test_suspend_and_test_mode(conn, make_config, account):
     assert dispatcher.run_once(T0) is False  # suspended wins
     store.settings.set_active(conn, True)
     assert dispatcher.run_once(T0) is True
-    enqueue(conn, config, message(2))
+    enqueue(conn, config, message("m2", "acct"))
     assert dispatcher.run_once(T0) is True  # still draining after that run-now
     assert dispatcher.run_once(T0) is False  # dry: waits for the next run-now
-    enqueue(conn, config, message(3))
+    enqueue(conn, config, message("m3", "acct"))
     assert dispatcher.run_once(T0) is False
     assert len(account.received) == 2
 
 
 def test_poison_message_does_not_block_the_rest(conn, config, account, caplog):
-    enqueue(conn, config, message(1), message(2))
+    enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     conn.execute("UPDATE messages SET payload = '{\"id\": 1}' WHERE id = 'm1'")
     with caplog.at_level(logging.ERROR):
         make_dispatcher(conn, config).run_once(T0)
@@ -337,7 +283,7 @@ def test_poison_message_does_not_block_the_rest(conn, config, account, caplog):
 
 
 def test_stop_releases_the_rest_of_the_claim(conn, config, account):
-    enqueue(conn, config, *[message(i) for i in range(4)])
+    enqueue(conn, config, *[message(f"m{i}", "acct") for i in range(4)])
     sent = []
     dispatcher = make_dispatcher(conn, config, should_stop=lambda: len(account.received) >= 1)
     dispatcher.run_once(T0)
@@ -345,19 +291,19 @@ def test_stop_releases_the_rest_of_the_claim(conn, config, account):
     assert sent == ["m0"]
     for message_id in ("m1", "m2", "m3"):
         released = row(conn, message_id)
-        assert released["lease_owner"] is None and released["ready_at"] == pytest.approx(T0)
+        assert released["lease_owner"] is None and released["ready_at"] == T0
         assert store.messages.get(conn, message_id, T0)["status"] == "queued"
 
 
 def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
     peer = smtp_server()
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     peer.stop()  # drops the pooled connection
     again = smtp_server(port=peer.port)
-    enqueue(conn, config, message(2))
+    enqueue(conn, config, message("m2", "acct"))
     dispatcher.run_once(T0)
     assert row(conn, "m2")["sent_ts"] == int(T0) and len(again.received) == 1
     assert [a["outcome"] for a in attempts(conn, "m2")] == ["sent"]
@@ -368,7 +314,7 @@ def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_se
     behavior = Behavior(messages_per_connection=2, pipelining=pipelining)
     peer = smtp_server(behavior=behavior)
     store.accounts.upsert(conn, peer.account(), int(T0))
-    enqueue(conn, config, *[message(i) for i in range(5)])
+    enqueue(conn, config, *[message(f"m{i}", "acct") for i in range(5)])
     make_dispatcher(conn, config).run_once(T0)
     assert len(peer.received) == 5
     assert len({r.peer_port for r in peer.received}) == 3  # 2 + 2 + 1
@@ -382,7 +328,7 @@ def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
     dispatcher = make_dispatcher(conn, config, clock=clock)
     for i, step in enumerate((0, 10, 70)):  # idle 10 s: NOOP, reuse; past ttl: reconnect
         clock.t += step
-        enqueue(conn, config, message(i), now=clock.t)
+        enqueue(conn, config, message(f"m{i}", "acct"), now=clock.t)
         dispatcher.run_once(clock.t)
     ports = [r.peer_port for r in peer.received]
     assert ports[0] == ports[1] != ports[2]
@@ -391,7 +337,7 @@ def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
 def test_reporter_is_woken_after_outcomes(conn, config, account):
     waiter = wakeup.Waiter(config.run_dir, wakeup.REPORTER, "test")
     try:
-        enqueue(conn, config, message(1))
+        enqueue(conn, config, message("m1", "acct"))
         make_dispatcher(conn, config).run_once(T0)
         assert waiter.wait(0.5) is True
     finally:
@@ -400,11 +346,11 @@ def test_reporter_is_woken_after_outcomes(conn, config, account):
 
 def test_idle_seconds_until_the_next_due_row(conn, make_config, account):
     config = make_config(send_interval_seconds=5)
-    enqueue(conn, config, message(1, deferred_ts=int(T0) + 2))
+    enqueue(conn, config, message("m1", "acct", deferred_ts=int(T0) + 2))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
     assert dispatcher.run_once(T0) is False
-    assert dispatcher.idle_seconds() == pytest.approx(2)
+    assert dispatcher.idle_seconds() == 2
     clock.t += 3
     assert dispatcher.run_once(clock.t) is True
 
@@ -416,7 +362,7 @@ def test_delivery_activity_logs_one_line_without_password(make_config, smtp_serv
     conn = store.db.connect(config.database)
     peer = smtp_server("plain", auth=("mailer", "pw-XYZZY"))
     store.accounts.upsert(conn, peer.account(user="mailer", password="pw-XYZZY"), int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     with caplog.at_level(logging.INFO, logger="dispatcher"):
         make_dispatcher(conn, config).run_once(T0)
     lines = [r.getMessage() for r in caplog.records if "event=attempt" in r.getMessage()]
@@ -432,7 +378,8 @@ def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipe
 
     peer = smtp_server(behavior=Behavior(pipelining=pipelining))
     store.accounts.upsert(conn, peer.account(), int(T0))
-    item = message(1, cc="c@example.com", bcc="hidden@example.com", return_path="b@example.com",
+    item = message("m1", "acct", cc="c@example.com", bcc="hidden@example.com",
+                   return_path="b@example.com",
                    body=".leading dot\r\n..two\n.\nend without newline")  # fmt: skip
     enqueue(conn, config, item)
     make_dispatcher(conn, config).run_once(T0)
@@ -450,10 +397,10 @@ def test_reconfigure_switches_the_default_account(make_config, smtp_server):
     config = make_config(smtp_host=first.host, smtp_port=first.port)
     conn = store.db.connect(config.database)
     dispatcher = make_dispatcher(conn, config)
-    enqueue(conn, config, message(1, account_id=None))
+    enqueue(conn, config, message("m1"))
     dispatcher.run_once(T0)
     dispatcher.reconfigure(make_config(smtp_host=second.host, smtp_port=second.port))
-    enqueue(conn, config, message(2, account_id=None))
+    enqueue(conn, config, message("m2"))
     dispatcher.run_once(T0)
     assert (len(first.received), len(second.received)) == (1, 1)
     conn.close()
@@ -464,7 +411,7 @@ def test_unusable_ledger_means_no_unmetered_send(conn, config, smtp_server, capl
     store.accounts.upsert(conn, peer.account(limit_per_second=5), int(T0))
     config.ratelimit_dir.parent.mkdir(parents=True, exist_ok=True)
     config.ratelimit_dir.write_text("not a directory")
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     with caplog.at_level(logging.ERROR):
         make_dispatcher(conn, config).run_once(T0)
     assert peer.handler.attempted == []
@@ -482,7 +429,7 @@ def test_retry_delays_jitter_and_repeat(conn, make_config):
 
 
 def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
-    enqueue(conn, config, *[message(i, priority="immediate" if i < 3 else "low")
+    enqueue(conn, config, *[message(f"m{i}", "acct", priority="immediate" if i < 3 else "low")
                             for i in range(10)])  # fmt: skip
     dead = store.claims.claim(conn, "dead", T0, 120, 50, False, sending_ahead=8)
     assert [m["id"] for m in dead.messages][:3] == ["m0", "m1", "m2"]
@@ -495,8 +442,8 @@ def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=30)
     peer = smtp_server(behavior=Behavior(rcpt={"x@example.com": "550 no"}))
     store.accounts.upsert(conn, peer.account(limit_per_minute=20), int(T0))
-    enqueue(conn, config, *[message(i, to="x@example.com" if i % 7 == 0 else "r@example.com")
-                            for i in range(30)])  # fmt: skip
+    to = ["x@example.com" if i % 7 == 0 else "r@example.com" for i in range(30)]
+    enqueue(conn, config, *[message(f"m{i}", "acct", to=to[i]) for i in range(30)])
     make_dispatcher(conn, config).run_once(T0)
     rows = conn.execute("SELECT maybe_sent, possible_duplicate FROM messages").fetchall()
     assert {(r["maybe_sent"], r["possible_duplicate"]) for r in rows} == {(0, 0)}
@@ -507,7 +454,7 @@ def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
 def test_missing_starttls_is_account_trouble_not_a_bounce(conn, config, smtp_server):
     peer = smtp_server("starttls")  # requires STARTTLS before MAIL
     store.accounts.upsert(conn, {**peer.account(), "starttls": False}, int(T0))
-    enqueue(conn, config, message(1))
+    enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["error_ts"] is None and got["smtp_code"] == 530 and got["ready_at"] > T0

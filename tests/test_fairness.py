@@ -6,8 +6,6 @@ age) order.  Rows already claimed by a dispatcher are sent before it claims agai
 urgent message can wait behind at most the claims in hand.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from tests.smtp_peers are parameters here)
-
 from __future__ import annotations
 
 import time
@@ -15,9 +13,10 @@ import time
 import pytest
 
 from common import store
-from tests import procs
-from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401
-from tests.test_ratelimit_e2e import dispatchers, enqueue, message, received_ids, wait_received
+from tests.support import procs
+from tests.support.db import enqueue
+from tests.support.dispatchers import dispatchers, wait_received
+from tests.support.factories import message
 
 PROCESSES = 3
 BATCH = 50  # the default batch_size_per_account
@@ -38,11 +37,11 @@ def test_a_small_account_is_served_before_a_busy_one_is_done(conn, config, smtp_
     """
     peer = smtp_server()
     accounts(conn, peer, busy={}, small={})
-    enqueue(conn, config, [message(f"busy{n}", "busy") for n in range(500)])
-    enqueue(conn, config, [message(f"small{n}", "small") for n in range(5)])
+    enqueue(conn, config, *[message(f"busy{n}", "busy") for n in range(500)], now=time.time())
+    enqueue(conn, config, *[message(f"small{n}", "small") for n in range(5)], now=time.time())
     with dispatchers(config, PROCESSES):
         wait_received(peer, 505, timeout=60)
-    order = received_ids(peer)
+    order = peer.subjects()
     assert sorted(order) == sorted(
         [f"busy{n}" for n in range(500)] + [f"small{n}" for n in range(5)]
     )
@@ -62,14 +61,14 @@ def test_a_rate_limited_account_does_not_hold_up_the_others(conn, config, smtp_s
     """
     peer = smtp_server()
     accounts(conn, peer, slow={"limit_per_second": 5}, fast={})
-    enqueue(conn, config, [message(f"slow{n}", "slow") for n in range(500)])
-    enqueue(conn, config, [message(f"fast{n}", "fast") for n in range(5)])
+    enqueue(conn, config, *[message(f"slow{n}", "slow") for n in range(500)], now=time.time())
+    enqueue(conn, config, *[message(f"fast{n}", "fast") for n in range(5)], now=time.time())
     with dispatchers(config, PROCESSES):
         procs.wait_for(
-            lambda: sum(1 for i in received_ids(peer) if i.startswith("fast")) == 5,
+            lambda: sum(1 for i in peer.subjects() if i.startswith("fast")) == 5,
             message="the 5 fast messages",
         )
-        order = received_ids(peer)
+        order = peer.subjects()
     slow_before = sum(1 for i in order if i.startswith("slow"))
     assert slow_before <= 10  # two seconds' worth of the slow account's limit
 
@@ -86,16 +85,16 @@ def test_immediate_is_never_queued_behind_low(conn, config, smtp_server):
     peer = smtp_server()
     accounts(conn, peer, a={}, b={})
     low = [message(f"low-{acct}{n}", acct, priority="low") for acct in "ab" for n in range(300)]
-    enqueue(conn, config, low)
+    enqueue(conn, config, *low, now=time.time())
     with dispatchers(config, PROCESSES, batch_size_per_account=10):
         wait_received(peer, 30)
         already = len(peer.received)
         urgent = [
             message(f"now-{acct}{n}", acct, priority="immediate") for acct in "ab" for n in range(3)
         ]
-        enqueue(conn, config, urgent)
+        enqueue(conn, config, *urgent, now=time.time())
         wait_received(peer, 606, timeout=60)
-    order = received_ids(peer)
+    order = peer.subjects()
     last_urgent = max(order.index(m["id"]) for m in urgent)
     low_overtaking = sum(1 for i in order[already:last_urgent] if i.startswith("low"))
     assert low_overtaking <= 2 * PROCESSES * 2 * 10

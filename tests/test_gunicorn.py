@@ -11,24 +11,14 @@ import pytest
 import requests
 
 from common import metrics, store
-from tests.conftest import free_port
-from tests.procs import service_env, start, stop, wait_for
-from tests.stack import descendants
+from tests.support.factories import message
+from tests.support.procs import free_port, service_env, start, stop, wait_for
+from tests.support.stack import descendants
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "gunicorn-test-token"
 LIMIT = 20_000  # max_request_bytes for these servers: small, so 413 costs little
-
-
-def message(message_id: str) -> dict:
-    return {
-        "id": message_id,
-        "from": "a@example.com",
-        "to": "b@example.org",
-        "subject": "Hi",
-        "body": "Hello",
-    }
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from common import metrics, store
-from tests.procs import ROOT, service_env
+from tests.support.factories import T0, Clock
+from tests.support.procs import ROOT, service_env
 from web.app import create_app
 
 ALERTS = ROOT / "etc" / "prometheus-alerts.yml"
@@ -149,30 +150,28 @@ def test_heartbeat_gauge_keeps_the_latest_of_a_restarted_process(multiprocess):
 
 
 def test_queue_gauges_come_from_the_database(conn):
-    now = time.time()
     store.messages.enqueue(
         conn,
         [
             store.messages.NewMessage("a", None, 0, {"id": "a"}, None),
-            store.messages.NewMessage("b", None, 3, {"id": "b"}, int(now) + 3600),
+            store.messages.NewMessage("b", None, 3, {"id": "b"}, int(T0) + 3600),
         ],
-        now - 60,
+        T0 - 60,
     )
     with store.db.write(conn):
         conn.execute(
-            "UPDATE messages SET sent_ts = ?, outcome_at = ? WHERE id = 'a'", (int(now), now - 5)
+            "UPDATE messages SET sent_ts = ?, outcome_at = ? WHERE id = 'a'", (int(T0), T0 - 5)
         )
-    store.heartbeats.beat(conn, "reporter", "reporter", 7, now - 2)
-    values = samples(metrics.render(lambda: conn).decode())
+    store.heartbeats.beat(conn, "reporter", "reporter", 7, T0 - 2)
+    values = samples(metrics.render(lambda: conn, clock=Clock(T0)).decode())
     assert values["asyncmail_pending_messages"] == 1
     assert values['asyncmail_messages{status="sent"}'] == 1
     assert values['asyncmail_messages{status="deferred"}'] == 1
     assert values['asyncmail_pending_by_priority{priority="3"}'] == 1
     assert values["asyncmail_oldest_ready_age_seconds"] == 0
-    # the rows above were written 5 and 2 seconds "ago"; the scrape adds only its own runtime
-    assert values["asyncmail_oldest_unreported_age_seconds"] == pytest.approx(5, abs=5)
-    beat_age = values['asyncmail_heartbeat_age_seconds{kind="reporter",process="reporter"}']
-    assert beat_age == pytest.approx(2, abs=5)
+    # at the scrape's "now", T0: outcome 5 seconds ago, heartbeat 2 seconds ago
+    assert values["asyncmail_oldest_unreported_age_seconds"] == 5
+    assert values['asyncmail_heartbeat_age_seconds{kind="reporter",process="reporter"}'] == 2
 
 
 def test_reference_names_are_exposed(multiprocess, conn):

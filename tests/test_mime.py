@@ -9,16 +9,14 @@ import pytest
 
 from common.models import Message
 from dispatcher.mime import BuildError, Part, build, derived_message_id
+from tests.support.factories import T0, message
 
-NOW = 1_800_000_000.0
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 PDF = b"%PDF-1.4\n" + bytes(range(255, -1, -1)) * 3
 
 
 def model(**fields) -> Message:
-    base = {"id": "msg-1", "from": "sender@example.com", "to": "rcpt@example.com",
-            "subject": "Hello", "body": "Plain body\n"}  # fmt: skip
-    return Message.model_validate({**base, **fields})
+    return Message.model_validate({**message("msg-1", body="Plain body\n"), **fields})
 
 
 def parse(data: bytes):
@@ -38,7 +36,7 @@ def test_plain_message_headers_and_envelope():
         "return_path": "bounces@example.com",
         "headers": {"X-Campaign": "spring", "Subject": "ignored?"},
     }
-    env = build(model(**fields), [], NOW)
+    env = build(model(**fields), [], T0)
     msg = parse(env.data)
     assert env.sender == "bounces@example.com"
     assert env.recipients == ["rcpt@example.com", "cc@example.com", "hidden@example.com"]
@@ -54,10 +52,10 @@ def test_plain_message_headers_and_envelope():
 
 
 def test_message_id_is_the_clients_or_stable():
-    assert parse(build(model(message_id="<abc@app.example>"), [], NOW).data)["Message-ID"] == (
+    assert parse(build(model(message_id="<abc@app.example>"), [], T0).data)["Message-ID"] == (
         "<abc@app.example>"
     )
-    assert parse(build(model(message_id="abc@app.example"), [], NOW).data)["Message-ID"] == (
+    assert parse(build(model(message_id="abc@app.example"), [], T0).data)["Message-ID"] == (
         "<abc@app.example>"
     )
     first, again = derived_message_id("x"), derived_message_id("x")
@@ -67,7 +65,7 @@ def test_message_id_is_the_clients_or_stable():
 def test_non_ascii_subject_names_and_body_are_encoded():
     env = build(model(**{"from": "Zoë Ågren <z@example.com>", "to": "Jürgen <j@example.com>",
                          "subject": "Grüße – ünïcödé ✓ " + "long " * 20,
-                         "body": "Привет, мир! ✓\n" + "ä" * 300 + "\n"}), [], NOW)  # fmt: skip
+                         "body": "Привет, мир! ✓\n" + "ä" * 300 + "\n"}), [], T0)  # fmt: skip
     assert env.data.isascii()  # 7-bit clean: RFC 2047 headers, QP/base64 body
     assert all(len(line) <= 998 for line in env.data.split(b"\r\n"))
     msg = parse(env.data)
@@ -79,14 +77,14 @@ def test_non_ascii_subject_names_and_body_are_encoded():
 
 def test_from_name_overrides_display_name():
     msg = parse(
-        build(model(**{"from": "Old <s@example.com>", "from_name": "New Name"}), [], NOW).data
+        build(model(**{"from": "Old <s@example.com>", "from_name": "New Name"}), [], T0).data
     )
     assert msg["From"] == "New Name <s@example.com>"
 
 
 @pytest.mark.parametrize("flags", [{"content_type": "html"}, {"html": True}])
 def test_html_body(flags):
-    msg = parse(build(model(body="<p>Hi</p>", **flags), [], NOW).data)
+    msg = parse(build(model(body="<p>Hi</p>", **flags), [], T0).data)
     assert msg.get_content_type() == "text/html" and text(msg) == "<p>Hi</p>\n"
 
 
@@ -97,7 +95,7 @@ def test_attachments_and_inline_parts():
         Part("data.bin", b"\x00\x01", "application/x-custom"),
         Part("résumé.txt", "naïve\n".encode()),
     ]
-    env = build(model(body='<img src="cid:logo@app">', html=True), parts, NOW)
+    env = build(model(body='<img src="cid:logo@app">', html=True), parts, T0)
     msg = parse(env.data)
     assert msg.get_content_type() == "multipart/mixed"
     related, *attached = msg.iter_parts()
@@ -116,7 +114,7 @@ def test_attachments_and_inline_parts():
 
 
 def test_attachments_without_inline_parts_are_mixed():
-    msg = parse(build(model(), [Part("a.csv", b"x,y\n1,2\n")], NOW).data)
+    msg = parse(build(model(), [Part("a.csv", b"x,y\n1,2\n")], T0).data)
     body, csv = msg.iter_parts()
     assert text(body) == "Plain body\n"
     assert (csv.get_content_type(), csv.get_payload(decode=True)) == ("text/csv", b"x,y\n1,2\n")
@@ -124,12 +122,12 @@ def test_attachments_without_inline_parts_are_mixed():
 
 def test_non_ascii_envelope_address_is_refused():
     with pytest.raises(BuildError, match="SMTPUTF8"):
-        build(model(to="jösé@example.com"), [], NOW)
+        build(model(to="jösé@example.com"), [], T0)
 
 
 def test_leading_dots_survive_in_the_body():
     body = ".hidden line\n..two dots\n.\n"
-    assert text(parse(build(model(body=body), [], NOW).data)) == body
+    assert text(parse(build(model(body=body), [], T0).data)) == body
 
 
 EQUIVALENT = [
@@ -156,7 +154,7 @@ def test_direct_path_matches_the_email_package(fields):
 
     msg = model(**fields)
     parsed = Parsed.of(msg)
-    direct, reference = _render_simple(msg, parsed, NOW), _render(msg, parsed, [], NOW)
+    direct, reference = _render_simple(msg, parsed, T0), _render(msg, parsed, [], T0)
     assert direct is not None  # these all take the direct path
     fast, slow = parse(direct), parse(reference)
     skip = "content-transfer-encoding"  # 7bit vs quoted-printable may differ; content may not
@@ -179,4 +177,4 @@ def test_headers_needing_encoding_or_folding_take_the_email_package(fields):
     from dispatcher.mime import Parsed, _render_simple
 
     msg = model(**fields)
-    assert _render_simple(msg, Parsed.of(msg), NOW) is None
+    assert _render_simple(msg, Parsed.of(msg), T0) is None

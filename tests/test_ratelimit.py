@@ -14,8 +14,8 @@ import pytest
 from common import ratelimit, store
 from common.ratelimit import Ledger, Limits
 from common.store.db import write
-
-T0 = 1_800_000_000.0  # a fixed epoch: the ledger only ever sees the clock the test hands it
+from tests.support.factories import T0
+from tests.support.ratelimit import assert_strict
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ def ledger(tmp_path):
 def accept_all(ledger, limits, times, account_id="acct"):
     """Reserve at each time; the times that were granted."""
     return [t for t in times if ledger.reserve(account_id, limits, t) is None]
-
-
-def assert_strict(starts, limits):
-    """No half-open interval [a, a + W) holds more than L of ``starts``, for every window."""
-    starts = sorted(starts)
-    for limit, seconds in limits.windows():
-        for older, newer in zip(starts, starts[limit:], strict=False):
-            assert newer >= older + seconds, (limit, seconds, older, newer)
 
 
 def reference_free_at(accepted, limits, t):

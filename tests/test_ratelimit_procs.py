@@ -13,7 +13,8 @@ import time
 import pytest
 
 from common.ratelimit import Ledger, Limits
-from tests.procs import ROOT, wait_for
+from tests.support.procs import ROOT, wait_for
+from tests.support.ratelimit import assert_strict
 
 # Reserve in a loop until the deadline; on a refusal sleep until the slot frees (as a
 # dispatcher defers); print the granted times as JSON.
@@ -66,13 +67,6 @@ def hammer(tmp_path, processes: int, limits: Limits, seconds: float) -> list[lis
                 proc.wait()
     assert [proc.returncode for proc in procs] == [0] * processes
     return [json.loads(output) for output in outputs]
-
-
-def assert_strict(starts, limits):
-    starts = sorted(starts)
-    for limit, seconds in limits.windows():
-        for older, newer in zip(starts, starts[limit:], strict=False):
-            assert newer >= older + seconds, (limit, seconds, older, newer)
 
 
 @pytest.mark.slow

@@ -15,45 +15,13 @@ from common import store
 from reporter.body import REFERENCE_FIELDS
 from reporter.client import SyncClient
 from reporter.reporter import BACKOFF_MAX, POLL_SECONDS, RUN_NOW_WINDOW, Reporter, backoff_delay
-from tests.upstream import Upstream
+from tests.support.db import record_outcome
+from tests.support.factories import T0
+from tests.support.upstream import Upstream
 
-T0 = 1_764_000_000.0  # a fixed "now" for stepping the loop
 PATIENT = (5.0, 10.0)  # connect / read timeouts: ample on a loaded CI machine
 QUICK = (1.0, 0.3)  # ... and small enough for the hang test
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "reporting.md"
-
-
-def record_outcome(
-    conn,
-    message_id: str,
-    at: float,
-    *,
-    error=None,
-    smtp_code=250,
-    refused=None,
-    duplicate=False,
-    attempts=1,
-) -> None:
-    """Enqueue a message, then give it a terminal outcome as a dispatcher would."""
-    new = store.messages.NewMessage(message_id, None, 2, {"id": message_id}, None)
-    store.messages.enqueue(conn, [new], at - 1)
-    with store.db.write(conn):
-        conn.execute(
-            "UPDATE messages SET sent_ts = :sent, error_ts = :failed, error = :error, "
-            "attempts = :attempts, smtp_code = :code, refused = :refused, "
-            "possible_duplicate = :dup, outcome_at = :at WHERE id = :id",
-            {
-                "sent": None if error else int(at),
-                "failed": int(at) if error else None,
-                "error": error,
-                "attempts": attempts,
-                "code": smtp_code,
-                "refused": json.dumps(refused) if refused else None,
-                "dup": int(duplicate),
-                "at": at,
-                "id": message_id,
-            },
-        )
 
 
 def sample(name: str, **labels) -> float:
@@ -72,12 +40,6 @@ def drain(reporter: Reporter, now: float, turns: int = 50) -> int:
         if not reporter.run_once(now):
             return turn
     raise AssertionError("the reporter never went idle")
-
-
-@pytest.fixture
-def upstream():
-    with Upstream() as server:
-        yield server
 
 
 @pytest.fixture
@@ -335,7 +297,7 @@ def test_sleep_is_bounded_by_the_poll_and_the_retry(upstream, make_reporter, con
     reporter.run_once(T0)
     assert reporter.idle_seconds(T0) == POLL_SECONDS
     reporter.retry_at = T0 + 0.25
-    assert reporter.idle_seconds(T0) == pytest.approx(0.25)
+    assert reporter.idle_seconds(T0) == 0.25
 
 
 # -- idle reports, test_mode, no upstream --------------------------------------------------------

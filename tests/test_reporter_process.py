@@ -8,17 +8,10 @@ import time
 import pytest
 
 from common import store, wakeup
-from tests import procs
-from tests.test_reporter import record_outcome
-from tests.upstream import Upstream
+from tests.support import procs
+from tests.support.db import record_outcome
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def upstream():
-    with Upstream() as server:
-        yield server
 
 
 @pytest.fixture
@@ -75,7 +68,9 @@ def test_term_finishes_the_request_in_hand(start_reporter, upstream, conn, confi
     upstream.wait_for_requests(1)
 
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    procs.wait_for(
+        lambda: procs.signal_delivered(proc.pid, signal.SIGTERM), message="TERM mid-request"
+    )
     upstream.release(200)
 
     assert proc.wait(10) == 0
@@ -101,11 +96,12 @@ def test_sigkill_between_post_and_commit_repeats_but_never_drops(
     assert [i["id"] for i in upstream.answered()[-1].items] == ["a", "b", "c"]
 
 
-def test_sighup_rereads_the_configuration(start_reporter, upstream, conn, config, ini):
+def test_sighup_rereads_the_configuration(start_reporter, upstream, conn, config, ini, tmp_path):
     proc = start_reporter()
     procs.wait_for(lambda: _listening(config), message="reporter wake-up socket")
     _outcomes(conn, config, ["a"])
-    time.sleep(0.3)
+    log = tmp_path / "reporter.log"
+    procs.wait_for(lambda: "event=reporting_off" in log.read_text(), message="no upstream yet")
     assert upstream.requests == []
 
     ini.write_text(f"[client]\nclient_sync_url = {upstream.url}\n")

@@ -11,9 +11,8 @@ import time
 import pytest
 
 from common import store
-from tests.conftest import free_port
-from tests.procs import ROOT, service_env, wait_for
-from tests.stack import ASYNCMAIL, Stack, alive, descendants
+from tests.support.procs import ROOT, free_port, service_env, wait_for
+from tests.support.stack import ASYNCMAIL, Stack, alive, descendants
 
 pytestmark = pytest.mark.slow
 

@@ -1,15 +1,12 @@
 """Real SMTP peers for tests: aiosmtpd servers in a background thread, and their fixtures.
 
-Import the fixtures into a test module (pytest finds fixtures imported there; add
-``# ruff: noqa: F811`` at the top, since tests take them as parameters)::
-
-    from tests.smtp_peers import smtp_server, tls_cert  # noqa: F401
+The fixtures reach every test module through ``pytest_plugins`` (tests/conftest.py)::
 
     def test_something(smtp_server):
         peer = smtp_server()                      # plain SMTP, records every message
         peer = smtp_server("starttls", auth=("u", "p"))
         peer = smtp_server("tls", behavior=Behavior(rcpt={"x@example.com": "550 no"}))
-        ... peer.host, peer.port, peer.received[0].message()["Subject"] ...
+        ... peer.host, peer.port, peer.subjects(), peer.received[0].message()["Subject"] ...
 
 Kinds: ``plain``, ``starttls`` (STARTTLS required before MAIL), ``tls`` (implicit TLS).
 ``auth=(user, password)`` makes AUTH required (LOGIN/PLAIN, allowed without TLS so plain
@@ -40,7 +37,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.conftest import free_port
+from tests.support.procs import free_port
 
 HOST = "127.0.0.1"
 
@@ -142,6 +139,10 @@ class Peer:
     def received(self) -> list[Received]:
         """Messages the server accepted, in arrival order."""
         return self.handler.received
+
+    def subjects(self) -> list[str]:
+        """The Subject of each accepted message, in arrival order (factories.message: its id)."""
+        return [r.message()["Subject"] for r in list(self.received)]
 
     def account(self, account_id: str = "acct", **extra) -> dict:
         """An ``accounts`` row pointing at this server (for store.accounts.upsert)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.procs import ROOT, service_env, wait_for
+from tests.support.procs import ROOT, service_env, wait_for
 
 ASYNCMAIL = str(Path(sys.executable).parent / "asyncmail")
 
@@ -52,6 +52,7 @@ class Stack:
         self.port = int(settings.get("port", 8000))
         self.proc: subprocess.Popen | None = None
         self.seen: set[int] = set()
+        self.started_at = 0.0  # time.time() at start(): every heartbeat after it is this run's
 
     @property
     def url(self) -> str:
@@ -59,6 +60,7 @@ class Stack:
 
     def start(self, expect_running: tuple[str, ...] = ("web",), timeout: float = 30) -> Stack:
         """Launch and wait until the named programs are RUNNING and /health answers."""
+        self.started_at = time.time()
         log = open(self.var_dir.parent / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(
             [ASYNCMAIL, "supervisord", "-n"],

@@ -1,16 +1,24 @@
-"""Starting the service's real processes from tests, and never leaking them."""
+"""Starting the service's real processes from tests, watching their state, never leaking them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def service_env(var_dir, ini_path=None, **settings) -> dict:
@@ -64,3 +72,23 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.02, message: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+
+
+def sleeping_in_select(pid: int) -> bool:
+    """True while the process's main thread is blocked in select() or poll() (Linux).
+
+    Before a dispatcher has talked to any SMTP server this is only ever its idle wait for a
+    wake-up (``Waiter.wait``): the kernel's word that it finished its claim and sleeps.
+    """
+    with contextlib.suppress(OSError):
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        return "poll" in wchan or "select" in wchan
+    return False
+
+
+def signal_delivered(pid: int, sig: int) -> bool:
+    """True once ``sig``, sent to the process, is no longer pending: its handler has it (Linux)."""
+    bit = 1 << (sig - 1)
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    pending = [int(line.split()[1], 16) for line in status if line[:7] in ("SigPnd:", "ShdPnd:")]
+    return not any(mask & bit for mask in pending)

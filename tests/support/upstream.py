@@ -13,6 +13,8 @@ make it answer an error status, hang, or be down (port closed, kept connections 
         upstream.release(200)       # unblock held requests (they answer 200) and stop hanging
         upstream.down(); upstream.up()   # closed port, then listening again on the same port
         upstream.wait_for_items(10) # the delivery-report items of 2xx-answered requests
+
+The ``upstream`` fixture is one without auth; a module needing a token overrides it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 HANG_LIMIT = 120.0  # seconds a hanging request may block at most, so no test waits forever
 
@@ -240,3 +244,10 @@ def _expected_auth(token: str | None, user: str | None, password: str | None) ->
         raw = f"{user}:{password or ''}".encode()
         return "Basic " + base64.b64encode(raw).decode()
     return None
+
+
+@pytest.fixture
+def upstream():
+    """A running upstream that takes any request; stopped after the test."""
+    with Upstream() as server:
+        yield server
