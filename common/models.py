@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import math
 import re
@@ -29,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.addresses import no_line_breaks, parse_address_list
 from common.enums import Priority
 
 MAX_ID_LENGTH = 255
@@ -36,65 +36,7 @@ MAX_BATCH = 1000  # most messages one add-messages request may carry
 MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already generous
 MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
-ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
-
-
-def _no_line_breaks(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain CR or LF (header injection)")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-def _check_address(addr: str) -> str:
-    if not ADDR_SPEC.match(addr):
-        raise ValueError(f"{addr!r} is not an email address")
-    return addr
-
-
-def split_addresses(text: str) -> list[str]:
-    """The comma-separated pieces of an address header, keeping commas inside quotes or <>."""
-    if "," not in text or ('"' not in text and "<" not in text and "\\" not in text):
-        return [piece.strip() for piece in text.split(",") if piece.strip()]  # common cases
-    pieces, current, quoted, angle, escaped = [], [], False, 0, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char in "<>" and not quoted:
-            angle += 1 if char == "<" else -1
-        elif char == "," and not quoted and angle <= 0:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
-    return [piece.strip() for piece in pieces if piece.strip()]
-
-
-def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
-    """(name, address) pairs from a list or a comma-separated string; raises on a bad one."""
-    items = [value] if isinstance(value, str) else value
-    pairs = []
-    for item in items:
-        _no_line_breaks(item)
-        for piece in split_addresses(item):
-            simple = SIMPLE_NAMED.match(piece)
-            if ADDR_SPEC.match(piece) or simple:  # these need no RFC 5322 parser
-                name, addr = simple.groups() if simple else ("", piece)
-                pairs.append((" ".join(name.split()), _check_address(addr)))
-                continue
-            name, addr = email.utils.parseaddr(piece)
-            if not addr:
-                raise ValueError(f"{piece!r} is not an email address")
-            pairs.append((name, _check_address(addr)))
-    return pairs
 
 
 def _parsed(value: Any) -> list[tuple[str, str]]:
@@ -128,7 +70,7 @@ def _single_address(value: Any) -> Any:
 def _header_text(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    return _no_line_breaks(value)
+    return no_line_breaks(value)
 
 
 def _priority(value: Any) -> Any:

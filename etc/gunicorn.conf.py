@@ -11,7 +11,6 @@ refused, so prefer HUP for a reload.
 import sys
 
 from common.config import ConfigError, load_config
-from common.metrics import mark_dead
 
 try:
     _config = load_config()
@@ -41,4 +40,8 @@ preload_app = False  # each worker imports the app and opens its own database af
 
 def child_exit(server, worker):
     """A worker's multiprocess metric files stop counting as live once it has exited."""
+    # imported at the first worker exit, not at start: the master serves no metrics, and
+    # prometheus_client would cost it ~2 MiB of resident memory for its whole life
+    from common.metrics import mark_dead
+
     mark_dead(worker.pid)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.addresses import parse_address_list, split_addresses
 from common.enums import Priority
-from common.models import (
-    Account,
-    Attachment,
-    parse_address_list,
-    split_addresses,
-    validate_message,
-)
+from common.models import Account, Attachment, validate_message
 
 
 def item(**fields) -> dict:

@@ -8,7 +8,6 @@ from flask import Blueprint, Response, jsonify
 
 from common import metrics, operations, store
 from web.db import get_config, get_conn
-from web.openapi import openapi_document
 
 blueprint = Blueprint("service", __name__)
 
@@ -39,4 +38,8 @@ def scrape():
 @blueprint.get("/openapi.json")
 def openapi():
     """The OpenAPI 3 document of this API."""
+    # imported here, not at start: a rarely read document (and importlib.metadata) would
+    # cost every worker ~1 MiB of resident memory
+    from web.openapi import openapi_document
+
     return jsonify(openapi_document())
