@@ -61,3 +61,15 @@ def test_the_check_sees_an_import(tmp_path):
     """A module that is imported shows up (the absences above are not vacuous)."""
     loaded = loaded_modules("import dispatcher.__main__", tmp_path)
     assert {"dispatcher.core", "common.addresses", "prometheus_client", "apsw"} <= loaded
+
+
+def test_the_masters_child_exit_still_marks_a_worker_dead(tmp_path):
+    """The hook imports the metrics at a worker's exit, then forgets that worker's live files."""
+    live = tmp_path / "gauge_livesum_4242.db"  # what a worker's live gauge leaves behind
+    live.write_bytes(b"")
+    statement = (
+        "import runpy, types; hooks = runpy.run_path('etc/gunicorn.conf.py'); "
+        "hooks['child_exit'](None, types.SimpleNamespace(pid=4242))"
+    )
+    assert "prometheus_client" in loaded_modules(statement, tmp_path)
+    assert not live.exists()
