@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import re
 from typing import Annotated, Any, Literal
@@ -34,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.addresses import no_line_breaks, parse_address_list
 from common.enums import Priority
 
 MAX_ID_LENGTH = 255
@@ -43,8 +43,6 @@ MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already gene
 MAX_TIMEOUT = 600  # seconds one SMTP command may take; longer only hides a dead server
 MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
-ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
 # Published in the JSON schema (ECMA-262 reads $ as the end of the text; Python's $ also
 # matches before a final newline, so these are checked after CR and LF are refused, or whole).
 ONE_LINE = r"^[^\r\n\x00]*$"  # header text: no CR or LF (injection), no NUL
@@ -88,66 +86,10 @@ def omittable(description: str, **kwargs) -> Any:
     return Field(None, description=description, json_schema_extra=_omit_default, **kwargs)
 
 
-def _no_line_breaks(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain CR or LF (header injection)")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
-
-
-def _check_address(addr: str) -> str:
-    if not ADDR_SPEC.match(addr):
-        raise ValueError(f"{addr!r} is not an email address")
-    return addr
-
-
-def split_addresses(text: str) -> list[str]:
-    """The comma-separated pieces of an address header, keeping commas inside quotes or <>."""
-    if "," not in text or ('"' not in text and "<" not in text and "\\" not in text):
-        return [piece.strip() for piece in text.split(",") if piece.strip()]  # common cases
-    pieces, current, quoted, angle, escaped = [], [], False, 0, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char in "<>" and not quoted:
-            angle += 1 if char == "<" else -1
-        elif char == "," and not quoted and angle <= 0:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
-    return [piece.strip() for piece in pieces if piece.strip()]
-
-
-def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
-    """(name, address) pairs from a list or a comma-separated string; raises on a bad one."""
-    items = [value] if isinstance(value, str) else value
-    pairs = []
-    for item in items:
-        _no_line_breaks(item)
-        for piece in split_addresses(item):
-            simple = SIMPLE_NAMED.match(piece)
-            if ADDR_SPEC.match(piece) or simple:  # these need no RFC 5322 parser
-                name, addr = simple.groups() if simple else ("", piece)
-                pairs.append((" ".join(name.split()), _check_address(addr)))
-                continue
-            name, addr = email.utils.parseaddr(piece)
-            if not addr:
-                raise ValueError(f"{piece!r} is not an email address")
-            pairs.append((name, _check_address(addr)))
-    return pairs
 
 
 def _addresses(value: str | list[str]) -> str | list[str]:
@@ -193,7 +135,7 @@ def _matching(text_type: Any, pattern: str, reason: str) -> Any:
 
 
 Line = Annotated[StrictStr, _schema(pattern=ONE_LINE)]  # the types below check it
-HeaderText = Annotated[Line, _wrong_type("must be a string"), AfterValidator(_no_line_breaks)]
+HeaderText = Annotated[Line, _wrong_type("must be a string"), AfterValidator(no_line_breaks)]
 NonBlank = Annotated[HeaderText, AfterValidator(_not_blank), _schema(minLength=1)]
 AddressList = Annotated[
     Line | list[Line],

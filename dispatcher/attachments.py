@@ -16,16 +16,18 @@ import base64
 import ipaddress
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from common.config import Config
 from common.logs import redact_url
-from common.models import Attachment
 from dispatcher.mime import Part
+from dispatcher.payload import Attachment
+
+if TYPE_CHECKING:
+    import requests
 
 MAX_REDIRECTS = 3  # enough for http->https and a CDN hop; more smells of a loop or a trick
 FETCH_TRIES = 3  # tries per attachment within one delivery attempt
@@ -67,24 +69,6 @@ _retry = retry(
 )
 
 
-class PinnedAdapter(HTTPAdapter):
-    """Connects where the request URL says (the checked address) but speaks TLS to the name.
-
-    The URL carries the address the SSRF check approved; the Host header carries the name,
-    which becomes the TLS server name (SNI) and the name the certificate must match.
-    """
-
-    def build_connection_pool_key_attributes(self, request, verify, cert=None):
-        """requests' pool key, plus the TLS server name taken from the Host header."""
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
-        )
-        name = urlsplit("//" + request.headers.get("Host", "")).hostname
-        if host_params["scheme"] == "https" and name:
-            pool_kwargs.update(server_hostname=name, assert_hostname=name)
-        return host_params, pool_kwargs
-
-
 class Fetcher:
     """Turns a message's attachment specs into Parts, or raises AttachmentError."""
 
@@ -96,9 +80,8 @@ class Fetcher:
         address_allowed: Callable[[str], bool] | None = None,
     ):
         self.config = config
-        self.session = session or requests.Session()
-        for scheme in ("http://", "https://"):
-            self.session.mount(scheme, PinnedAdapter())
+        self.session = session  # pinned on the first URL attachment, see _get_url
+        self.pinned = False
         self.resolve = resolve or _resolve
         self.address_allowed = address_allowed or _is_public
         self._s3 = None
@@ -119,25 +102,32 @@ class Fetcher:
 
     # -- HTTP(S) ------------------------------------------------------------------------------
     def _get_url(self, url: str) -> bytes:
+        # imported on the first URL attachment, not at start: requests and urllib3 cost each
+        # dispatcher ~5 MiB of resident memory, and most messages carry no URL
+        from requests import RequestException
+
+        from dispatcher.pinned import pinned_session
+
+        if not self.pinned:
+            self.session, self.pinned = pinned_session(self.session), True
         for _ in range(MAX_REDIRECTS + 1):
             target, headers = self._check_target(url)
             try:
-                response = self.session.get(
+                with self.session.get(
                     target,
                     headers=headers,
                     stream=True,
                     allow_redirects=False,
                     timeout=self.config.attachment_timeout_seconds,
-                )
-            except requests.RequestException as exc:
+                ) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers["Location"])
+                        continue
+                    return self._body(url, response)
+            except RequestException as exc:  # connecting, or the body broke off
                 raise AttachmentError(
                     f"{redact_url(url)}: {type(exc).__name__}", transient=True
                 ) from None
-            with response:
-                if response.is_redirect:
-                    url = urljoin(url, response.headers["Location"])
-                    continue
-                return self._body(url, response)
         raise AttachmentError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects", final=True)
 
     def _body(self, url: str, response: requests.Response) -> bytes:
@@ -151,18 +141,11 @@ class Fetcher:
         if declared.isdigit() and int(declared) > limit:
             raise AttachmentError(f"{redact_url(url)}: larger than {limit} bytes", final=True)
         chunks, size = [], 0
-        try:
-            for chunk in response.iter_content(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise AttachmentError(
-                        f"{redact_url(url)}: larger than {limit} bytes", final=True
-                    )
-                chunks.append(chunk)
-        except requests.RequestException as exc:
-            raise AttachmentError(
-                f"{redact_url(url)}: {type(exc).__name__}", transient=True
-            ) from None
+        for chunk in response.iter_content(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise AttachmentError(f"{redact_url(url)}: larger than {limit} bytes", final=True)
+            chunks.append(chunk)
         return b"".join(chunks)
 
     def _check_target(self, url: str) -> tuple[str, dict]:

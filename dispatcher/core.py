@@ -21,10 +21,9 @@ from common import crypto, metrics, store, wakeup
 from common.config import Config
 from common.enums import FINAL_NEXT, Next, Outcome
 from common.logs import fields
-from common.models import Message
 from common.ratelimit import Limits
 from common.store.claims import Attempt, Claim, Transition
-from dispatcher import mime
+from dispatcher import mime, payload
 from dispatcher.attachments import AttachmentError
 from dispatcher.smtp import Endpoint, Phase, Result
 
@@ -236,7 +235,7 @@ class Dispatcher:
         if account is None and row["account_id"] is not None:
             raise mime.BuildError(f"account {row['account_id']!r} no longer exists")
         endpoint, limits = self._account(row["account_id"], account)
-        msg = Message.model_validate_json(row["payload"])
+        msg = payload.load(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
         return mime.build(msg, parts, self.clock()), endpoint, limits
 

@@ -25,7 +25,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
-from common.models import Message, parse_address_list
+from common.addresses import parse_address_list
+from dispatcher.payload import Message
 
 POLICY = policy.SMTP.clone(cte_type="7bit")  # CRLF line ends, 7-bit clean bodies
 MESSAGE_ID_DOMAIN = "asyncmail"

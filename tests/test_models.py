@@ -9,15 +9,9 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from common.addresses import parse_address_list, split_addresses
 from common.enums import Priority
-from common.models import (
-    Account,
-    Attachment,
-    Message,
-    parse_address_list,
-    split_addresses,
-    validate_message,
-)
+from common.models import Account, Attachment, Message, validate_message
 
 EPOCH_REASON = "must be epoch seconds (a number between 0 and year 9999)"
 

@@ -8,7 +8,6 @@ from flask import Blueprint, Response, jsonify
 
 from common import metrics, operations, store
 from web.db import get_config, get_conn
-from web.openapi import openapi_document
 
 blueprint = Blueprint("service", __name__)
 
@@ -39,4 +38,8 @@ def scrape():
 @blueprint.get("/openapi.json")
 def openapi():
     """The OpenAPI 3.1 document of this API, generated from the models (``web.openapi``)."""
+    # imported here, not at start: the document's models and builder would cost every
+    # worker resident memory for an answer that is rarely asked for
+    from web.openapi import openapi_document
+
     return jsonify(openapi_document())
