@@ -108,3 +108,36 @@ def cmd_accounts_delete(config: Config, args) -> int:
         f"deleted account {args.id} ({unsent} unsent messages purged)",
     )
     return OK
+
+
+def cmd_accounts_usage(config: Config, args) -> int:
+    """Sends in each rate-limit window against the limit, per account (or one account)."""
+    conn = store.db.open_database(config)
+    now = time.time()
+    ids = [args.id] if args.id else [a["id"] for a in store.accounts.list_all(conn)]
+    if not args.id and config.has_default_account:
+        ids.append(None)  # the [smtp] account of messages without account_id
+    try:
+        usages = [operations.usage(conn, config, account_id, now) for account_id in ids]
+    except operations.Refused as exc:
+        raise CliError(str(exc), REFUSED) from None
+    rows = [
+        {
+            "account": u["account_id"] or "(default)",
+            **{w["window"]: _used(w) for w in u["windows"]},
+            "full until": when(
+                max((w["free_at"] for w in u["windows"] if w["free_at"]), default=None)
+            ),
+        }
+        for u in usages
+    ]
+    columns = (
+        ["account", *(w["window"] for w in usages[0]["windows"]), "full until"] if rows else []
+    )
+    emit(args, {"ok": True, "usage": usages}, table(rows, columns) if rows else "no accounts")
+    return OK
+
+
+def _used(window: dict) -> str:
+    """'used/limit', or the count alone for a window without a limit."""
+    return f"{window['used']}" if window["limit"] is None else f"{window['used']}/{window['limit']}"

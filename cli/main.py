@@ -1,18 +1,20 @@
 """The ``asyncmail`` console script: operator chores without the web process.
 
-Exit codes: 0 done, 1 not found / rejected / refused, 2 bad usage or configuration,
-3 the database or supervisord cannot be reached.  ``--json`` prints machine-readable output.
+Exit codes: 0 done, 1 not found / rejected / refused (``status``: unhealthy), 2 bad usage or
+configuration, 3 the database or supervisord cannot be reached.  ``--json`` prints
+machine-readable output.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import apsw
 
-from cli import accounts, messages, service, stack
-from cli.output import UNAVAILABLE, USAGE, CliError
+from cli import accounts, backup, messages, service, stack
+from cli.output import BROKEN_PIPE, UNAVAILABLE, USAGE, CliError
 from common.config import ConfigError, load_config
 from common.enums import Status
 
@@ -83,6 +85,8 @@ def _accounts(sub, common) -> None:
     delete = _command(group, "delete", accounts.cmd_accounts_delete, common)
     delete.add_argument("id")
     delete.add_argument("--purge", action="store_true", help="also delete its unsent messages")
+    usage = _command(group, "usage", accounts.cmd_accounts_usage, common)
+    usage.add_argument("id", nargs="?", help="one account (default: every account)")
 
 
 def _send(sub, common) -> None:
@@ -183,8 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     _accounts(sub, common)
     _send(sub, common)
     _messages(sub, common)
-    _command(sub, "status", service.cmd_status, common)
-    _command(sub, "run-now", service.cmd_run_now, common)
+    _command(
+        sub,
+        "status",
+        service.cmd_status,
+        common,
+        epilog="The health check: exit 0 healthy, 1 a process is stale or missing, "
+        "3 the database cannot be read.",
+    )
+    run_now = _command(sub, "run-now", service.cmd_run_now, common)
+    run_now.add_argument(
+        "--flush",
+        action="store_true",
+        help="first make messages waiting for a retry ready now (a server back from an outage)",
+    )
+    _retry(sub, common)
     _command(sub, "suspend", service.cmd_suspend, common)
     _command(sub, "activate", service.cmd_activate, common)
     cleanup = _command(sub, "cleanup", service.cmd_cleanup, common)
@@ -194,8 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="default: delivery_report_retention_seconds",
     )
+    _command(sub, "backup", backup.cmd_backup, common).add_argument(
+        "file", help="a new file (never overwritten)"
+    )
+    _command(sub, "restore", backup.cmd_restore, common).add_argument("file", help="a backup")
     _stack(sub, common)
     return parser
+
+
+def _retry(sub, common) -> None:
+    retry = _command(
+        sub,
+        "retry",
+        service.cmd_retry,
+        common,
+        epilog="Messages deferred by their own deferred_ts (never attempted) are left alone.",
+    )
+    retry.add_argument("ids", nargs="*", metavar="ID", help="these messages")
+    retry.add_argument("--account", help="the messages of this account")
+    retry.add_argument("--status", choices=["error", "deferred"], help="only this status")
+    retry.add_argument(
+        "--reset-attempts",
+        action="store_true",
+        help="a full set of retries again (default: the attempt counts are kept)",
+    )
 
 
 def main(argv=None) -> int:
@@ -203,7 +242,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        return args.func(config, args)
+        code = args.func(config, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:  # `asyncmail status | head`: the reader has gone, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return BROKEN_PIPE
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return USAGE

@@ -9,8 +9,10 @@ import time
 # Exit codes every subcommand uses.
 OK = 0
 REFUSED = 1  # not found, rejected, refused while in use
+UNHEALTHY = 1  # asyncmail status: a process's heartbeat is stale
 USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
 UNAVAILABLE = 3  # the database or supervisord cannot be reached
+BROKEN_PIPE = 141  # stdout's reader went away (`| head`): as if killed by SIGPIPE, like cat
 
 
 class CliError(Exception):

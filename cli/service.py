@@ -1,5 +1,5 @@
 """``asyncmail`` set-up and scheduler commands: init, check-config, token, status, run-now,
-suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit code``; the actions
+retry, suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit code``; the actions
 themselves are ``common.operations``, shared with the API.
 """
 
@@ -9,7 +9,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from cli.output import OK, CliError, emit, pairs, table
+from cli.output import OK, REFUSED, UNAVAILABLE, UNHEALTHY, USAGE, CliError, emit, pairs, table
+from cli.stack import supervisord_answers
 from common import crypto, operations, store
 from common.config import Config
 
@@ -63,27 +64,82 @@ def cmd_token(config: Config, args) -> int:
 
 # -- the scheduler ----------------------------------------------------------------------------
 def cmd_status(config: Config, args) -> int:
-    """Queue counts, the scheduler switch and every process's last heartbeat."""
+    """Queue counts, the scheduler switch and every process's last heartbeat.
+
+    The health check: exit 0 when healthy, 1 when a heartbeat is stale (or supervisord runs
+    and a dispatcher or the reporter has not beaten), 3 when the database cannot be read.
+    """
+    if not config.database.exists():
+        raise CliError(f"no database at {config.database} (asyncmail init creates it)", UNAVAILABLE)
     data = operations.status(store.db.open_database(config), config, time.time())
+    problems = operations.health(data["processes"], supervisord_answers(config))
     head = {
         "active": "yes" if data["active"] else "no (suspended)",
         "test_mode": "yes" if config.test_mode else "no",
         **data["counts"],
         "pending by priority": " ".join(f"{p}:{n}" for p, n in data["pending_by_priority"].items()),
         "oldest ready age": f"{data['oldest_ready_age_seconds']} s",
+        "health": "ok" if not problems else "UNHEALTHY",
     }
     human = pairs(head)
     if data["processes"]:
-        human += "\n\n" + table(data["processes"], ["process", "kind", "pid", "age_seconds"])
-    emit(args, {"ok": True, **data}, human)
-    return OK
+        rows = [{**p, "stale": "STALE" if p["stale"] else ""} for p in data["processes"]]
+        human += "\n\n" + table(rows, ["process", "kind", "pid", "age_seconds", "stale"])
+    else:
+        human += "\n\nno process has recorded a heartbeat (the stack is not running)"
+    human += "".join(f"\nproblem: {p}" for p in problems)
+    emit(args, {"ok": True, **data, "healthy": not problems, "problems": problems}, human)
+    return UNHEALTHY if problems else OK
 
 
 def cmd_run_now(config: Config, args) -> int:
     """Wake every dispatcher and the reporter now (in test_mode: allow one round)."""
-    woken = operations.run_now(store.db.open_database(config), config, time.time())
-    emit(args, {"ok": True, "woken": woken}, f"woke {woken} processes")
+    done = operations.run_now(store.db.open_database(config), config, time.time(), args.flush)
+    data = {"ok": True, "woken": done.woken}
+    human = f"woke {done.woken} processes"
+    if args.flush:
+        data["flushed"] = done.flushed
+        human += f"; {done.flushed} messages waiting for a retry are ready now"
+    emit(args, data, human)
     return OK
+
+
+def cmd_retry(config: Config, args) -> int:
+    """Requeue errored messages and messages waiting for a retry: they are sent now."""
+    try:
+        done = operations.retry(
+            store.db.open_database(config),
+            config,
+            time.time(),
+            ids=args.ids or None,
+            account_id=args.account,
+            status=args.status,
+            reset_attempts=args.reset_attempts,
+        )
+    except operations.Refused as exc:
+        code = REFUSED if exc.kind is operations.Refusal.NOT_FOUND else USAGE
+        raise CliError(_cli_words(str(exc)), code) from None
+    data = {"ok": True, "requeued": done.requeued, "attempts": done.attempts}
+    human = f"requeued {done.requeued} messages (attempt counts {done.attempts})"
+    if args.ids:
+        data |= {"not_found": done.not_found, "not_retryable": done.not_retryable}
+        human += "".join(f"\nnot found: {i}" for i in done.not_found)
+        human += "".join(
+            f"\nnot retryable (sent, queued or in flight): {i}" for i in done.not_retryable
+        )
+    emit(args, data, human)
+    return REFUSED if args.ids and done.requeued < len(set(args.ids)) else OK
+
+
+def _cli_words(text: str) -> str:
+    """An operations sentence with the API's field names as this command's options."""
+    for field, option in (
+        ("'ids'", "IDS"),
+        ("'account_id'", "--account"),
+        ("'status'", "--status"),
+    ):
+        text = text.replace(field, option)
+    return text.replace("GET /accounts (asyncmail accounts list)", "asyncmail accounts list")
 
 
 def cmd_suspend(config: Config, args) -> int:

@@ -100,6 +100,12 @@ def _supervisord_pid(config: Config) -> int | None:
     return None
 
 
+def supervisord_runs(config: Config) -> bool:
+    """True when this var dir's supervisord answers on its socket or its pid is alive."""
+    pid = _supervisord_pid(config)
+    return supervisord_answers(config) or (pid is not None and _alive(pid))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -9,13 +9,21 @@ code).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from common import crypto, store, wakeup
 from common.config import Config
+from common.enums import Status
 from common.models import Account
+from common.ratelimit import WINDOWS, Ledger, Limits
 
 MAX_SECONDS = 2**63 - 1  # an age larger than any SQLite integer is not a real age
+# A process beats every second between units of work, and between the messages of a batch;
+# one unit may hold it for the SMTP timeout (30 s by default) or a report POST's read
+# timeout (30 s).  Silent for twice that, it is stuck or gone.
+STALE_AFTER = 60.0
+RETRY_STATUSES = (Status.ERROR, Status.DEFERRED)
 
 
 class Refusal(enum.StrEnum):
@@ -40,15 +48,156 @@ def status(conn, config: Config, now: float) -> dict:
         "counts": store.messages.status_counts(conn, now),
         "pending_by_priority": store.messages.pending_by_priority(conn),
         "oldest_ready_age_seconds": round(store.messages.oldest_ready_age(conn, now), 3),
-        "processes": store.heartbeats.list_all(conn, now),
+        "processes": heartbeats(conn, now),
     }
 
 
-def run_now(conn, config: Config, now: float) -> int:
-    """Record the request and wake every dispatcher and the reporter; how many were woken."""
+def heartbeats(conn, now: float) -> list[dict]:
+    """Every process's last heartbeat, with its age and whether it is stale."""
+    beats = store.heartbeats.list_all(conn, now)
+    return [{**beat, "stale": beat["age_seconds"] > STALE_AFTER} for beat in beats]
+
+
+def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
+    """What makes the service unhealthy (nothing: healthy), from ``heartbeats()``.
+
+    A stale heartbeat always counts.  While supervisord runs on this var dir, a dispatcher
+    and the reporter must also have beaten recently; without it (never started, or before
+    the first heartbeat) nothing is expected.
+    """
+    problems = [
+        f"{p['process']} ({p['kind']}) last beat {p['age_seconds']:.0f} s ago "
+        f"(stale after {STALE_AFTER:.0f} s)"
+        for p in processes
+        if p["stale"]
+    ]
+    if supervisor_runs:
+        alive = {p["kind"] for p in processes if not p["stale"]}
+        problems += [
+            f"supervisord runs but no {kind} has beaten in the last {STALE_AFTER:.0f} s"
+            for kind in ("dispatcher", "reporter")
+            if kind not in alive
+        ]
+    return problems
+
+
+@dataclass(frozen=True)
+class RunNow:
+    woken: int
+    flushed: int | None = None  # with flush: messages pulled forward from a retry wait
+
+
+def run_now(conn, config: Config, now: float, flush: bool = False) -> RunNow:
+    """Record the request and wake every dispatcher and the reporter.
+
+    With ``flush``, messages waiting for a retry become ready first (``retry`` of every
+    deferred message, attempts kept), so a server back from an outage gets them now.
+    """
+    flushed = None
+    if flush:
+        flushed = retry(conn, config, now, status=Status.DEFERRED.value).requeued
     store.settings.record_run_now(conn, now)
     woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
-    return woken + wakeup.notify(config.run_dir, wakeup.REPORTER)
+    return RunNow(woken + wakeup.notify(config.run_dir, wakeup.REPORTER), flushed)
+
+
+@dataclass(frozen=True)
+class Retry:
+    requeued: int
+    attempts: str  # "reset" (a full set of retries again) or "kept"
+    not_found: list[str] = field(default_factory=list)  # with ids: unknown ids
+    not_retryable: list[str] = field(default_factory=list)  # with ids: sent, queued, in flight
+
+
+def retry(
+    conn,
+    config: Config,
+    now: float,
+    *,
+    ids: list[str] | None = None,
+    account_id: str | None = None,
+    status: str | None = None,
+    reset_attempts: bool = False,
+) -> Retry:
+    """Requeue errored messages, and messages waiting for a retry, so they are sent now.
+
+    Select by ``ids``, or by ``account_id`` and/or ``status`` (error or deferred).  A message
+    deferred by its client's own deferred_ts (never attempted) is not a retry: it is kept.
+    """
+    statuses = _retry_statuses(ids, account_id, status)
+    if account_id is not None and store.accounts.get(conn, account_id) is None:
+        raise Refused(
+            f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
+            Refusal.NOT_FOUND,
+        )
+    chosen = (
+        ids if ids is not None else store.messages.retryable_ids(conn, now, statuses, account_id)
+    )
+    requeued = store.messages.requeue(conn, chosen, now, reset_attempts)
+    done = Retry(len(requeued), "reset" if reset_attempts else "kept")
+    if ids is not None:
+        existing = store.messages.existing_ids(conn, ids)
+        taken = set(requeued)
+        done.not_found.extend(i for i in dict.fromkeys(ids) if i not in existing)
+        done.not_retryable.extend(i for i in existing if i not in taken)
+    if requeued:
+        wakeup.notify(config.run_dir, wakeup.DISPATCHER)
+    return done
+
+
+def _retry_statuses(ids, account_id, status) -> tuple[Status, ...]:
+    if ids is not None and (account_id is not None or status is not None):
+        raise Refused(
+            "give either 'ids', or 'account_id' and/or 'status', not both", Refusal.INVALID
+        )
+    if ids is None and account_id is None and status is None:
+        raise Refused(
+            "say which messages: 'ids', 'account_id' or 'status' (error or deferred)",
+            Refusal.INVALID,
+        )
+    if status is None:
+        return RETRY_STATUSES
+    if status not in {s.value for s in RETRY_STATUSES}:
+        raise Refused("'status' must be 'error' or 'deferred'", Refusal.INVALID)
+    return (Status(status),)
+
+
+def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
+    """An account's sends in each rate-limit window against its limit (None: the [smtp] one).
+
+    ``used`` is what the rate-limit ledger counts (it also holds sends still in flight), or
+    the recorded attempts where they prove more (a ledger not rebuilt yet after a reboot).
+    """
+    account = None
+    if account_id is not None:
+        account = store.accounts.get(conn, account_id)
+        if account is None:
+            raise Refused(
+                f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
+                Refusal.NOT_FOUND,
+            )
+    limits = Limits.from_account(account)
+    recorded = store.attempts.sends_in_windows(conn, account_id, now, [s for _, s in WINDOWS])
+    ledger = Ledger(config.ratelimit_dir).starts(account_id) if limits else []
+    return {
+        "account_id": account_id,
+        "limit_behavior": account["limit_behavior"] if account else "defer",
+        "windows": [
+            _window(name, seconds, getattr(limits, name), recorded[seconds], ledger, now)
+            for name, seconds in WINDOWS
+        ],
+    }
+
+
+def _window(name, seconds, limit, recorded, ledger, now) -> dict:
+    in_window = [t for t in ledger if t > now - seconds]
+    used = max(recorded, len(in_window))
+    entry = {"window": name, "seconds": int(seconds), "limit": limit, "used": used}
+    entry["remaining"] = None if limit is None else max(0, limit - used)
+    # full: the next start waits for the limit-th most recent one to leave the window
+    full = limit is not None and len(in_window) >= limit
+    entry["free_at"] = math.ceil(in_window[-limit] + seconds) if full else None
+    return entry
 
 
 def set_active(conn, config: Config, active: bool) -> None:

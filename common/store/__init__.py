@@ -8,7 +8,8 @@
     heartbeats  process liveness
     claims      dispatch: claim under a lease, release, record outcomes
     reports     delivery reports owed, marked, purged after retention
-    attempts    send starts, for the rate-limit ledger's rebuild
+    attempts    send starts (rate-limit ledger, usage), sends and failures per minute
+    backup      online copies through SQLite's backup API, checked; the swap of a restore
 
 Programs call ``store.<module>.<function>(conn, ...)``; none of them writes SQL.
 """
@@ -16,6 +17,7 @@ Programs call ``store.<module>.<function>(conn, ...)``; none of them writes SQL.
 from common.store import (
     accounts,
     attempts,
+    backup,
     claims,
     db,
     heartbeats,
@@ -28,6 +30,7 @@ from common.store import (
 __all__ = [
     "accounts",
     "attempts",
+    "backup",
     "claims",
     "db",
     "heartbeats",

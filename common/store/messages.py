@@ -203,3 +203,74 @@ def oldest_ready_age(conn, now: float) -> float:
         (now,),
     ).fetchone()
     return 0.0 if row["t"] is None else max(0.0, now - row["t"])
+
+
+def counts_by_status_and_priority(conn, now: float) -> dict[str, dict[int, int]]:
+    """{status: {priority: count}} over every stored message, in one scan."""
+    counts = {s.value: {p: 0 for p in range(4)} for s in Status}
+    for row in conn.execute(
+        f"SELECT {STATUS_CASE_SQL} AS status, priority, count(*) AS n FROM messages GROUP BY 1, 2",
+        {"now": now},
+    ):
+        counts[row["status"]][row["priority"]] = row["n"]
+    return counts
+
+
+# -- retry: the operator requeues what failed or waits for a retry ----------------------------
+REQUEUE_BATCH = 500  # rows per write transaction: a large requeue never stalls enqueues
+
+# What `retry` may requeue: a terminal error, or a row waiting for the retry of a failed
+# attempt.  A row deferred only by its client's deferred_ts (attempts = 0) is the client's
+# schedule, and a rate-limit wait without a failed attempt would only be deferred again.
+RETRYABLE_SQL = {
+    Status.ERROR: STATUS_SQL[Status.ERROR],
+    Status.DEFERRED: f"{STATUS_SQL[Status.DEFERRED]} AND attempts > 0",
+}
+
+# ERROR/DEFERRED -> QUEUED.  A requeued error's outcome is undone (outcome_at, reported_ts
+# cleared): its next terminal outcome owes the client a fresh report, and the retention
+# purge, which counts from those columns, cannot remove it meanwhile.  `error` and
+# `smtp_code` stay as the last attempt left them until the next outcome replaces them.
+_REQUEUE = """
+UPDATE messages SET error_ts = NULL, outcome_at = NULL, reported_ts = NULL, deferred_ts = NULL,
+    ready_at = :now, updated_at = :now_s,
+    attempts = CASE WHEN :reset THEN 0 ELSE attempts END
+WHERE id = :id AND ({retryable})
+"""
+
+
+def retryable_ids(
+    conn, now: float, statuses: Iterable[Status], account_id: str | None = None
+) -> list[str]:
+    """Ids of the rows ``requeue`` would take, of these statuses (and this account)."""
+    where = " OR ".join(f"({RETRYABLE_SQL[s]})" for s in statuses)
+    params: dict = {"now": now}
+    if account_id is not None:
+        where = f"({where}) AND account_id = :account_id"
+        params["account_id"] = account_id
+    return [row["id"] for row in conn.execute(f"SELECT id FROM messages WHERE {where}", params)]
+
+
+def requeue(conn, ids: list[str], now: float, reset_attempts: bool) -> list[str]:
+    """Requeue the listed rows that are still retryable, in short batches; the ids requeued."""
+    retryable = " OR ".join(f"({sql})" for sql in RETRYABLE_SQL.values())
+    statement = _REQUEUE.format(retryable=retryable)
+    done: list[str] = []
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), REQUEUE_BATCH):
+        with write(conn):
+            for message_id in unique[start : start + REQUEUE_BATCH]:
+                params = {"id": message_id, "now": now, "now_s": int(now), "reset": reset_attempts}
+                conn.execute(statement, params)
+                if conn.changes():
+                    done.append(message_id)
+    return done
+
+
+def existing_ids(conn, ids: Iterable[str]) -> set[str]:
+    """Which of these ids are stored."""
+    return {
+        message_id
+        for message_id in dict.fromkeys(ids)
+        if conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
+    }

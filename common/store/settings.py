@@ -1,4 +1,5 @@
-"""Persisted switches: the scheduler's ``active`` flag and the time of the last ``run-now``."""
+"""Persisted switches and values: the scheduler's ``active`` flag, the time of the last
+``run-now``, the status page's session key."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ def run_now_at(conn) -> float:
         return float(value) if value else 0.0
     except ValueError:  # not written by run-now: ignore it rather than stop anything
         return 0.0
+
+
+def get_or_create(conn, key: str, value: str) -> str:
+    """The stored value of ``key``; ``value`` is stored first when there is none (first wins)."""
+    stored = get(conn, key)
+    if stored is None:
+        with write(conn):
+            conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, value))
+        stored = get(conn, key)
+    return stored
