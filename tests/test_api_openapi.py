@@ -161,11 +161,23 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
         "POST", "/commands/cleanup-messages", None, {"older_than_seconds": -1}, 400, {},
     ),
     "run-now": ("POST", "/commands/run-now", None, None, 200, {}),
+    "run-now-flush": ("POST", "/commands/run-now", None, {"flush": True}, 200, {}),
+    "run-now-bad": ("POST", "/commands/run-now", None, {"flush": "yes"}, 400, {}),
+    "retry-ids": (
+        "POST", "/commands/retry", None, {"ids": ["sent", "later", "nope"]}, 200, {},
+    ),
+    "retry-status": (
+        "POST", "/commands/retry", None, {"status": "error", "reset_attempts": True}, 200, {},
+    ),
+    "retry-bad": ("POST", "/commands/retry", None, {"status": "sent"}, 400, {}),
+    "retry-unknown-account": ("POST", "/commands/retry", None, {"account_id": "x"}, 404, {}),
     "suspend": ("POST", "/commands/suspend", None, None, 200, {}),
     "activate": ("POST", "/commands/activate", None, None, 200, {}),
     "account": ("POST", "/account", None, {**GOOD_ACCOUNT, "limit_per_day": 5}, 200, {}),
     "account-bad": ("POST", "/account", None, {**GOOD_ACCOUNT, "ttl": 86401}, 400, {}),
     "accounts": ("GET", "/accounts", None, None, 200, {}),
+    "usage": ("GET", "/accounts/{account_id}/usage", "/accounts/acme/usage", None, 200, {}),
+    "usage-unknown": ("GET", "/accounts/{account_id}/usage", "/accounts/x/usage", None, 404, {}),
     "delete-account-busy": ("DELETE", "/account/{account_id}", "/account/acme", None, 409, {}),
     "delete-account": (
         "DELETE", "/account/{account_id}", "/account/acme?purge=true", None, 200, {},

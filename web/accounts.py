@@ -1,4 +1,4 @@
-"""SMTP accounts: create or replace, list, delete (``common.operations``)."""
+"""SMTP accounts: create or replace, list, delete, usage (``common.operations``)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def delete_account(account_id: str):
     except operations.Refused as exc:
         abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
     return jsonify(ok=True, removed=account_id, purged_messages=purged)
+
+
+@blueprint.get("/accounts/<path:account_id>/usage")
+def usage(account_id: str):
+    """Sends in each rate-limit window against the account's limit."""
+    try:
+        found = operations.usage(get_conn(), get_config(), account_id, time.time())
+    except operations.Refused as exc:
+        abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
+    return jsonify(ok=True, **found)

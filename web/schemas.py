@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 
 from common.enums import Outcome, Priority, Status
 from common.models import MAX_BATCH, Message, PriorityValue, omittable
-from common.operations import MAX_SECONDS
+from common.operations import MAX_SECONDS, STALE_AFTER
 from web.messages import MAX_CURSOR, MAX_PAGE, PAGE_SIZE
 
 # -- requests ----------------------------------------------------------------------------------
@@ -45,6 +45,30 @@ class CleanupRequest(BaseModel):
 
     older_than_seconds: StrictInt | None = Field(
         None, ge=0, le=MAX_SECONDS, description="Default: delivery_report_retention_seconds."
+    )
+
+
+class RunNowRequest(BaseModel):
+    """What run-now does besides waking every process."""
+
+    flush: StrictBool = Field(
+        False,
+        description="First make every message waiting for a retry ready now (attempts kept).",
+    )
+
+
+class RetryRequest(BaseModel):
+    """Which messages to requeue: 'ids', or 'account_id' and/or 'status'."""
+
+    ids: list[StrictStr] | None = Field(None, description="These messages.")
+    account_id: StrictStr | None = Field(None, description="The messages of this account.")
+    status: Literal["error", "deferred"] | None = Field(
+        None,
+        description="Only errored messages, or only those waiting for a retry; default: both. "
+        "A message deferred by its own deferred_ts (never attempted) is never requeued.",
+    )
+    reset_attempts: StrictBool = Field(
+        False, description="true: a full set of retries again; false: the attempt counts stay."
     )
 
 
@@ -121,6 +145,7 @@ class Heartbeat(Shape):
     pid: int
     ts: int = Field(description="Epoch seconds.")
     age_seconds: float
+    stale: bool = Field(description=f"Silent for more than {STALE_AFTER:.0f} s: stuck or gone.")
 
 
 StatusCounts = create_model(
@@ -170,6 +195,18 @@ class RunNowAnswer(Answer):
     """How many processes were woken."""
 
     woken: int
+    flushed: int = omittable("With flush: messages made ready from a retry wait.")
+
+
+class RetryAnswer(Answer):
+    """How many messages were requeued, and what became of their attempt counts."""
+
+    requeued: int
+    attempts: Literal["reset", "kept"]
+    not_found: list[str] = omittable("With ids: the ids that are not stored.")
+    not_retryable: list[str] = omittable(
+        "With ids: stored but not requeued (sent, queued, in flight, or deferred by the client)."
+    )
 
 
 class ActiveAnswer(Answer):
@@ -209,6 +246,25 @@ class AccountsAnswer(Answer):
     """Every account."""
 
     accounts: list[StoredAccount]
+
+
+class UsageWindow(Shape):
+    """Sends started in one rate-limit window, against the account's limit for it."""
+
+    window: Literal["per_second", "per_minute", "per_hour", "per_day"]
+    seconds: int
+    limit: int | None = Field(description="null: no limit for this window.")
+    used: int = Field(description="Sends started in the last 'seconds' (the ledger's count).")
+    remaining: int | None = Field(description="null without a limit.")
+    free_at: int | None = Field(description="When the window is full: epoch of the next free slot.")
+
+
+class UsageAnswer(Answer):
+    """An account's usage of each rate-limit window."""
+
+    account_id: str
+    limit_behavior: Literal["defer", "reject"]
+    windows: list[UsageWindow]
 
 
 class DeleteAccountAnswer(Answer):
