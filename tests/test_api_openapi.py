@@ -54,17 +54,26 @@ def test_route_table_is_the_url_map(make_config):
     assert {(method.upper(), path) for path, item in paths.items() for method in item} == served
 
 
-def test_only_health_is_open():
+def test_only_health_and_the_login_form_are_open():
+    """/ui/login and /ui/logout need no session (they check the token and the Origin)."""
     open_operations = [
-        path
+        (method, path)
         for path, item in openapi_document()["paths"].items()
-        for operation in item.values()
+        for method, operation in item.items()
         if operation.get("security") == []
     ]
-    assert open_operations == ["/health"]
+    assert open_operations == [
+        ("get", "/health"),
+        ("get", "/ui/login"),
+        ("post", "/ui/login"),
+        ("post", "/ui/logout"),
+    ]
     schemes = openapi_document()["components"]["securitySchemes"]
     assert schemes["apiToken"] == {"type": "apiKey", "in": "header", "name": "X-API-Token"}
     assert schemes["bearerToken"] == {"type": "http", "scheme": "bearer"}
+    assert schemes["uiSession"] == {"type": "apiKey", "in": "cookie", "name": "asyncmail_ui"}
+    ui = openapi_document()["paths"]["/ui"]["get"]
+    assert ui["security"] == [{"uiSession": []}]
 
 
 def test_served_document_is_the_module_document(make_config):
@@ -103,9 +112,9 @@ def check(response, method: str, path: str, body=None, query: str = "") -> None:
     operation = document["paths"][path][method.lower()]
     documented = operation["responses"].get(str(response.status_code))
     assert documented, f"{method} {path} answered an undocumented {response.status_code}"
-    ((media_type, content),) = documented["content"].items()
-    assert response.mimetype == media_type
-    if media_type == "application/json":
+    content = documented["content"].get(response.mimetype)
+    assert content, f"{method} {path} answered an undocumented {response.mimetype}"
+    if response.mimetype == "application/json":
         validator(content["schema"]).validate(response.json)
     names = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
     assert {name for name, _ in parse_qsl(query)} <= names, "an undocumented query argument"
@@ -191,6 +200,10 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
     "message-unknown": ("GET", "/messages/{message_id}", "/messages/none", None, 404, {}),
     "metrics": ("GET", "/metrics", None, None, 200, {}),
     "openapi": ("GET", "/openapi.json", None, None, 200, {}),
+    "ui-without-session": ("GET", "/ui", None, None, 303, {}),
+    "ui-login-form": ("GET", "/ui/login", None, None, 200, {}),
+    "ui-login-without-origin": ("POST", "/ui/login", None, None, 403, {}),
+    "ui-logout-without-origin": ("POST", "/ui/logout", None, None, 403, {}),
     "no-token": ("GET", "/accounts", None, None, 401, {"api_token": "other"}),
 }  # fmt: skip
 
@@ -229,6 +242,30 @@ def test_real_answer_matches_its_documented_schema(app, call):
     response = client.test_client().open(url or path, method=method, json=body, headers=headers)
     assert response.status_code == status, response.get_data(as_text=True)
     check(response, method, path, body, urlsplit(url or path).query)
+
+
+def test_status_page_answers_match(app):
+    """Logged in through the form, every /ui answer is the documented HTML."""
+    client = app.test_client()
+    origin = {"Origin": "http://localhost"}
+    wrong = client.post("/ui/login", data={"token": "nope"}, headers=origin)
+    check(wrong, "POST", "/ui/login")
+    assert wrong.status_code == 401 and wrong.mimetype == "text/html"
+    right = client.post("/ui/login", data={"token": TOKEN}, headers=origin)
+    check(right, "POST", "/ui/login")
+    assert right.status_code == 303
+    page = client.get("/ui")
+    check(page, "GET", "/ui")
+    assert page.status_code == 200
+    out = client.post("/ui/logout", headers=origin)
+    check(out, "POST", "/ui/logout")
+    assert out.status_code == 303
+    no_token = create_app(app.config["ASYNCMAIL"], api_token=None).test_client()
+    check(no_token.get("/ui/login"), "GET", "/ui/login")
+    assert no_token.get("/ui/login").status_code == 303
+    remote = no_token.post("/ui/login", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    check(remote, "POST", "/ui/login")
+    assert remote.status_code == 401 and remote.mimetype == "application/json"
 
 
 def test_calls_cover_every_route():

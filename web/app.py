@@ -2,7 +2,8 @@
 
 Every start-up path (gunicorn, the test client, any caller of ``create_app``) goes through
 ``create_app``, which installs authentication, JSON error answers and request metrics before
-any route exists, so no configuration can produce an unauthenticated or HTML-answering app.
+any route exists, so no configuration can produce an unauthenticated app, and errors answer
+JSON.  The one HTML room is the status page (``web.ui``, /ui), behind its session cookie.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from flask import Flask, Response, g, jsonify, request
 
 from common import metrics
 from common.config import Config, load_config
-from web import accounts, auth, commands, errors, messages, service
+from web import accounts, auth, commands, errors, messages, service, ui
 
 DEFAULT_ACCOUNT = "default"  # metric label of the implicit [smtp] account, as in the reference
 REFERENCE_COUNTERS = (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED)
-BLUEPRINTS = (service.blueprint, messages.blueprint, commands.blueprint, accounts.blueprint)
+BLUEPRINTS = (
+    service.blueprint,
+    messages.blueprint,
+    commands.blueprint,
+    accounts.blueprint,
+    ui.blueprint,
+)
 
 
 class ApiFlask(Flask):

@@ -1,5 +1,6 @@
 """Who may call the API: the token in ``X-API-Token`` or ``Authorization: Bearer``, compared in
-constant time; without a configured token, loopback clients only.  ``/health`` is open."""
+constant time; without a configured token, loopback clients only.  ``/health`` is open.
+The status page (/ui) authenticates with its session cookie instead (``web.session``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ipaddress
 
 from flask import abort, request
 
+from web import session
 from web.db import get_config
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a token: load balancers probe it
@@ -45,6 +47,8 @@ def authenticate():
                 "set [server] api_token to accept remote clients.",
             )
         return
+    if session.is_ui_path(request.path):
+        return session.require_session()
     token = presented_token()
     if token is None:
         abort(

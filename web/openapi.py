@@ -42,6 +42,7 @@ from web.schemas import (
     ServiceStatus,
     UsageAnswer,
 )
+from web.session import COOKIE
 
 REF = "#/components/schemas/{model}"
 SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # either header; /health needs neither
@@ -65,7 +66,15 @@ class Media:
     media_type: str = "application/json"
 
 
-Answer = type[BaseModel] | tuple[type[BaseModel], ...] | Media
+Answer = type[BaseModel] | Media | tuple[type[BaseModel] | Media, ...]  # a tuple: any of them
+
+
+def html(description: str) -> Media:
+    """An HTML answer of the status page."""
+    return Media(description, {"type": "string"}, "text/html")
+
+
+PAGE = html("The page.")
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class Route:
     query: type[BaseModel] | None = None
     public: bool = False  # answered without a token
     database: bool = True  # False: never waits for the database, so never answers 503
+    session: bool = False  # the status page: its session cookie instead of the token
 
 
 BAD_BODY = {400: Error, 413: Error}  # every route that reads a JSON body
@@ -134,6 +144,23 @@ ROUTES = (
           {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}),
     Route("openapi", "GET", "/openapi.json", "This document.",
           {200: Media("The OpenAPI 3.1 document.", {"type": "object"})}, database=False),
+    # the status page: HTML for people (docs/operations.md), behind a session cookie
+    Route("statusPage", "GET", "/ui", "The status page (HTML, refreshes itself).",
+          {200: PAGE, 303: html("No session: to the login form.")},
+          session=True),
+    Route("loginForm", "GET", "/ui/login", "The status page's login form (HTML).",
+          {200: PAGE, 303: html("No api_token configured: to the page.")},
+          public=True, database=False),
+    Route("login", "POST", "/ui/login",
+          "Form field 'token' (the api_token) for a session cookie; same-origin forms only.",
+          {303: html("Logged in: the session cookie, and to the page."),
+           401: (html("Wrong token: the form again."), Error),
+           403: html("Not sent from a page of this server: refused.")},
+          public=True),
+    Route("logout", "POST", "/ui/logout", "End the session; same-origin forms only.",
+          {303: html("Logged out: to the login form."),
+           403: html("Not sent from a page of this server: refused.")},
+          public=True, database=False),
 )  # fmt: skip
 
 
@@ -148,12 +175,15 @@ def _ref(model: type[BaseModel]) -> dict:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _parts(answer: Answer) -> tuple[type[BaseModel] | Media, ...]:
+    return answer if isinstance(answer, tuple) else (answer,)
+
+
 def _models(route: Route) -> list[type[BaseModel]]:
     """The models a route's body and answers name (its query becomes parameters)."""
     found = [route.body] if route.body else []
     for answer in _answers(route).values():
-        if not isinstance(answer, Media):
-            found.extend(answer if isinstance(answer, tuple) else (answer,))
+        found.extend(part for part in _parts(answer) if not isinstance(part, Media))
     return found
 
 
@@ -167,13 +197,16 @@ def _answers(route: Route) -> dict[int, Answer]:
 
 
 def _response(status: int, answer: Answer) -> dict:
-    if isinstance(answer, Media):
-        content = {answer.media_type: {"schema": answer.schema}}
-        return {"description": answer.description, "content": content}
-    models = answer if isinstance(answer, tuple) else (answer,)
-    schema = _ref(models[0]) if len(models) == 1 else {"anyOf": [_ref(m) for m in models]}
-    description = ERRORS[status] if models[0] is Error else models[0].__doc__.splitlines()[0]
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    media = [part for part in _parts(answer) if isinstance(part, Media)]
+    models = [part for part in _parts(answer) if not isinstance(part, Media)]
+    content = {m.media_type: {"schema": m.schema} for m in media}
+    descriptions = [m.description for m in media]
+    if models:
+        schema = _ref(models[0]) if len(models) == 1 else {"anyOf": [_ref(m) for m in models]}
+        content["application/json"] = {"schema": schema}
+        first = models[0]
+        descriptions.append(ERRORS[status] if first is Error else first.__doc__.splitlines()[0])
+    return {"description": " Or: ".join(descriptions), "content": content}
 
 
 def _parameters(route: Route, defs: dict) -> list[dict]:
@@ -212,6 +245,8 @@ def _operation(route: Route, defs: dict) -> dict:
         }
     if route.public:
         operation["security"] = []
+    elif route.session:
+        operation["security"] = [{"uiSession": []}]
     return operation
 
 
@@ -246,7 +281,8 @@ def openapi_document() -> dict:
             "description": "Durable REST-to-SMTP relay. Every answer is JSON with 'ok'; "
             "failures add 'error'. Timestamps are epoch seconds. Unknown routes answer 404 "
             "and wrong methods 405, both JSON. Without a configured api_token only loopback "
-            "clients are served.",
+            "clients are served. The /ui paths are the status page for people: HTML, with a "
+            "session cookie from its login form.",
         },
         "security": SECURITY,
         "paths": paths,
@@ -254,6 +290,7 @@ def openapi_document() -> dict:
             "securitySchemes": {
                 "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"},
                 "bearerToken": {"type": "http", "scheme": "bearer"},
+                "uiSession": {"type": "apiKey", "in": "cookie", "name": COOKIE},
             },
             "schemas": _components(defs),
         },
