@@ -17,12 +17,13 @@ from common.config import Config
 
 def _held(summary: dict) -> str:
     counts = " ".join(f"{status}:{n}" for status, n in summary["messages"].items())
+    attempts = " ".join(f"{outcome}:{n}" for outcome, n in summary["attempts"].items())
     return pairs(
         {
             "schema version": summary["schema_version"],
             "messages": counts,
             "accounts": summary["accounts"],
-            "attempts": summary["attempts"],
+            "attempts": attempts or "0",
             "size": f"{summary['bytes']} bytes",
         }
     )
@@ -77,13 +78,24 @@ def _refuse_while_running(config: Config) -> None:
     if not config.database.exists():
         return
     beats = operations.heartbeats(store.db.open_database(config), time.time())
-    alive = [b["process"] for b in beats if not b["stale"]]
+    alive = [b["process"] for b in beats if not b["stale"] and _running(b["pid"])]
     if alive:
         raise CliError(
-            f"{', '.join(alive)} beat less than {operations.STALE_AFTER:.0f} s ago; "
-            "stop every process using this database first",
+            f"{', '.join(alive)} beat less than {operations.STALE_AFTER:.0f} s ago and still "
+            "run; stop every process using this database first",
             REFUSED,
         )
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a clean stop leaves a fresh beat)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 def cmd_restore(config: Config, args) -> int:

@@ -64,18 +64,17 @@ def check(conn: apsw.Connection) -> None:
 
 
 def summary(conn: apsw.Connection, now: float) -> dict:
-    """What a copy holds: schema version, messages by status, accounts, attempts, size."""
-
-    def count(table: str) -> int:
-        return conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]
-
+    """What a copy holds: schema version, messages by status, accounts, attempts by outcome,
+    size."""
+    accounts = conn.execute("SELECT count(*) AS n FROM accounts").fetchone()["n"]
+    attempts = conn.execute("SELECT outcome, count(*) AS n FROM attempts GROUP BY outcome")
     pages = conn.execute("PRAGMA page_count").fetchone()["page_count"]
     page_size = conn.execute("PRAGMA page_size").fetchone()["page_size"]
     return {
         "schema_version": schema_version(conn),
         "messages": status_counts(conn, now),
-        "accounts": count("accounts"),
-        "attempts": count("attempts"),
+        "accounts": accounts,
+        "attempts": {row["outcome"]: row["n"] for row in attempts},
         "bytes": pages * page_size,
     }
 
