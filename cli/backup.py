@@ -10,7 +10,7 @@ from pathlib import Path
 import apsw
 
 from cli.output import OK, REFUSED, UNAVAILABLE, CliError, emit, pairs
-from cli.stack import supervisord_runs
+from cli.stack import pid_alive, supervisord_runs
 from common import operations, store
 from common.config import Config
 
@@ -78,24 +78,14 @@ def _refuse_while_running(config: Config) -> None:
     if not config.database.exists():
         return
     beats = operations.heartbeats(store.db.open_database(config), time.time())
-    alive = [b["process"] for b in beats if not b["stale"] and _running(b["pid"])]
+    # a clean stop leaves a fresh beat behind: only a live pid means a running process
+    alive = [b["process"] for b in beats if not b["stale"] and pid_alive(b["pid"])]
     if alive:
         raise CliError(
             f"{', '.join(alive)} beat less than {operations.STALE_AFTER:.0f} s ago and still "
             "run; stop every process using this database first",
             REFUSED,
         )
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (a clean stop leaves a fresh beat)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
 
 
 def cmd_restore(config: Config, args) -> int:

@@ -103,10 +103,11 @@ def _supervisord_pid(config: Config) -> int | None:
 def supervisord_runs(config: Config) -> bool:
     """True when this var dir's supervisord answers on its socket or its pid is alive."""
     pid = _supervisord_pid(config)
-    return supervisord_answers(config) or (pid is not None and _alive(pid))
+    return supervisord_answers(config) or (pid is not None and pid_alive(pid))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,12 +120,12 @@ def _alive(pid: int) -> bool:
 def cmd_shutdown(config: Config, args) -> int:
     """Stop every program gracefully, then supervisord; return once all of it is gone."""
     pid = _supervisord_pid(config)
-    if pid is None or not _alive(pid) or not supervisord_answers(config):
+    if pid is None or not pid_alive(pid) or not supervisord_answers(config):
         emit(args, {"ok": True, "running": False}, "supervisord is not running")
         return OK
     os.kill(pid, signal.SIGTERM)  # supervisord stops each program with its stopsignal first
     deadline = time.monotonic() + args.timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise CliError(
                 f"supervisord (pid {pid}) still runs after {args.timeout} s", UNAVAILABLE
