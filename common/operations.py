@@ -24,6 +24,9 @@ MAX_SECONDS = 2**63 - 1  # an age larger than any SQLite integer is not a real a
 # timeout (30 s).  Silent for twice that, it is stuck or gone.
 STALE_AFTER = 60.0
 RETRY_STATUSES = (Status.ERROR, Status.DEFERRED)
+# Reading a ledger holds its lock ~1 µs per slot, and the dispatchers wait meanwhile: past
+# this many slots (the largest limit) usage counts the attempts table instead (~10 ms cap).
+LEDGER_READ_MAX = 10_000
 
 
 class Refusal(enum.StrEnum):
@@ -166,7 +169,8 @@ def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
     """An account's sends in each rate-limit window against its limit (None: the [smtp] one).
 
     ``used`` is what the rate-limit ledger counts (it also holds sends still in flight), or
-    the recorded attempts where they prove more (a ledger not rebuilt yet after a reboot).
+    the recorded attempts where they prove more (a ledger not rebuilt yet after a reboot,
+    or one too large to read while dispatchers wait for it).
     """
     account = None
     if account_id is not None:
@@ -178,26 +182,30 @@ def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
             )
     limits = Limits.from_account(account)
     recorded = store.attempts.sends_in_windows(conn, account_id, now, [s for _, s in WINDOWS])
-    ledger = Ledger(config.ratelimit_dir).starts(account_id) if limits else []
+    readable = limits and limits.capacity <= LEDGER_READ_MAX
+    ledger = Ledger(config.ratelimit_dir).starts(account_id) if readable else []
+
+    def window(name: str, seconds: float) -> dict:
+        limit = getattr(limits, name)
+        in_window = [t for t in ledger if t > now - seconds]
+        used = max(recorded[seconds], len(in_window))
+        entry = {"window": name, "seconds": int(seconds), "limit": limit, "used": used}
+        entry["remaining"] = None if limit is None else max(0, limit - used)
+        entry["free_at"] = None
+        if limit is not None and used >= limit:  # full: wait for the limit-th latest start
+            nth = (
+                in_window[-limit]
+                if len(in_window) >= limit
+                else store.attempts.nth_latest_send(conn, account_id, limit, now - seconds)
+            )
+            entry["free_at"] = None if nth is None else math.ceil(nth + seconds)
+        return entry
+
     return {
         "account_id": account_id,
         "limit_behavior": account["limit_behavior"] if account else "defer",
-        "windows": [
-            _window(name, seconds, getattr(limits, name), recorded[seconds], ledger, now)
-            for name, seconds in WINDOWS
-        ],
+        "windows": [window(name, seconds) for name, seconds in WINDOWS],
     }
-
-
-def _window(name, seconds, limit, recorded, ledger, now) -> dict:
-    in_window = [t for t in ledger if t > now - seconds]
-    used = max(recorded, len(in_window))
-    entry = {"window": name, "seconds": int(seconds), "limit": limit, "used": used}
-    entry["remaining"] = None if limit is None else max(0, limit - used)
-    # full: the next start waits for the limit-th most recent one to leave the window
-    full = limit is not None and len(in_window) >= limit
-    entry["free_at"] = math.ceil(in_window[-limit] + seconds) if full else None
-    return entry
 
 
 def set_active(conn, config: Config, active: bool) -> None:

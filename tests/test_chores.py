@@ -68,7 +68,8 @@ def outcome(conn, message_id, state: Next, now: float, ready_at=None, result=Out
     assert message_id in {row["id"] for row in claim.messages}
     others = [row["id"] for row in claim.messages if row["id"] != message_id]
     store.claims.release(conn, others, "d-00", claimed_at)
-    attempt = Attempt(message_id, None, now, result, 451, "4.3.0 try later", 0.01)
+    account_id = next(r["account_id"] for r in claim.messages if r["id"] == message_id)
+    attempt = Attempt(message_id, account_id, now, result, 451, "4.3.0 try later", 0.01)
     error = "4.3.0 try later" if state is not Next.SENT else None
     store.claims.record(conn, [Transition(attempt, state, now, ready_at, error=error)], "d-00")
 
@@ -324,3 +325,16 @@ def test_restore_refuses_a_bad_file_and_a_live_process(run, conn, cfg, tmp_path)
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 1, time.time())
     code, _, err = run("restore", str(good))
     assert code == 1 and "dispatcher-00" in err
+
+
+def test_usage_of_a_ledger_too_large_to_read_comes_from_attempts(conn, cfg):
+    now = time.time()
+    big = {"limit_per_minute": 2, "limit_per_day": operations.LEDGER_READ_MAX + 1}
+    operations.save_account(conn, cfg, _account("bulk", **big), now)
+    enqueue(conn, cfg, message("a", "bulk"), message("b", "bulk"))
+    outcome(conn, "a", Next.SENT, now - 20, result=Outcome.SENT)
+    outcome(conn, "b", Next.SENT, now - 10, result=Outcome.SENT)
+    windows = {w["window"]: w for w in operations.usage(conn, cfg, "bulk", now)["windows"]}
+    assert windows["per_minute"]["used"] == 2 and windows["per_minute"]["remaining"] == 0
+    assert windows["per_minute"]["free_at"] == math.ceil(now - 20 + 60)
+    assert windows["per_day"]["remaining"] == operations.LEDGER_READ_MAX - 1

@@ -46,6 +46,16 @@ def sends_in_windows(
     return {w: row[f"w{n}"] for n, w in enumerate(windows)}
 
 
+def nth_latest_send(conn, account_id: str | None, n: int, since: float) -> float | None:
+    """Start of the account's ``n``-th most recent send after ``since`` (None: fewer)."""
+    row = conn.execute(
+        f"SELECT ts FROM attempts WHERE account_id IS ? AND ts > ? AND outcome IN ({_SEND_IN}) "
+        "ORDER BY ts DESC LIMIT 1 OFFSET ?",
+        (account_id, since, n - 1),
+    ).fetchone()
+    return None if row is None else row["ts"]
+
+
 def per_minute(
     conn, account_ids: Iterable[str | None], since: float, now: float
 ) -> dict[str | None, dict[int, dict[str, int]]]:
