@@ -28,9 +28,9 @@ ABSENT = {
     "import dispatcher.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"requests", "urllib3",
                                                                       "reporter"},
     "import reporter.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"dispatcher"},
-    # the OpenAPI document only when /openapi.json is asked for
+    # the OpenAPI document and its answer models only when /openapi.json is asked for
     "import web.wsgi": NO_PROCESS_NEEDS | {"requests", "urllib3", "tenacity", "dispatcher",
-                                          "reporter", "web.openapi"},
+                                          "reporter", "web.openapi", "web.schemas"},
     # gunicorn's master runs the config file only: the app and its database live in workers
     "import runpy; runpy.run_path('etc/gunicorn.conf.py')": NO_PROCESS_NEEDS | WORKERS_NEVER
     | {"apsw"},

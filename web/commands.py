@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, abort, jsonify
-from pydantic import BaseModel, ValidationError
 
 from common import operations
-from common.models import explain
 from web.db import get_config, get_conn
 from web.inputs import json_body
-from web.schemas import RetryRequest, RunNowRequest
 
 REFUSAL_STATUS = {operations.Refusal.NOT_FOUND: 404, operations.Refusal.CONFLICT: 409}
 
@@ -32,18 +29,24 @@ def cleanup_messages():
     return jsonify(answer)
 
 
-def _validated(model: type[BaseModel], body: dict) -> BaseModel:
-    """The body as ``model``, or a 400 naming the first bad field."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        abort(400, f"Invalid request: {explain(exc)}.")
+def _field(body: dict, name: str, kind: type, what: str, default=None):
+    """``body[name]`` when it is a ``kind`` (absent or null: ``default``), else a 400.
+
+    Checked by hand like every body here: web.schemas describes them for the OpenAPI
+    document, and workers never load it.
+    """
+    value = body.get(name)
+    if value is None:
+        return default
+    if type(value) is not kind:  # exact: JSON makes no subclasses, and true is no number
+        abort(400, f"'{name}' must be {what}.")
+    return value
 
 
 @blueprint.post("/run-now")
 def run_now():
     """Record the request and wake every dispatcher and the reporter; flush: retries first."""
-    flush = _validated(RunNowRequest, json_body(optional=True)).flush
+    flush = _field(json_body(optional=True), "flush", bool, "true or false", False)
     done = operations.run_now(get_conn(), get_config(), time.time(), flush)
     answer = {"ok": True, "woken": done.woken}
     if flush:
@@ -54,21 +57,24 @@ def run_now():
 @blueprint.post("/retry")
 def retry():
     """Requeue errored messages and messages waiting for a retry, by ids, account or status."""
-    asked = _validated(RetryRequest, json_body())
+    body = json_body()
+    ids = _field(body, "ids", list, "a list of message id strings")
+    if ids is not None and not all(isinstance(i, str) for i in ids):
+        abort(400, "'ids' must be a list of message id strings.")
     try:
         done = operations.retry(
             get_conn(),
             get_config(),
             time.time(),
-            ids=asked.ids,
-            account_id=asked.account_id,
-            status=asked.status,
-            reset_attempts=asked.reset_attempts,
+            ids=ids,
+            account_id=_field(body, "account_id", str, "an account id string"),
+            status=_field(body, "status", str, "'error' or 'deferred'"),
+            reset_attempts=_field(body, "reset_attempts", bool, "true or false", False),
         )
     except operations.Refused as exc:
         abort(REFUSAL_STATUS.get(exc.kind, 400), f"{exc}.")
     answer = {"ok": True, "requeued": done.requeued, "attempts": done.attempts}
-    if asked.ids is not None:
+    if ids is not None:
         answer |= {"not_found": done.not_found, "not_retryable": done.not_retryable}
     return jsonify(answer)
 
