@@ -133,7 +133,8 @@ def test_tampered_expired_or_foreign_cookies_open_nothing(client, cfg, conn):
     logged_in(client)
     value = client.get_cookie(session.COOKIE, path="/ui").value
     expires, mac = value.split(".")
-    for forged in (f"{expires}.{mac[:-1]}0", f"{int(expires) + 1}.{mac}", TOKEN, "garbage"):
+    flipped = mac[:-1] + ("1" if mac.endswith("0") else "0")  # one hex digit changed
+    for forged in (f"{expires}.{flipped}", f"{int(expires) + 1}.{mac}", TOKEN, "garbage"):
         client.set_cookie(session.COOKIE, forged, path="/ui")
         assert client.get("/ui").status_code == 303, forged
     other = create_app(cfg, api_token="another-token").test_client()
