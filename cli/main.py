@@ -1,12 +1,14 @@
 """The ``asyncmail`` console script: operator chores without the web process.
 
 Exit codes: 0 done, 1 not found / rejected / refused, 2 bad usage or configuration,
-3 the database or supervisord cannot be reached.  ``--json`` prints machine-readable output.
+3 the database or supervisord cannot be reached, 141 the reader of the output went away
+(``asyncmail status | head``).  ``--json`` prints machine-readable output.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import apsw
@@ -17,6 +19,7 @@ from common.config import ConfigError, load_config
 from common.enums import Status
 
 PRIORITIES = "0-3 or immediate/high/medium/low"
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool its pipe's reader left
 
 
 CONFIG_HELP = "INI file (default: $ASYNCMAIL_CONFIG or etc/asyncmail.ini)"
@@ -200,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Parse, load the configuration, run one command; returns the exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # `asyncmail status | head`: the reader has all it wanted
+        # point stdout at /dev/null so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _run(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)

@@ -50,7 +50,9 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.before_request(_start_timer)
     app.before_request(auth.authenticate)
     app.after_request(_count_request)
-    app.after_request(_sample_process(metrics.ProcessSampler("web")))
+    sample = metrics.ProcessSampler("web")
+    sample()  # this worker's series exist before its first request
+    app.after_request(_sample_process(sample))
     if config.access_log:
         app.after_request(_log_request)
     errors.init_app(app)
