@@ -71,10 +71,9 @@ def test_every_expression_runs_on_prometheus_scraping_the_stack(var_dir, tmp_pat
     try:
         stack.start(expect_running=("web", "reporter", "dispatcher-00"))
         prometheus.start()
-        wait_for(  # enough samples for rate() and the windows of the alerts
-            lambda: prometheus.query('count_over_time(up{job="asyncmail"}[1m]) >= 3')["data"][
-                "result"
-            ],
+        scraped = 'count_over_time(up{job="asyncmail"}[1m]) >= 3'  # enough for rate()
+        wait_for(
+            lambda: prometheus.query(scraped)["data"]["result"],
             timeout=60,
             interval=0.5,
             message="three scrapes of the stack",
@@ -83,14 +82,12 @@ def test_every_expression_runs_on_prometheus_scraping_the_stack(var_dir, tmp_pat
             answer = prometheus.query(expr.replace("$instance", ".*"))
             assert answer["status"] == "success", (expr, answer)
         assert prometheus.query(expressions()[0].replace("$instance", ".*"))["data"]["result"]
-        rules = (
-            wait_for(
-                lambda: all(r["lastEvaluation"] > "2000" for r in prometheus.rules()),
-                timeout=30,
-                message="every alert rule evaluated",
-            )
-            and prometheus.rules()
+        wait_for(
+            lambda: all(r["lastEvaluation"] > "2000" for r in prometheus.rules()),
+            timeout=30,
+            message="every alert rule evaluated",
         )
+        rules = prometheus.rules()
         assert len(rules) == len(alert_rules())
         failing = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
         assert failing == []
