@@ -180,9 +180,9 @@ class ProcessSampler:
 class QueueCollector:
     """Gauges computed from the database and the configuration at scrape time."""
 
-    def __init__(self, connect, config, clock: Callable[[], float] = time.time):
+    def __init__(self, connect, config, accounts: set[str], clock: Callable[[], float]):
         self.connect = connect  # () -> apsw connection, opened lazily by the caller
-        self.config = config
+        self.config, self.accounts = config, accounts  # accounts: their account_id labels
         self.clock = clock  # ages are "now" minus a stored time; a test passes a fixed clock
 
     def collect(self):
@@ -208,7 +208,7 @@ class QueueCollector:
             "priority",
             store.messages.pending_by_priority(conn).items(),
         )
-        due = dict.fromkeys(account_labels(conn), 0)
+        due = dict.fromkeys(self.accounts, 0)
         for account_id, n in store.messages.due_by_account(conn, now).items():
             due[_account_label(account_id)] = n
         yield _labelled(
@@ -311,7 +311,7 @@ def render(connect, config, clock: Callable[[], float] = time.time) -> bytes:
     accounts = account_labels(connect())
     touch_accounts(accounts)
     queue = CollectorRegistry()
-    queue.register(QueueCollector(connect, config, clock))
+    queue.register(QueueCollector(connect, config, accounts, clock))
     source = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         source = CollectorRegistry()

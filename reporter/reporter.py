@@ -34,7 +34,7 @@ POLL_SECONDS = 1.0  # longest sleep between turns: keeps the heartbeat fresh; ca
 PURGE_EVERY = 60.0  # seconds between retention purges: retention is counted in days
 # seconds between WAL checkpoints: at full speed (thousands of messages a second) the
 # dispatchers write ~15 MiB of WAL in this time, far below the automatic checkpoint that
-# would otherwise fall on a claim or an enqueue (make bench, scale); idle, one costs ~20 µs
+# would otherwise fall on a claim or an enqueue (make bench, scale); idle, one costs ~5 µs
 CHECKPOINT_EVERY = 0.25
 BACKOFF_MAX = 30.0  # seconds: an upstream back from an outage hears from us within this
 BACKOFF = tenacity.wait_exponential_jitter(max=BACKOFF_MAX, jitter=1)  # 1, 2, 4 ... s (+0-1 s)

@@ -5,7 +5,7 @@ with ``BEGIN IMMEDIATE`` (``write()`` below) so a busy database waits for ``BUSY
 instead of failing on a read-to-write upgrade.
 
 The WAL is kept small and off the hot paths: the reporter calls ``checkpoint()`` every
-couple of seconds, so the commits of claims and enqueues never have to copy the WAL into the
+quarter of a second, so the commits of claims and enqueues never have to copy the WAL into the
 database themselves.  SQLite's automatic checkpoint stays on, at ``WAL_AUTOCHECKPOINT_PAGES``,
 as the fallback when the reporter is down, and ``JOURNAL_SIZE_LIMIT`` cuts a WAL file that
 grew large (an outage, a long reader) back down when it next restarts from its beginning.
