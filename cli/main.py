@@ -1,8 +1,8 @@
 """The ``asyncmail`` console script: operator chores without the web process.
 
 Exit codes: 0 done, 1 not found / rejected / refused (``status``: unhealthy), 2 bad usage or
-configuration, 3 the database or supervisord cannot be reached.  ``--json`` prints
-machine-readable output.
+configuration, 3 the database or supervisord cannot be reached, 141 the reader of the output
+went away (``asyncmail status | head``).  ``--json`` prints machine-readable output.
 """
 
 from __future__ import annotations
@@ -239,15 +239,21 @@ def _retry(sub, common) -> None:
 
 def main(argv=None) -> int:
     """Parse, load the configuration, run one command; returns the exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # `asyncmail status | head`: the reader has all it wanted
+        # point stdout at /dev/null so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _run(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
         code = args.func(config, args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        sys.stdout.flush()  # a closed pipe shows here, inside main's handler
         return code
-    except BrokenPipeError:  # `asyncmail status | head`: the reader has gone, stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return BROKEN_PIPE
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return USAGE

@@ -157,7 +157,7 @@ def cmd_activate(config: Config, args) -> int:
 
 
 def cmd_cleanup(config: Config, args) -> int:
-    """Delete messages reported longer ago than --older-than (default: the retention)."""
+    """Delete messages finished longer ago than --older-than (default: the retention)."""
     conn = store.db.open_database(config)
     try:
         done = operations.cleanup(conn, config, time.time(), args.older_than)
@@ -166,5 +166,5 @@ def cmd_cleanup(config: Config, args) -> int:
     data = {"ok": True, "removed": done.removed}
     if done.note:
         data["note"] = done.note
-    emit(args, data, done.note or f"removed {done.removed} reported messages")
+    emit(args, data, done.note or f"removed {done.removed} finished messages")
     return OK

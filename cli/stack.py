@@ -80,6 +80,8 @@ def cmd_supervisord(config: Config, args) -> int:
     argv = [str(BIN_DIR / "supervisord"), "-c", str(SUPERVISORD_CONF)]
     if args.foreground:
         argv.append("-n")
+    if os.geteuid() == 0:  # root on purpose (a container): say so, or supervisord logs CRIT
+        argv += ["--user", "root"]
     sys.stdout.flush()
     os.umask(0o077)  # logs, database, ledger: owner only (supervisord.conf repeats it for -d)
     os.execve(argv[0], argv, stack_env(config, os.environ))

@@ -186,6 +186,7 @@ class Config:
     smtp_starttls: bool = _key("smtp", _bool, default=False)
     # [logging]
     delivery_activity: bool = _key("logging", _bool, default=False)
+    access_log: bool = _key("logging", _bool, default=False)  # one line per API request
     log_level: str = _key("logging", _log_level, default="INFO")
 
     # -- derived paths -------------------------------------------------------------------
@@ -212,6 +213,11 @@ class Config:
     @property
     def has_default_account(self) -> bool:
         return self.smtp_host is not None
+
+    @property
+    def reports_enabled(self) -> bool:
+        """Delivery reports are posted (a client_sync_url is set)."""
+        return self.client_sync_url is not None
 
 
 # The [smtp] section's keys are spelled plainly in the INI file (host, port, ...) but would

@@ -7,21 +7,32 @@ program: a restarted dispatcher would erase everyone's counters.  Gauges that de
 queue are read from the database at scrape time (``QueueCollector``), so they are exact
 whichever process answers the scrape.
 
+Per-account series exist from the moment the account does: every scrape gives each account
+(and ``default``) its series at 0 before the first event, so ``rate()`` and ``increase()``
+see a first burst, and drops the series of deleted accounts (multiprocess files cannot
+forget a label set, so the scrape filters them out).
+
 Gauge modes, chosen on purpose:
   HEARTBEAT  ``max``: a timestamp per process name; a restarted process (new pid, same name)
              overtakes its predecessor's value, and a dead one keeps its last beat, which is
              exactly what "when did dispatcher-01 last work" should show.
+  PROCESS_*  ``livesum``: memory, open files and the number of processes of each kind, summed
+             over the live processes of that kind (a dead process stops counting).
 A process that exits calls ``mark_dead(os.getpid())`` (gunicorn's ``child_exit`` does it for
 web workers, ``at_exit()`` for dispatchers and the reporter) so ``live*`` gauges forget it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import platform
 import time
 from collections.abc import Callable
 
 from prometheus_client import (
+    PROCESS_COLLECTOR,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -31,6 +42,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from common.enums import Outcome
+
+DEFAULT_ACCOUNT = "default"  # account_id label of the implicit [smtp] account, as in the reference
 
 # -- the reference's names ------------------------------------------------------------------
 SENT = Counter("asyncmail_sent", "Messages accepted by the SMTP server.", ["account_id"])
@@ -63,6 +78,7 @@ ENQUEUE_TO_SENT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
 )
 REPORT_BATCHES = Counter("asyncmail_report_batches", "proxy_sync requests by result.", ["result"])
+REPORT_RESULTS = ("ok", "failed")
 REPORT_ITEMS = Counter("asyncmail_report_items", "Delivery report items acknowledged.")
 REPORT_LAG_SECONDS = Histogram(
     "asyncmail_report_lag_seconds",
@@ -85,41 +101,136 @@ HEARTBEAT = Gauge(
     multiprocess_mode="max",
 )
 
+# Every label set of these exists at 0 for each account (ACCOUNT_LABELS: the other labels'
+# values), so the first event of an account is an increase, not the birth of a series.
+ACCOUNT_LABELS = {
+    SENT: (),
+    ERRORS: (),
+    DEFERRED: (),
+    RATE_LIMITED: (),
+    ATTEMPTS: tuple((outcome.value,) for outcome in Outcome),
+    SMTP_SEND_SECONDS: (),
+    ENQUEUE_TO_SENT_SECONDS: (),
+}
+ACCOUNT_FAMILIES = frozenset(metric.describe()[0].name for metric in ACCOUNT_LABELS)
 
+# -- processes ------------------------------------------------------------------------------
+# prometheus_client's own process collector reads only the process that answers the scrape;
+# these series cover every process, by kind (web, dispatcher, reporter), and replace it.
+REGISTRY.unregister(PROCESS_COLLECTOR)
+PROCESSES = Gauge(
+    "asyncmail_processes", "Live processes of each kind.", ["kind"], multiprocess_mode="livesum"
+)
+PROCESS_RSS = Gauge(
+    "process_resident_memory_bytes",
+    "Resident memory of the live processes of each kind, summed.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+PROCESS_OPEN_FDS = Gauge(
+    "process_open_fds",
+    "Open file descriptors of the live processes of each kind, summed.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+PROCESS_CPU = Counter(
+    "process_cpu_seconds", "User and system CPU time of every process of each kind.", ["kind"]
+)
+PROCESS_SAMPLE_EVERY = 5.0  # seconds: memory and file counts move slowly; a sample costs ~30 µs
+
+
+@functools.cache
+def build_labels() -> dict[str, str]:
+    """asyncmail_build_info's labels, read at the first scrape (importlib.metadata is big)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("async-mail-service")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "unknown"
+    return {"version": version, "python": platform.python_version()}
+
+
+class ProcessSampler:
+    """Updates this process's ``process_*`` series, at most every PROCESS_SAMPLE_EVERY."""
+
+    def __init__(self, kind: str, clock: Callable[[], float] = time.monotonic):
+        self.kind, self.clock = kind, clock
+        self.last = -PROCESS_SAMPLE_EVERY
+        self.cpu = 0.0  # CPU seconds already counted
+        PROCESSES.labels(kind).set(1)
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if now - self.last < PROCESS_SAMPLE_EVERY:
+            return
+        self.last = now
+        times = os.times()
+        cpu = times.user + times.system
+        PROCESS_CPU.labels(self.kind).inc(max(0.0, cpu - self.cpu))
+        self.cpu = cpu
+        with contextlib.suppress(OSError):  # /proc is Linux's; elsewhere these stay unset
+            with open("/proc/self/statm") as statm:
+                pages = int(statm.read().split()[1])
+            PROCESS_RSS.labels(self.kind).set(pages * os.sysconf("SC_PAGE_SIZE"))
+            PROCESS_OPEN_FDS.labels(self.kind).set(len(os.listdir("/proc/self/fd")))
+
+
+# -- the scrape -----------------------------------------------------------------------------
 class QueueCollector:
-    """Gauges computed from the database at scrape time."""
+    """Gauges computed from the database and the configuration at scrape time."""
 
-    def __init__(self, connect, clock: Callable[[], float] = time.time):
+    def __init__(self, connect, config, accounts: set[str], clock: Callable[[], float]):
         self.connect = connect  # () -> apsw connection, opened lazily by the caller
+        self.config, self.accounts = config, accounts  # accounts: their account_id labels
         self.clock = clock  # ages are "now" minus a stored time; a test passes a fixed clock
 
     def collect(self):
-        from common import store
-
         conn = self.connect()
         now = self.clock()
+        yield from self._queue(conn, now)
+        yield from self._service(conn, now)
+
+    def _queue(self, conn, now: float):
+        from common import store  # on the first scrape: the gunicorn master never needs apsw
+
         counts = store.messages.status_counts(conn, now)
         pending = counts["queued"] + counts["deferred"] + counts["sending"]
         yield GaugeMetricFamily(
             "asyncmail_pending_messages", "Messages not yet sent or failed.", value=pending
         )
-        by_status = GaugeMetricFamily(
-            "asyncmail_messages", "Stored messages by status.", labels=["status"]
+        yield _labelled(
+            "asyncmail_messages", "Stored messages by status.", "status", counts.items()
         )
-        for status, n in counts.items():
-            by_status.add_metric([status], n)
-        yield by_status
-        by_priority = GaugeMetricFamily(
-            "asyncmail_pending_by_priority", "Unsent messages by priority.", labels=["priority"]
+        yield _labelled(
+            "asyncmail_pending_by_priority",
+            "Unsent messages by priority.",
+            "priority",
+            store.messages.pending_by_priority(conn).items(),
         )
-        for priority, n in store.messages.pending_by_priority(conn).items():
-            by_priority.add_metric([str(priority)], n)
-        yield by_priority
+        due = dict.fromkeys(self.accounts, 0)
+        for account_id, n in store.messages.due_by_account(conn, now).items():
+            due[_account_label(account_id)] = n
+        yield _labelled(
+            "asyncmail_due_messages",
+            "Unsent messages whose time has come: ready now, or waiting to retry a failure.",
+            "account_id",
+            due.items(),
+        )
         yield GaugeMetricFamily(
             "asyncmail_oldest_ready_age_seconds",
             "How long the oldest claimable message has waited.",
             value=store.messages.oldest_ready_age(conn, now),
         )
+        yield GaugeMetricFamily(
+            "asyncmail_oldest_unreported_age_seconds",
+            "How long the oldest outcome has waited for its delivery report.",
+            value=store.reports.oldest_unreported_age(conn, now),
+        )
+
+    def _service(self, conn, now: float):
+        from common import store
+
         beats = GaugeMetricFamily(
             "asyncmail_heartbeat_age_seconds",
             "Seconds since each process's last recorded heartbeat.",
@@ -128,22 +239,86 @@ class QueueCollector:
         for beat in store.heartbeats.list_all(conn, now):
             beats.add_metric([beat["process"], beat["kind"]], beat["age_seconds"])
         yield beats
+        active = store.settings.is_active(conn, self.config.active)
         yield GaugeMetricFamily(
-            "asyncmail_oldest_unreported_age_seconds",
-            "How long the oldest outcome has waited for its delivery report.",
-            value=store.reports.oldest_unreported_age(conn, now),
+            "asyncmail_dispatching_enabled",
+            "1 while dispatchers claim on their own (active, not test_mode), else 0.",
+            value=int(active and not self.config.test_mode),
         )
+        yield GaugeMetricFamily(
+            "asyncmail_reports_enabled",
+            "1 when delivery reports are posted (client_sync_url is set), else 0.",
+            value=int(self.config.reports_enabled),
+        )
+        sizes = store.db.file_sizes(self.config.database)
+        yield GaugeMetricFamily(
+            "asyncmail_database_bytes", "Size of the database file.", value=sizes["database"]
+        )
+        yield GaugeMetricFamily(
+            "asyncmail_database_wal_bytes", "Size of the database's WAL file.", value=sizes["wal"]
+        )
+        labels = build_labels()
+        info = GaugeMetricFamily(
+            "asyncmail_build_info", "Version of the service and of Python.", labels=list(labels)
+        )
+        info.add_metric(list(labels.values()), 1)
+        yield info
 
 
-def render(connect, clock: Callable[[], float] = time.time) -> bytes:
+class AccountSeries:
+    """The per-account families of ``source`` restricted to the accounts that exist."""
+
+    def __init__(self, source, accounts: set[str]):
+        self.source, self.accounts = source, accounts
+
+    def collect(self):
+        for family in self.source.collect():
+            if family.name in ACCOUNT_FAMILIES:
+                family.samples = [
+                    s for s in family.samples if s.labels.get("account_id") in self.accounts
+                ]
+            yield family
+
+
+def _labelled(name: str, documentation: str, label: str, values) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values:
+        family.add_metric([str(key)], value)
+    return family
+
+
+def _account_label(account_id: str | None) -> str:
+    return DEFAULT_ACCOUNT if account_id is None else account_id
+
+
+def account_labels(conn) -> set[str]:
+    """The account_id label of every account that exists, ``default`` included."""
+    from common import store
+
+    return {DEFAULT_ACCOUNT} | store.accounts.ids(conn)
+
+
+def touch_accounts(accounts: set[str]) -> None:
+    """Give every per-account series of these accounts its 0 in this process."""
+    for metric, others in ACCOUNT_LABELS.items():
+        for account in accounts:
+            for rest in others or ((),):
+                metric.labels(account, *rest)
+
+
+def render(connect, config, clock: Callable[[], float] = time.time) -> bytes:
     """The text exposition: every process's counters plus the database gauges at ``clock()``."""
+    accounts = account_labels(connect())
+    touch_accounts(accounts)
     queue = CollectorRegistry()
-    queue.register(QueueCollector(connect, clock))
+    queue.register(QueueCollector(connect, config, accounts, clock))
+    source = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        merged = CollectorRegistry()
-        MultiProcessCollector(merged)
-        return generate_latest(merged) + generate_latest(queue)
-    return generate_latest(REGISTRY) + generate_latest(queue)
+        source = CollectorRegistry()
+        MultiProcessCollector(source)
+    merged = CollectorRegistry()
+    merged.register(AccountSeries(source, accounts))
+    return generate_latest(merged) + generate_latest(queue)
 
 
 def mark_dead(pid: int) -> None:

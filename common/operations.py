@@ -222,9 +222,11 @@ class Cleanup:
 
 
 def cleanup(conn, config: Config, now: float, older_than: object = None) -> Cleanup:
-    """Purge messages reported more than ``older_than`` seconds ago (default: the retention).
+    """Purge messages finished more than ``older_than`` seconds ago (default: the retention).
 
-    A retention of 0 means "keep forever": without an explicit age nothing is removed.
+    With delivery reports configured a message counts as finished once it was reported;
+    without them, once it was sent or failed.  A retention of 0 means "keep forever":
+    without an explicit age nothing is removed.
     """
     if older_than is None:
         older_than = config.delivery_report_retention_seconds
@@ -238,7 +240,8 @@ def cleanup(conn, config: Config, now: float, older_than: object = None) -> Clea
         raise Refused("'older_than_seconds' must be a non-negative integer", Refusal.INVALID)
     if not 0 <= older_than <= MAX_SECONDS:
         raise Refused(f"'older_than_seconds' must be between 0 and {MAX_SECONDS}", Refusal.INVALID)
-    return Cleanup(store.reports.purge_reported(conn, now - min(older_than, now)))
+    cutoff = now - min(older_than, now)
+    return Cleanup(store.reports.purge_finished(conn, cutoff, config.reports_enabled))
 
 
 def save_account(conn, config: Config, account: Account, now: float) -> dict:

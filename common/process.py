@@ -58,17 +58,19 @@ def process_name(kind: str) -> str:
 
 
 class Heartbeat:
-    """Records at most one heartbeat per HEARTBEAT_EVERY seconds."""
+    """Records at most one heartbeat per HEARTBEAT_EVERY seconds, and the process's metrics."""
 
     def __init__(self, conn, name: str, kind: str, clock: Callable[[], float] = time.time):
         self.conn, self.name, self.kind, self.clock = conn, name, kind, clock
         self.last = 0.0
+        self.sample = metrics.ProcessSampler(kind)
 
     def __call__(self) -> None:
         now = self.clock()
         if now - self.last >= HEARTBEAT_EVERY:
             store.heartbeats.beat(self.conn, self.name, self.kind, os.getpid(), now)
             metrics.HEARTBEAT.labels(self.name).set(now)
+            self.sample()
             self.last = now
 
 

@@ -42,6 +42,10 @@ OUTCOME_GROUP_SECONDS = 0.01
 # this often, and the last of every claim, makes every earlier one durable too.
 OUTCOME_SYNC_EVERY = 0.05
 RELAXED_LEVELS = {"FULL", "EXTRA"}  # levels above NORMAL, which outcome commits may relax
+# consecutive temporary failures of one account before it is logged as failing: a greylisted
+# message is not an outage, a refused connection for every message is
+FAILING_AFTER = 3
+TRANSIENT = frozenset({Outcome.TEMPORARY, Outcome.UNCERTAIN})
 
 
 class Dispatcher:
@@ -72,6 +76,7 @@ class Dispatcher:
         self._pending: list[Transition] = []  # outcomes not yet committed
         self._accounts: dict[str | None, tuple] = {}  # id -> (row snapshot, Endpoint, Limits)
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
+        self._failures: dict[str, int] = {}  # account label -> temporary failures in a row
         self._nudged = self._synced = 0.0
         if config.synchronous in RELAXED_LEVELS:
             store.db.set_synchronous(conn, "NORMAL")
@@ -328,6 +333,7 @@ class Dispatcher:
             metrics.ERRORS.labels(account).inc()
         else:
             metrics.DEFERRED.labels(account).inc()
+        self._note_health(account, attempt)
         if self.config.delivery_activity:
             logger.info(
                 fields(
@@ -342,6 +348,25 @@ class Dispatcher:
                     detail=attempt.detail,
                 )
             )
+
+    def _note_health(self, account: str, attempt: Attempt) -> None:
+        """One line when an account starts failing temporarily, one when it sends again."""
+        if attempt.outcome in TRANSIENT:
+            failures = self._failures[account] = self._failures.get(account, 0) + 1
+            if failures == FAILING_AFTER:  # OK -> FAILING
+                logger.warning(
+                    fields(
+                        event="account_failing",
+                        account=account,
+                        failures=failures,
+                        code=attempt.smtp_code or "",
+                        detail=attempt.detail,
+                    )
+                )
+        elif attempt.outcome is Outcome.SENT:
+            failures = self._failures.pop(account, 0)
+            if failures >= FAILING_AFTER:  # FAILING -> OK
+                logger.info(fields(event="account_recovered", account=account, failures=failures))
 
     def _nudge_reporter(self, force: bool = False) -> None:
         """Wake the reporter after terminal outcomes, at most every REPORT_NUDGE_EVERY."""

@@ -33,7 +33,9 @@ proc_name = "asyncmail-web"  # how the master and workers show in ps
 graceful_timeout = 20  # finish in-flight requests on TERM/HUP; below supervisord's stopwaitsecs
 timeout = 30  # a worker stuck this long is killed and replaced
 # no max_requests: workers are not recycled, so multiprocess metric files stay few
-accesslog = None  # request metrics (asyncmail_http_*) replace an access log
+# gunicorn's own access log stays off: `[logging] access_log = true` has the app write one
+# logfmt line per request instead (web/app.py), in the format of every other line
+accesslog = None
 errorlog = "-"  # stderr, which supervisord writes to var/log/web.log
 loglevel = _config.log_level.lower()
 # gunicorn's control socket (gunicorn >= 25) defaults to ~/.gunicorn/, shared by every

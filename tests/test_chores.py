@@ -94,7 +94,8 @@ def test_retry_requeues_errors_and_they_owe_a_fresh_report(conn, cfg):
     assert failed["reported_ts"] is None and failed["error_ts"] is None
     assert failed["error"] == "4.3.0 try later"  # the last reply stays until the next outcome
     assert store.reports.unreported_count(conn) == 0  # no outcome yet: nothing owed meanwhile
-    assert store.reports.purge_reported(conn, now + 10**6) == 1  # the sent one; not the requeued
+    # the sent one is purged; not the requeued one
+    assert store.reports.purge_finished(conn, now + 10**6, reported_only=True) == 1
 
     outcome(conn, "failed", Next.SENT, now + 2, result=Outcome.SENT)
     owed = store.reports.fetch_unreported(conn, 10)

@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from email.message import EmailMessage
 
@@ -479,3 +481,21 @@ def test_launcher_stops_on_bad_configuration(run, monkeypatch):
 def test_shutdown_when_nothing_runs(run):
     code, out, _ = run("shutdown")
     assert code == 0 and "not running" in out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(var_dir, ini, run):
+    """`asyncmail status | head`: the pipe closes before the output is written."""
+    run("init")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    asyncmail = os.path.join(os.path.dirname(sys.executable), "asyncmail")
+    for argv in (["status"], ["status", "--json"]):
+        done = subprocess.run(
+            [asyncmail, "--config", str(ini), *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stderr) == (cli.BROKEN_PIPE, "")
+    os.close(write_end)

@@ -50,6 +50,7 @@ VALID = {
     "smtp_use_tls": ("smtp", "true", True),
     "smtp_starttls": ("smtp", "false", False),
     "delivery_activity": ("logging", "1", True),
+    "access_log": ("logging", "yes", True),
     "log_level": ("logging", "debug", "DEBUG"),
 }
 
@@ -82,6 +83,7 @@ BAD = {
     "smtp_use_tls": ["maybe"],
     "smtp_starttls": ["2"],
     "delivery_activity": ["x"],
+    "access_log": ["often"],
     "log_level": ["loud"],
 }
 

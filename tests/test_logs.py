@@ -1,4 +1,5 @@
-"""logfmt lines: one line per event whatever the values hold; URLs without secrets."""
+"""logfmt lines: one line per event whatever the values hold; URLs without secrets; the
+API's access log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import pytest
 
 from common.logs import LogfmtFormatter, fields, redact_url
+from web.app import create_app
 
 
 @pytest.mark.parametrize(
@@ -68,3 +70,28 @@ def test_a_library_message_becomes_msg_and_a_traceback_one_value():
 def test_redact_url_drops_credentials_query_and_fragment():
     assert redact_url("https://u:pw@h.example:8443/p/a?token=x#f") == "https://h.example:8443/p/a"
     assert redact_url("http://[::1]:80/x") == "http://[::1]:80/x"
+
+
+# -- the API's access log ---------------------------------------------------------------------
+def access_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "web.access"]
+
+
+def test_access_log_is_one_logfmt_line_per_request_without_secrets(make_config, caplog):
+    client = create_app(make_config(api_token="tok-secret", access_log=True)).test_client()
+    with caplog.at_level(logging.INFO):
+        client.get("/health?token=query-secret")
+        client.get("/status", headers={"X-API-Token": "tok-secret"})
+        client.get("/status", headers={"X-API-Token": "wrong-secret"})
+    lines = access_lines(caplog)
+    assert len(lines) == 3
+    assert lines[0].startswith("event=request method=GET path=/health status=200 bytes=")
+    assert "status=401" in lines[2] and "remote=127.0.0.1" in lines[2]
+    assert not any("secret" in line for line in lines)
+
+
+def test_access_log_is_off_by_default(make_config, caplog):
+    client = create_app(make_config()).test_client()
+    with caplog.at_level(logging.INFO):
+        client.get("/health")
+    assert access_lines(caplog) == []

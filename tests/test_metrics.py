@@ -1,21 +1,22 @@
-"""Metrics: multiprocess merging, promtool-clean exposition, scrape auth, alerts and dashboard."""
+"""Metrics: multiprocess merging, promtool-clean exposition, series per account, scrape auth."""
 
 from __future__ import annotations
 
 import json
-import os
+import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+import yaml
 
 from common import metrics, store
-from tests.support.factories import T0, Clock
+from common.enums import Outcome
+from tests.support.factories import T0, Clock, account
 from tests.support.procs import ROOT, service_env
+from tests.support.prometheus import promtool
 from web.app import create_app
 
 ALERTS = ROOT / "etc" / "prometheus-alerts.yml"
@@ -47,18 +48,15 @@ from common import metrics, store
 from common.config import load_config
 config = load_config()
 conn = store.db.connect(config.database)
-sys.stdout.write(metrics.render(lambda: conn).decode())
+sys.stdout.write(metrics.render(lambda: conn, config).decode())
 """
-
-
-def promtool() -> str:
-    """promtool's path; absent it fails the test under CI and skips it elsewhere."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does it)")
-        pytest.skip("promtool is missing (Debian package prometheus)")
-    return path
+SAMPLE_PROCESS = """
+import sys
+from common import metrics
+metrics.ProcessSampler(sys.argv[1])()
+if sys.argv[2] == "exit":
+    metrics.at_exit()
+"""
 
 
 def python(script: str, env: dict, *args) -> str:
@@ -101,9 +99,15 @@ def metric_names(text: str) -> set[str]:
     }
 
 
+def add_account(conn, account_id: str) -> None:
+    store.accounts.upsert(conn, {"id": account_id, "host": "127.0.0.1", "port": 25}, int(T0))
+
+
 def exposition_with_everything(multiprocess, conn) -> str:
     env, render = multiprocess
+    add_account(conn, "acc")
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-00", "100")
+    python(SAMPLE_PROCESS, env, "dispatcher", "live")
     now = time.time()
     store.messages.enqueue(
         conn, [store.messages.NewMessage("m1", None, 1, {"id": "m1"}, None)], now - 30
@@ -131,8 +135,9 @@ def test_single_process_output_passes_promtool(make_config):
     assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
 
 
-def test_counters_of_every_process_are_summed(multiprocess):
+def test_counters_of_every_process_are_summed(multiprocess, conn):
     env, render = multiprocess
+    add_account(conn, "acc")
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-00", "100")
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-01", "200")
     values = samples(render())
@@ -149,7 +154,7 @@ def test_heartbeat_gauge_keeps_the_latest_of_a_restarted_process(multiprocess):
     assert samples(render())[name] == 250
 
 
-def test_queue_gauges_come_from_the_database(conn):
+def test_queue_gauges_come_from_the_database(conn, config):
     store.messages.enqueue(
         conn,
         [
@@ -163,7 +168,7 @@ def test_queue_gauges_come_from_the_database(conn):
             "UPDATE messages SET sent_ts = ?, outcome_at = ? WHERE id = 'a'", (int(T0), T0 - 5)
         )
     store.heartbeats.beat(conn, "reporter", "reporter", 7, T0 - 2)
-    values = samples(metrics.render(lambda: conn, clock=Clock(T0)).decode())
+    values = samples(metrics.render(lambda: conn, config, clock=Clock(T0)).decode())
     assert values["asyncmail_pending_messages"] == 1
     assert values['asyncmail_messages{status="sent"}'] == 1
     assert values['asyncmail_messages{status="deferred"}'] == 1
@@ -172,6 +177,92 @@ def test_queue_gauges_come_from_the_database(conn):
     # at the scrape's "now", T0: outcome 5 seconds ago, heartbeat 2 seconds ago
     assert values["asyncmail_oldest_unreported_age_seconds"] == 5
     assert values['asyncmail_heartbeat_age_seconds{kind="reporter",process="reporter"}'] == 2
+
+
+def test_due_messages_count_ready_and_retrying_but_not_scheduled_ones(conn, config):
+    add_account(conn, "acc")
+    store.messages.enqueue(
+        conn,
+        [
+            store.messages.NewMessage("ready", "acc", 2, {"id": "ready"}, None),
+            store.messages.NewMessage("retrying", "acc", 2, {"id": "retrying"}, None),
+            store.messages.NewMessage("tomorrow", None, 2, {"id": "tomorrow"}, int(T0) + 86400),
+        ],
+        T0 - 60,
+    )
+    with store.db.write(conn):  # a failed attempt, retried in ten minutes
+        conn.execute("UPDATE messages SET attempts = 1, ready_at = ? WHERE id = 'retrying'",
+                     (T0 + 600,))  # fmt: skip
+    values = samples(metrics.render(lambda: conn, config, clock=Clock(T0)).decode())
+    assert values['asyncmail_due_messages{account_id="acc"}'] == 2
+    assert values['asyncmail_due_messages{account_id="default"}'] == 0
+
+
+def test_service_gauges_say_what_is_configured(make_config, conn):
+    config = make_config(client_sync_url="http://127.0.0.1:9/reports")
+    values = samples(metrics.render(lambda: conn, config).decode())
+    assert values["asyncmail_reports_enabled"] == 1
+    assert values["asyncmail_dispatching_enabled"] == 1
+    assert values["asyncmail_database_bytes"] > 0 and "asyncmail_database_wal_bytes" in values
+    store.settings.set_active(conn, False)
+    values = samples(metrics.render(lambda: conn, make_config()).decode())
+    assert values["asyncmail_reports_enabled"] == 0
+    assert values["asyncmail_dispatching_enabled"] == 0
+    (info,) = [key for key in values if key.startswith("asyncmail_build_info{")]
+    assert f'python="{platform.python_version()}"' in info and 'version="' in info
+
+
+# -- series of every account ------------------------------------------------------------------
+def account_series(text: str, account_id: str) -> dict[str, float]:
+    return {k: v for k, v in samples(text).items() if f'account_id="{account_id}"' in k}
+
+
+def test_an_account_has_its_series_at_zero_before_its_first_event(multiprocess, conn):
+    """A first burst is an increase from 0, which rate() sees; a series born at 300 is not."""
+    env, render = multiprocess
+    add_account(conn, "new")  # created by any process: here, as by the CLI
+    series = account_series(render(), "new")
+    for name in ("sent", "errors", "deferred", "rate_limited"):
+        assert series[f'asyncmail_{name}_total{{account_id="new"}}'] == 0
+    for outcome in Outcome:
+        assert series[f'asyncmail_attempts_total{{account_id="new",outcome="{outcome}"}}'] == 0
+    assert series['asyncmail_smtp_send_seconds_count{account_id="new"}'] == 0
+    assert series['asyncmail_enqueue_to_sent_seconds_count{account_id="new"}'] == 0
+    assert series['asyncmail_due_messages{account_id="new"}'] == 0
+    assert samples(render())['asyncmail_sent_total{account_id="default"}'] == 0
+
+
+def test_a_deleted_account_loses_its_series(multiprocess, conn):
+    env, render = multiprocess
+    add_account(conn, "gone")
+    python(TOUCH_EVERY_METRIC, env, "gone", "dispatcher-00", "100")  # it sent, in another process
+    assert account_series(render(), "gone")['asyncmail_sent_total{account_id="gone"}'] == 1
+    store.accounts.delete(conn, "gone", purge=True)
+    assert account_series(render(), "gone") == {}
+
+
+def test_an_account_made_through_the_api_shows_at_once(make_config):
+    client = create_app(make_config()).test_client()
+    client.post("/account", json=account("fresh"))
+    assert 'asyncmail_errors_total{account_id="fresh"} 0.0' in client.get("/metrics").text
+    client.delete("/account/fresh")
+    assert 'account_id="fresh"' not in client.get("/metrics").text
+
+
+# -- processes --------------------------------------------------------------------------------
+def test_process_series_sum_the_live_processes_of_each_kind(multiprocess, conn):
+    env, render = multiprocess
+    python(SAMPLE_PROCESS, env, "dispatcher", "live")  # still counted: it never said it exited
+    python(SAMPLE_PROCESS, env, "dispatcher", "live")
+    python(SAMPLE_PROCESS, env, "dispatcher", "exit")  # gone: only its CPU time stays
+    python(SAMPLE_PROCESS, env, "reporter", "live")
+    values = samples(render())
+    assert values['asyncmail_processes{kind="dispatcher"}'] == 2
+    assert values['asyncmail_processes{kind="reporter"}'] == 1
+    one = values['process_resident_memory_bytes{kind="reporter"}']
+    assert 1e6 < one < values['process_resident_memory_bytes{kind="dispatcher"}']
+    assert values['process_open_fds{kind="dispatcher"}'] >= 2 * 3  # stdin, stdout, stderr each
+    assert values['process_cpu_seconds_total{kind="dispatcher"}'] > 0
 
 
 def test_reference_names_are_exposed(multiprocess, conn):
@@ -196,84 +287,14 @@ def test_metrics_public_serves_without_token(make_config):
 
 
 # -- alerts and dashboard -------------------------------------------------------------------
-RULE_TESTS = """
-rule_files: [{alerts}]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'asyncmail_oldest_ready_age_seconds{{job="asyncmail"}}'
-        values: '700x30'
-      - series: 'asyncmail_heartbeat_age_seconds{{kind="dispatcher",process="dispatcher-00"}}'
-        values: '1x3 200x30'
-      - series: 'asyncmail_heartbeat_age_seconds{{kind="reporter",process="reporter"}}'
-        values: '1x40'
-      - series: 'asyncmail_sent_total{{job="asyncmail",account_id="a"}}'
-        values: '0+10x30'
-      - series: 'asyncmail_errors_total{{job="asyncmail",account_id="a"}}'
-        values: '0+10x30'
-    alert_rule_test:
-      - eval_time: 20m
-        alertname: AsyncMailDispatchersDown
-        exp_alerts:
-          - exp_labels: {{severity: critical}}
-            exp_annotations:
-              summary: "No dispatcher is alive: nothing is being sent"
-              description: "Check `asyncmail ctl status` and var/log/dispatcher-*.log."
-      - eval_time: 20m
-        alertname: AsyncMailReporterDown
-        exp_alerts: []
-      - eval_time: 2m
-        alertname: AsyncMailOldestReadyTooOld
-        exp_alerts: []
-      - eval_time: 30m
-        alertname: AsyncMailErrorRatioHigh
-        exp_alerts:
-          - exp_labels: {{severity: warning}}
-            exp_annotations:
-              summary: "50% of messages fail permanently"
-              description: "See `asyncmail messages list --status error` for the SMTP answers."
-"""
-
-
-def test_alert_rules_are_valid(tmp_path):
-    done = subprocess.run(
-        [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_alert_rules_fire_when_they_should(tmp_path):
-    tests = tmp_path / "alerts_test.yml"
-    tests.write_text(RULE_TESTS.format(alerts=json.dumps(str(ALERTS))))
-    done = subprocess.run(
-        [promtool(), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 def _expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    exprs += re.findall(r"expr: (.+(?:\n {12}.+)*)", ALERTS.read_text())
-    return exprs
-
-
-def test_dashboard_covers_the_operators_questions():
-    dashboard = json.loads(DASHBOARD.read_text())
-    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("queue depth", "send rate", "errors", "deferrals", "latency", "report lag"):
-        assert topic in titles
-    ids = [p["id"] for p in dashboard["panels"]]
-    assert len(ids) == len(set(ids)) and dashboard["uid"] and dashboard["schemaVersion"]
-    assert any("histogram_quantile(0.99" in e for e in _expressions())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    alerts = yaml.safe_load(ALERTS.read_text())["groups"]
+    return exprs + [rule["expr"] for group in alerts for rule in group["rules"]]
 
 
 def test_every_metric_in_dashboard_and_alerts_exists(multiprocess, conn):
     exposed = metric_names(exposition_with_everything(multiprocess, conn))
     used = {name for expr in _expressions() for name in re.findall(r"\basyncmail_\w+", expr)}
     assert used and used <= exposed, sorted(used - exposed)
-
-
-def test_alert_file_documents_bearer_scraping():
-    assert "authorization" in Path(ALERTS).read_text()

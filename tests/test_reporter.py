@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from common import store
+from common import operations, store
 from reporter.body import REFERENCE_FIELDS
 from reporter.client import SyncClient
-from reporter.reporter import BACKOFF_MAX, POLL_SECONDS, RUN_NOW_WINDOW, Reporter, backoff_delay
+from reporter.reporter import (
+    BACKOFF_MAX,
+    CHECKPOINT_EVERY,
+    POLL_SECONDS,
+    RUN_NOW_WINDOW,
+    Reporter,
+    backoff_delay,
+)
 from tests.support.db import record_outcome
 from tests.support.factories import T0
 from tests.support.upstream import Upstream
@@ -292,12 +299,12 @@ def test_run_now_tries_at_once_despite_backoff(upstream, make_reporter, conn):
     assert [i["id"] for i in upstream.items()] == ["m"]
 
 
-def test_sleep_is_bounded_by_the_poll_and_the_retry(upstream, make_reporter, conn):
+def test_sleep_is_bounded_by_the_poll_the_checkpoint_and_the_retry(upstream, make_reporter, conn):
     reporter = make_reporter(client_sync_url=upstream.url, client_sync_idle_seconds=300)
     reporter.run_once(T0)
-    assert reporter.idle_seconds(T0) == POLL_SECONDS
-    reporter.retry_at = T0 + 0.25
-    assert reporter.idle_seconds(T0) == 0.25
+    assert reporter.idle_seconds(T0) == min(POLL_SECONDS, CHECKPOINT_EVERY)
+    reporter.retry_at = T0 + CHECKPOINT_EVERY / 2
+    assert reporter.idle_seconds(T0) == CHECKPOINT_EVERY / 2
 
 
 # -- idle reports, test_mode, no upstream --------------------------------------------------------
@@ -359,6 +366,26 @@ def test_without_client_sync_url_it_idles_says_so_once_and_still_purges(
 
 
 # -- retention --------------------------------------------------------------------------------
+def test_without_reports_finished_messages_are_purged_after_their_outcome(
+    make_reporter, conn, make_config
+):
+    """No client_sync_url: no report will ever come, so retention counts from the outcome."""
+    week = 7 * 86400
+    record_outcome(conn, "old-sent", T0 - week - 100)
+    record_outcome(conn, "old-failed", T0 - week - 100, error="550 no such user")
+    record_outcome(conn, "recent", T0 - 100)
+    store.messages.enqueue(  # waiting since long before the cutoff, not finished
+        conn,
+        [store.messages.NewMessage("waiting", None, 2, {"id": "waiting"}, None)],
+        T0 - 9 * 86400,
+    )
+    make_reporter(delivery_report_retention_seconds=week).run_once(T0)
+    assert {r["id"] for r in conn.execute("SELECT id FROM messages")} == {"recent", "waiting"}
+    cleaned = operations.cleanup(conn, make_config(), T0, older_than=60)
+    assert cleaned.removed == 1  # "recent", 100 s after its outcome
+    assert {r["id"] for r in conn.execute("SELECT id FROM messages")} == {"waiting"}
+
+
 def test_retention_purges_reported_rows_at_most_once_a_minute(upstream, make_reporter, conn):
     week = 7 * 86400
     record_outcome(conn, "old", T0 - week - 100)

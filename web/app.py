@@ -9,13 +9,17 @@ JSON.  The one HTML room is the status page (``web.ui``, /ui), behind its sessio
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 from flask import Flask, Response, g, jsonify, request
 
 from common import metrics
 from common.config import Config, load_config
+from common.logs import fields
 from web import accounts, auth, commands, errors, messages, service, ui
+
+access_logger = logging.getLogger("web.access")
 
 DEFAULT_ACCOUNT = "default"  # metric label of the implicit [smtp] account, as in the reference
 REFERENCE_COUNTERS = (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED)
@@ -53,6 +57,11 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.before_request(_start_timer)
     app.before_request(auth.authenticate)
     app.after_request(_count_request)
+    sample = metrics.ProcessSampler("web")
+    sample()  # this worker's series exist before its first request
+    app.after_request(_sample_process(sample))
+    if config.access_log:
+        app.after_request(_log_request)
     errors.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
@@ -70,4 +79,29 @@ def _count_request(response: Response) -> Response:
     metrics.HTTP_REQUESTS.labels(route, str(response.status_code)).inc()
     if "started" in g:
         metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - g.started)
+    return response
+
+
+def _sample_process(sample):
+    def after(response: Response) -> Response:
+        sample()  # a worker's memory and files, at most every few seconds
+        return response
+
+    return after
+
+
+def _log_request(response: Response) -> Response:
+    """[logging] access_log: one line per request; never the query string or a header."""
+    elapsed = time.perf_counter() - g.started if "started" in g else 0.0
+    access_logger.info(
+        fields(
+            event="request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            bytes=response.content_length if response.content_length is not None else "-",
+            ms=f"{elapsed * 1000:.2f}",
+            remote=request.remote_addr or "-",
+        )
+    )
     return response

@@ -31,7 +31,7 @@ def status():
 @blueprint.get("/metrics")
 def scrape():
     """Prometheus text: every process's counters plus database gauges."""
-    body = metrics.render(get_conn)
+    body = metrics.render(get_conn, get_config())
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 

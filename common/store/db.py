@@ -1,8 +1,14 @@
-"""SQLite connections (apsw, WAL) and the numbered schema migrations.
+"""SQLite connections (apsw, WAL), checkpoints and the numbered schema migrations.
 
 Every process opens its own connection after it has forked.  Writers take the lock up front
 with ``BEGIN IMMEDIATE`` (``write()`` below) so a busy database waits for ``BUSY_TIMEOUT_MS``
 instead of failing on a read-to-write upgrade.
+
+The WAL is kept small and off the hot paths: the reporter calls ``checkpoint()`` every
+quarter of a second, so the commits of claims and enqueues never have to copy the WAL into the
+database themselves.  SQLite's automatic checkpoint stays on, at ``WAL_AUTOCHECKPOINT_PAGES``,
+as the fallback when the reporter is down, and ``JOURNAL_SIZE_LIMIT`` cuts a WAL file that
+grew large (an outage, a long reader) back down when it next restarts from its beginning.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from pathlib import Path
 import apsw
 
 BUSY_TIMEOUT_MS = 30_000  # a queue waits for its turn; a dispatcher's write lasts milliseconds
+# Fallback only (SQLite's default is 1000 pages, ~4 MiB): while the reporter checkpoints the
+# WAL never gets this long; when it is down, the commit that crosses it checkpoints instead.
+WAL_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB at the default 4 KiB page
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after it restarts
 
 # Each entry moves the schema from user_version N to N+1.  Never edit a released entry:
 # append a new one.
@@ -126,6 +136,8 @@ def connect(path: str | os.PathLike, synchronous: str = "FULL", migrate: bool = 
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
     conn.row_trace = _row_as_dict
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     set_synchronous(conn, synchronous)
     conn.execute("PRAGMA foreign_keys=ON")
     if migrate:
@@ -143,6 +155,26 @@ def set_synchronous(conn: apsw.Connection, level: str | int) -> None:
 def ping(conn: apsw.Connection) -> None:
     """Raise unless the database answers a query (for health checks)."""
     conn.execute("SELECT 1").fetchall()
+
+
+def checkpoint(conn: apsw.Connection) -> dict:
+    """Copy the WAL into the database without blocking anyone (PASSIVE); SQLite's counts.
+
+    ``log`` frames are in the WAL, ``checkpointed`` of them are now in the database; when
+    they are equal (and no reader still uses the WAL) the next writer restarts the WAL.
+    """
+    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+
+def file_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Bytes of the database file and of its WAL (0 when a file is absent)."""
+    sizes = {}
+    for name, suffix in (("database", ""), ("wal", "-wal")):
+        try:
+            sizes[name] = os.stat(f"{path}{suffix}").st_size
+        except FileNotFoundError:
+            sizes[name] = 0
+    return sizes
 
 
 def _ensure_private_dir(directory: Path) -> None:

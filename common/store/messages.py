@@ -195,6 +195,21 @@ def pending_by_priority(conn) -> dict[int, int]:
     return counts
 
 
+def due_by_account(conn, now: float) -> dict[str | None, int]:
+    """Unsent messages whose time has come, per account (None: the default account).
+
+    Due means ready now, or waiting to retry after a failed attempt; a message the client
+    scheduled for later, or one held back by a rate limit, is not due yet.
+    """
+    rows = conn.execute(
+        "SELECT account_id, count(*) AS n FROM messages INDEXED BY messages_claim "
+        "WHERE sent_ts IS NULL AND error_ts IS NULL AND (ready_at <= ? OR attempts > 0) "
+        "GROUP BY account_id",
+        (now,),
+    )
+    return {row["account_id"]: row["n"] for row in rows}
+
+
 def oldest_ready_age(conn, now: float) -> float:
     """Seconds the oldest claimable message has waited (0 when none is ready)."""
     row = conn.execute(

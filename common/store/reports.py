@@ -1,5 +1,5 @@
 """Report-side SQL: which terminal outcomes still owe the upstream a delivery report, and the
-retention purge of the ones that were reported.
+retention purge of finished messages.
 
 A row owes a report once a dispatcher has recorded its terminal outcome (``outcome_at`` set)
 and until a 2xx answer from the upstream has been committed as ``reported_ts``.  The partial
@@ -58,16 +58,33 @@ def oldest_unreported_age(conn, now: float) -> float:
     return 0.0 if row["t"] is None else max(0.0, now - row["t"])
 
 
-def purge_reported(conn, reported_before: float, batch: int = PURGE_BATCH) -> int:
-    """Delete rows reported before the cutoff, ``batch`` rows per short transaction."""
+# Each picks, through its own partial index, rows finished before the cutoff.
+_REPORTED_BEFORE = (
+    "SELECT id FROM messages WHERE reported_ts IS NOT NULL AND reported_ts < ? LIMIT ?"
+)
+_UNREPORTED_BEFORE = (
+    "SELECT id FROM messages WHERE reported_ts IS NULL AND outcome_at IS NOT NULL "
+    "AND outcome_at < ? LIMIT ?"
+)
+
+
+def purge_finished(conn, before: float, reported_only: bool, batch: int = PURGE_BATCH) -> int:
+    """Delete finished rows older than the cutoff, ``batch`` rows per short transaction.
+
+    Reported rows count from their report.  With ``reported_only`` False (no upstream takes
+    reports, so none will ever come) unreported rows count from their outcome.
+    """
+    removed = _purge(conn, _REPORTED_BEFORE, before, batch)
+    if not reported_only:
+        removed += _purge(conn, _UNREPORTED_BEFORE, before, batch)
+    return removed
+
+
+def _purge(conn, select: str, before: float, batch: int) -> int:
     removed = 0
     while True:
         with write(conn):
-            conn.execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
-                "WHERE reported_ts IS NOT NULL AND reported_ts < ? LIMIT ?)",
-                (reported_before, batch),
-            )
+            conn.execute(f"DELETE FROM messages WHERE id IN ({select})", (before, batch))
             changed = conn.changes()
         removed += changed
         if changed < batch:
