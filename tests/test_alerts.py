@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-import yaml  # PyYAML, which openapi-spec-validator brings along
+import yaml
 
 from tests.support.procs import ROOT
 from tests.support.prometheus import promtool

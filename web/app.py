@@ -21,8 +21,6 @@ from web import accounts, auth, commands, errors, messages, service, ui
 
 access_logger = logging.getLogger("web.access")
 
-DEFAULT_ACCOUNT = "default"  # metric label of the implicit [smtp] account, as in the reference
-REFERENCE_COUNTERS = (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED)
 BLUEPRINTS = (
     service.blueprint,
     messages.blueprint,
@@ -65,8 +63,6 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     errors.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    for counter in REFERENCE_COUNTERS:  # the reference's names show before the first send
-        counter.labels(DEFAULT_ACCOUNT)
     return app
 
 
