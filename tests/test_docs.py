@@ -8,13 +8,12 @@ upstream is real; only the ports and the example file paths are the test's own.
 from __future__ import annotations
 
 import configparser
-import os
 import subprocess
 
 import pytest
 
 from common.config import REFERENCE_UNUSED, load_config
-from tests.support.procs import ROOT, free_port, wait_for
+from tests.support.procs import ROOT, free_port, service_env, wait_for
 from tests.support.reference import make_reference_db
 from tests.support.stack import ASYNCMAIL
 from tests.support.upstream import Upstream
@@ -38,11 +37,9 @@ REFERENCE_KEYS = {
 }  # fmt: skip
 
 
-def service_env(tmp, **extra) -> dict:
-    """A shell's environment: this test's var dir and ports, none of the caller's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCMAIL_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(ASYNCMAIL_VAR_DIR=str(tmp / "var"), ASYNCMAIL_DISPATCHERS="1", PYTHONUNBUFFERED="1")
+def shell_env(tmp, settings: dict, **extra) -> dict:
+    """A reader's shell: the service's settings (ASYNCMAIL_<KEY>) and other variables."""
+    env = service_env(tmp / "var", None, dispatchers=1, **settings)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -57,7 +54,7 @@ def test_fixture_has_every_section_and_key_the_reference_reads():
 
 def test_the_references_database_is_refused_with_one_line(tmp_path):
     old = make_reference_db(tmp_path / "mail_service.db", [], [])
-    env = service_env(tmp_path, ASYNCMAIL_DB_PATH=old)
+    env = shell_env(tmp_path, {"db_path": old})
     done = subprocess.run(
         [ASYNCMAIL, "init"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
     )
@@ -78,8 +75,8 @@ def test_migration_ini_snippet_is_a_valid_configuration(tmp_path):
 def test_readme_five_minutes_reach_a_delivered_message_and_its_report(tmp_path):
     service, servers, send, look = blocks(section(README, "## Five minutes"))
     api, smtp, app = free_port(), free_port(), free_port()
-    env = service_env(  # the documented ports are the defaults: these settings move them
-        tmp_path, ASYNCMAIL_PORT=api, PORT=app, MAIL_API_URL=f"http://127.0.0.1:{api}",
+    env = shell_env(  # the documented ports are the defaults: these settings move them
+        tmp_path, {"port": api}, PORT=app, MAIL_API_URL=f"http://127.0.0.1:{api}",
         OUTBOX_DB=tmp_path / "outbox.db",
     )  # fmt: skip
     doc = Walkthrough(tmp_path, env, ports={8000: api, 2525: smtp, 5000: app})
@@ -128,10 +125,9 @@ def test_migration_guide_switches_a_reference_install_over(tmp_path, smtp_server
     home.mkdir()
     api = free_port()
     with Upstream(user="syncuser", password="syncpass", path=SYNC_PATH) as upstream:
-        env = service_env(
-            tmp_path, HOME=home, ASYNCMAIL_PORT=api, API_TOKEN=FIXTURE_TOKEN,
-            ASYNCMAIL_CLIENT_SYNC_URL=upstream.url,  # the file's URL, on this test's port
-        )  # fmt: skip
+        # the file's client_sync_url, on this test's port
+        settings = {"port": api, "client_sync_url": upstream.url}
+        env = shell_env(tmp_path, settings, HOME=home, API_TOKEN=FIXTURE_TOKEN)
         paths = {"/srv/mail/config.ini": FIXTURE, "/tmp/mail_service.db": old_db}
         doc = Walkthrough(tmp_path, env, ports={8000: api}, paths=paths)
         try:
