@@ -103,7 +103,7 @@ def _message(tag: str, n: int) -> store.messages.NewMessage:
     message_id = f"{tag}-{n}"
     account = None if n % (ACCOUNTS + 1) == 0 else f"acct-{n % (ACCOUNTS + 1)}"
     payload = {"id": message_id, "from": "bench@example.com", "to": ["rcpt@example.com"]}
-    header = new_message_id("example.com")  # random, as intake makes it: a realistic index
+    header = new_message_id("example.com", n / 1000)  # as intake makes them: time-ordered
     return store.messages.NewMessage(message_id, account, n % 4, payload, None, header)
 
 

@@ -38,7 +38,7 @@ def _refusal(model: Message, seen: set[str], accounts: set[str], config: Config)
     return None
 
 
-def message_id_header(model: Message, config: Config) -> str:
+def message_id_header(model: Message, config: Config, now: float) -> str:
     """The Message-ID every attempt of this message carries: the client's, else a new one.
 
     Chosen once, here, and stored: retries and a possible duplicate send repeat it, so the
@@ -46,7 +46,7 @@ def message_id_header(model: Message, config: Config) -> str:
     """
     if model.message_id:
         return angle_brackets(model.message_id)
-    return new_message_id(config.message_id_domain or sender_domain(model.from_))
+    return new_message_id(config.message_id_domain or sender_domain(model.from_), now)
 
 
 def accept_batch(
@@ -67,7 +67,7 @@ def accept_batch(
         seen.add(model.id)
         deferred_ts = None if model.deferred_ts is None else int(model.deferred_ts)
         priority = model.resolved_priority(priority_default)
-        header = message_id_header(model, config)
+        header = message_id_header(model, config, now)
         batch.append(
             store.messages.NewMessage(
                 model.id, model.account_id, priority, payload, deferred_ts, header

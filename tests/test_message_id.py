@@ -14,7 +14,7 @@ from tests.support.dispatchers import make_dispatcher
 from tests.support.factories import T0, Clock, message
 from tests.support.smtp import Behavior
 
-GENERATED = re.compile(r"^<[0-9a-f]{32}@(?P<domain>[a-z0-9.-]+)>$")
+GENERATED = re.compile(r"^<(?P<ms>[0-9a-f]+)\.[0-9a-f]{20}@(?P<domain>[a-z0-9.-]+)>$")
 
 
 @pytest.fixture
@@ -38,6 +38,7 @@ def test_generated_from_the_senders_domain_and_unique(conn, config):
     assert GENERATED.match(first)["domain"] == "shop.example.com"
     assert GENERATED.match(second)["domain"] == "shop.example.com"
     assert first != second
+    assert int(GENERATED.match(first)["ms"], 16) == int(T0 * 1000)  # time-ordered: see why
 
 
 def test_configured_domain_wins_over_the_senders(conn, make_config):
