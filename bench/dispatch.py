@@ -96,7 +96,10 @@ def _raw_worker(port: int, messages: list[tuple[str, list[str], bytes]], start, 
 
 def raw_rate(port: int, items: list[dict]) -> float:
     """Messages per second of a bare smtplib loop over DISPATCHERS connections."""
-    built = [mime.build(Message.model_validate(i), [], time.time()) for i in items]
+    built = [
+        mime.build(Message.model_validate(i), [], time.time(), f"<{i['id']}@bench.example>")
+        for i in items
+    ]
     envelopes = [(e.sender, e.recipients, e.data) for e in built]
     context = multiprocessing.get_context("fork")
     start, done = context.Event(), context.Queue()

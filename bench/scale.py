@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from common import store
+from common.addresses import new_message_id
 from common.ratelimit import Ledger, Limits
 from reporter.reporter import CHECKPOINT_EVERY
 
@@ -113,7 +114,8 @@ def _message(tag: str, n: int) -> store.messages.NewMessage:
     message_id = f"{tag}-{n}"
     account = None if n % (ACCOUNTS + 1) == 0 else f"acct-{n % (ACCOUNTS + 1)}"
     payload = {"id": message_id, "from": "bench@example.com", "to": ["rcpt@example.com"]}
-    return store.messages.NewMessage(message_id, account, n % 4, payload, None)
+    header = new_message_id("example.com", n / 1000)  # as intake makes them: time-ordered
+    return store.messages.NewMessage(message_id, account, n % 4, payload, None, header)
 
 
 def _ms(seconds: list[float]) -> dict:

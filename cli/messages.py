@@ -144,6 +144,7 @@ def cmd_messages_show(config: Config, args) -> int:
         "from": message.get("from"),
         "to": message.get("to"),
         "subject": message.get("subject"),
+        "message-id": record["message_id_header"],
         "created": when(record["created_at"]),
         "deferred until": when(record["deferred_ts"]),
         "sent": when(record["sent_ts"]),

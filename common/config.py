@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,30 @@ def _log_level(text: str) -> str:
     return value
 
 
+REPORT_FORMATS = ("delivery_report", "reports")  # the key the report items travel under
+
+
+def _report_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in REPORT_FORMATS:
+        raise ValueError("expected delivery_report or reports")
+    return value
+
+
+# a fully qualified domain: dot-separated labels of letters, digits and inner hyphens
+DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+def _domain(text: str) -> str | None:
+    value = _optional(text)
+    if value is None:
+        return None
+    value = value.lower().rstrip(".")
+    if not DOMAIN.match(value):
+        raise ValueError("expected a fully qualified domain name such as mail.example.com")
+    return value
+
+
 def _url(text: str) -> str | None:
     value = _optional(text)
     if value is not None and not value.lower().startswith(("http://", "https://")):
@@ -155,6 +180,7 @@ class Config:
     client_sync_password: str | None = _key("client", _optional, default=None, repr=False)
     client_sync_token: str | None = _key("client", _optional, default=None, repr=False)
     client_sync_signing_key: str | None = _key("client", _optional, default=None, repr=False)
+    report_format: str = _key("client", _report_format, default="delivery_report")
     # [scheduler]
     active: bool = _key("scheduler", _bool, default=True)
     # [delivery]
@@ -169,6 +195,7 @@ class Config:
     lease_seconds: int = _key("delivery", _positive(_int), default=120)
     client_sync_idle_seconds: int = _key("delivery", _nonneg(_int), default=300)
     report_batch_size: int = _key("delivery", _positive(_int), default=500)
+    message_id_domain: str | None = _key("delivery", _domain, default=None)
     # [attachments]
     attachment_timeout_seconds: float = _key("attachments", _positive(_float), default=30.0)
     attachment_max_bytes: int = _key("attachments", _positive(_int), default=25 * 1024 * 1024)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common import store, wakeup
+from common.addresses import angle_brackets, new_message_id, sender_domain
 from common.config import Config
 from common.models import Message, validate_message
 
@@ -37,6 +38,17 @@ def _refusal(model: Message, seen: set[str], accounts: set[str], config: Config)
     return None
 
 
+def message_id_header(model: Message, config: Config, now: float) -> str:
+    """The Message-ID every attempt of this message carries: the client's, else a new one.
+
+    Chosen once, here, and stored: retries and a possible duplicate send repeat it, so the
+    copy is recognisable downstream, and a bounce can be matched to its message.
+    """
+    if model.message_id:
+        return angle_brackets(model.message_id)
+    return new_message_id(config.message_id_domain or sender_domain(model.from_), now)
+
+
 def accept_batch(
     conn, config: Config, items: list, now: float, default_priority: int | None = None
 ) -> BatchResult:
@@ -55,8 +67,11 @@ def accept_batch(
         seen.add(model.id)
         deferred_ts = None if model.deferred_ts is None else int(model.deferred_ts)
         priority = model.resolved_priority(priority_default)
+        header = message_id_header(model, config, now)
         batch.append(
-            store.messages.NewMessage(model.id, model.account_id, priority, payload, deferred_ts)
+            store.messages.NewMessage(
+                model.id, model.account_id, priority, payload, deferred_ts, header
+            )
         )
     if batch:
         for message_id, reason in store.messages.enqueue(conn, batch, now).items():

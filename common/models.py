@@ -232,7 +232,9 @@ class Message(BaseModel):
         ]
         | None
     ) = Field(None, description="Extra header fields, name to value.")
-    message_id: HeaderText | None = Field(None, description="Default: derived from id.")
+    message_id: HeaderText | None = Field(
+        None, description="Kept as given. Default: <random@the sender's domain>."
+    )
     priority: PriorityValue = omittable(PRIORITY_HELP + " Default: the batch's default_priority.")
     deferred_ts: EpochSeconds = omittable("Do not send before this epoch second.")
     attachments: list[Attachment] | None = None

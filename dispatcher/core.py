@@ -242,7 +242,8 @@ class Dispatcher:
         endpoint, limits = self._account(row["account_id"], account)
         msg = payload.load(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
-        return mime.build(msg, parts, self.clock()), endpoint, limits
+        envelope = mime.build(msg, parts, self.clock(), row["message_id_header"])
+        return envelope, endpoint, limits
 
     def _account(self, account_id: str | None, row: dict | None) -> tuple[Endpoint, Limits]:
         """Endpoint and limits of an account, rebuilt only when its row changed."""

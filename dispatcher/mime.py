@@ -3,8 +3,9 @@
 ``email.message.EmailMessage`` with the SMTP policy does the encoding: RFC 2047 for non-ASCII
 subjects and names, RFC 2231 for attachment file names, quoted-printable or base64 for
 non-ASCII bodies (7-bit output, so servers without 8BITMIME take it).  Bcc addresses go only
-into the envelope.  The ``Message-ID`` is the client's, else derived from the message id, so
-a duplicate send is recognisable downstream.
+into the envelope.  The ``Message-ID`` is the one intake stored with the message (the client's,
+else ``<random@sender's domain>``), the same on every attempt, so a duplicate send is
+recognisable downstream.
 
 The email package costs ~400 µs a message, more than the SMTP transaction to a local relay.
 The common case (no attachments, every header ASCII and short enough to need no folding) is
@@ -15,7 +16,6 @@ package.  tests/test_mime.py checks that both paths parse to the same message.
 from __future__ import annotations
 
 import functools
-import hashlib
 import mimetypes
 import quopri
 from dataclasses import dataclass
@@ -25,11 +25,10 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
-from common.addresses import parse_address_list
+from common.addresses import angle_brackets, parse_address_list
 from dispatcher.payload import Message
 
 POLICY = policy.SMTP.clone(cte_type="7bit")  # CRLF line ends, 7-bit clean bodies
-MESSAGE_ID_DOMAIN = "asyncmail"
 # Headers the builder owns; a custom header of the same name replaces ours, except these.
 PROTECTED = {"bcc", "mime-version", "content-type", "content-transfer-encoding"}
 
@@ -55,17 +54,6 @@ class Envelope:
     sender: str
     recipients: list[str]
     data: bytes
-
-
-def derived_message_id(message_id: str) -> str:
-    """The Message-ID of a message whose client gave none: a stable hash of its id."""
-    digest = hashlib.sha256(message_id.encode()).hexdigest()[:32]
-    return f"<{digest}@{MESSAGE_ID_DOMAIN}>"
-
-
-def _angle(value: str) -> str:
-    value = value.strip()
-    return value if value.startswith("<") and value.endswith(">") else f"<{value}>"
 
 
 @dataclass(frozen=True)
@@ -112,8 +100,8 @@ def _guess_type(part: Part) -> tuple[str, str]:
     return maintype, subtype
 
 
-def build(msg: Message, parts: list[Part], now: float) -> Envelope:
-    """The envelope and the encoded message; raises BuildError when it cannot be built."""
+def build(msg: Message, parts: list[Part], now: float, message_id: str) -> Envelope:
+    """The envelope and the message with this Message-ID; raises BuildError when it cannot."""
     parsed = Parsed.of(msg)
     sender = parse_address_list(msg.return_path)[0][1] if msg.return_path else parsed.from_[1]
     recipients = list(dict.fromkeys(a for _, a in [*parsed.to, *parsed.cc, *parsed.bcc]))
@@ -121,16 +109,16 @@ def build(msg: Message, parts: list[Part], now: float) -> Envelope:
         if not addr.isascii():
             raise BuildError(f"address {addr!r} needs SMTPUTF8, which is not supported")
     try:
-        direct = None if parts else _render_simple(msg, parsed, now)
-        data = direct or _render(msg, parsed, parts, now)
+        direct = None if parts else _render_simple(msg, parsed, now, message_id)
+        data = direct or _render(msg, parsed, parts, now, message_id)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise BuildError(f"cannot build the message: {exc}") from None
     return Envelope(sender, recipients, data)
 
 
-def _render(msg: Message, parsed: Parsed, parts: list[Part], now: float) -> bytes:
+def _render(msg: Message, parsed: Parsed, parts: list[Part], now: float, message_id: str) -> bytes:
     email_msg = EmailMessage(policy=POLICY)
-    _set_headers(email_msg, msg, parsed, now)
+    _set_headers(email_msg, msg, parsed, now, message_id)
     email_msg.set_content(msg.body, subtype="html" if msg.is_html else "plain")
     for part in parts:
         maintype, subtype = _guess_type(part)
@@ -139,7 +127,7 @@ def _render(msg: Message, parsed: Parsed, parts: list[Part], now: float) -> byte
                 part.data,
                 maintype,
                 subtype,
-                cid=_angle(part.content_id),
+                cid=angle_brackets(part.content_id),
                 disposition="inline",
                 filename=part.filename,
             )
@@ -150,7 +138,9 @@ def _render(msg: Message, parsed: Parsed, parts: list[Part], now: float) -> byte
     return email_msg.as_bytes()
 
 
-def _set_headers(email_msg: EmailMessage, msg: Message, parsed: Parsed, now: float) -> None:
+def _set_headers(
+    email_msg: EmailMessage, msg: Message, parsed: Parsed, now: float, message_id: str
+) -> None:
     email_msg["From"] = _addresses([parsed.from_])[0]
     email_msg["To"] = _addresses(parsed.to)
     if parsed.cc:
@@ -159,9 +149,7 @@ def _set_headers(email_msg: EmailMessage, msg: Message, parsed: Parsed, now: flo
         email_msg["Reply-To"] = _addresses(parsed.reply_to)
     email_msg["Subject"] = msg.subject
     email_msg["Date"] = _date(int(now))
-    email_msg["Message-ID"] = (
-        _angle(msg.message_id) if msg.message_id else derived_message_id(msg.id)
-    )
+    email_msg["Message-ID"] = message_id
     for header, value in (msg.headers or {}).items():
         if header.lower() in PROTECTED:
             continue
@@ -174,7 +162,7 @@ MAX_HEADER_LINE = 78  # RFC 5322's recommended limit: longer headers need foldin
 MAX_BODY_LINE = 998  # RFC 5322's hard limit for an unencoded (7bit) line
 
 
-def _render_simple(msg: Message, parsed: Parsed, now: float) -> bytes | None:
+def _render_simple(msg: Message, parsed: Parsed, now: float, message_id: str) -> bytes | None:
     """The message without the email package, or None when it needs encoding or folding."""
     headers = [("From", formataddr(parsed.from_)), ("To", _simple_list(parsed.to))]
     if parsed.cc:
@@ -183,7 +171,6 @@ def _render_simple(msg: Message, parsed: Parsed, now: float) -> bytes | None:
         headers.append(("Reply-To", _simple_list(parsed.reply_to)))
     headers.append(("Subject", msg.subject))
     headers.append(("Date", _date(int(now))))
-    message_id = _angle(msg.message_id) if msg.message_id else derived_message_id(msg.id)
     headers.append(("Message-ID", message_id))
     for name, value in (msg.headers or {}).items():
         if name.lower() not in PROTECTED:

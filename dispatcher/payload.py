@@ -58,7 +58,6 @@ class Message:
     content_type: str | None = None
     html: bool | None = None
     headers: dict[str, str] | None = None
-    message_id: str | None = None
     attachments: list[Attachment] | None = None
 
     @property
@@ -66,8 +65,9 @@ class Message:
         return self.content_type == "html" or (self.content_type is None and bool(self.html))
 
 
+# message_id is not read here: intake stored the Message-ID in its own column
 OPTIONAL = ("from_name", "cc", "bcc", "reply_to", "return_path", "content_type", "html",
-            "headers", "message_id")  # fmt: skip
+            "headers")  # fmt: skip
 
 
 def load(payload: str) -> Message:

@@ -2,7 +2,8 @@
 
 ``{"delivery_report": [item, ...]}`` as compact UTF-8 JSON.  The reference's seven fields
 come first and keep their meaning; ours follow, so an upstream written for the reference
-reads what it knows and ignores the rest.
+reads what it knows and ignores the rest.  ``[client] report_format = reports`` puts the same
+items under ``"reports"``, the key the reference's example client reads.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ def report_item(row: dict, now: float) -> dict:
     return item
 
 
-def encode_report(items: list[dict]) -> bytes:
-    """The request body: ``{"delivery_report": [...]}`` as compact UTF-8 JSON."""
-    return json.dumps(
-        {"delivery_report": items}, ensure_ascii=False, separators=(",", ":")
-    ).encode()
+def encode_report(items: list[dict], key: str = "delivery_report") -> bytes:
+    """The request body: ``{key: [...]}`` as compact UTF-8 JSON (key: the report_format)."""
+    return json.dumps({key: items}, ensure_ascii=False, separators=(",", ":")).encode()

@@ -48,10 +48,12 @@ class SyncClient:
         password: str | None = None,
         token: str | None = None,
         signing_key: str | None = None,
+        report_format: str = "delivery_report",
         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
     ):
         self.url = url
         self.signing_key = signing_key
+        self.report_format = report_format
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Content-Type"] = "application/json"
@@ -71,12 +73,13 @@ class SyncClient:
             password=config.client_sync_password,
             token=config.client_sync_token,
             signing_key=config.client_sync_signing_key,
+            report_format=config.report_format,
             **kwargs,
         )
 
     def post(self, items: list[dict], now: float) -> Answer:
         """POST one report; any 2xx is success whatever its body (the reference's clients)."""
-        body = encode_report(items)
+        body = encode_report(items, self.report_format)
         headers = {}
         if self.signing_key:
             timestamp = str(int(now))

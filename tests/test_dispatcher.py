@@ -383,7 +383,8 @@ def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipe
                    body=".leading dot\r\n..two\n.\nend without newline")  # fmt: skip
     enqueue(conn, config, item)
     make_dispatcher(conn, config).run_once(T0)
-    built = mime.build(Message.model_validate(item), [], T0)
+    header = store.messages.get(conn, "m1", T0)["message_id_header"]
+    built = mime.build(Message.model_validate(item), [], T0, header)
     [got] = peer.received
     assert got.data == built.data  # dot-stuffing undone by the server, nothing else changed
     assert (got.sender, got.recipients) == ("b@example.com", built.recipients)

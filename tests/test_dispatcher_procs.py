@@ -114,7 +114,9 @@ def test_sigusr1_wakes_an_idle_dispatcher(conn, config, start, smtp_server):
     store.accounts.upsert(conn, peer.account(), int(time.time()))
     [proc] = start(1, send_interval_seconds=ASLEEP)
     procs.wait_for(lambda: idle(proc), message="the dispatcher idle in its wait")
-    quiet = store.messages.NewMessage("quiet", "acct", 2, message("quiet", "acct"), None)
+    quiet = store.messages.NewMessage(
+        "quiet", "acct", 2, message("quiet", "acct"), None, "<q@x.example>"
+    )
     store.messages.enqueue(conn, [quiet], time.time())  # stored without a wake-up datagram
     assert idle(proc) and peer.received == []  # still asleep: nothing told it
     proc.send_signal(signal.SIGUSR1)

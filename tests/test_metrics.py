@@ -110,7 +110,9 @@ def exposition_with_everything(multiprocess, conn) -> str:
     python(SAMPLE_PROCESS, env, "dispatcher", "live")
     now = time.time()
     store.messages.enqueue(
-        conn, [store.messages.NewMessage("m1", None, 1, {"id": "m1"}, None)], now - 30
+        conn,
+        [store.messages.NewMessage("m1", None, 1, {"id": "m1"}, None, "<m1@x.example>")],
+        now - 30,
     )
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 1, now)
     return render()
@@ -158,8 +160,8 @@ def test_queue_gauges_come_from_the_database(conn, config):
     store.messages.enqueue(
         conn,
         [
-            store.messages.NewMessage("a", None, 0, {"id": "a"}, None),
-            store.messages.NewMessage("b", None, 3, {"id": "b"}, int(T0) + 3600),
+            store.messages.NewMessage("a", None, 0, {"id": "a"}, None, "<a@x.example>"),
+            store.messages.NewMessage("b", None, 3, {"id": "b"}, int(T0) + 3600, "<b@x.example>"),
         ],
         T0 - 60,
     )

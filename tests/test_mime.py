@@ -8,11 +8,14 @@ from email.parser import BytesParser
 import pytest
 
 from common.models import Message
-from dispatcher.mime import BuildError, Part, build, derived_message_id
+from dispatcher.mime import BuildError, Part, build
 from tests.support.factories import T0, message
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 PDF = b"%PDF-1.4\n" + bytes(range(255, -1, -1)) * 3
+
+
+MID = "<0123456789abcdef@example.com>"  # the Message-ID intake would have stored
 
 
 def model(**fields) -> Message:
@@ -36,7 +39,7 @@ def test_plain_message_headers_and_envelope():
         "return_path": "bounces@example.com",
         "headers": {"X-Campaign": "spring", "Subject": "ignored?"},
     }
-    env = build(model(**fields), [], T0)
+    env = build(model(**fields), [], T0, MID)
     msg = parse(env.data)
     assert env.sender == "bounces@example.com"
     assert env.recipients == ["rcpt@example.com", "cc@example.com", "hidden@example.com"]
@@ -46,26 +49,22 @@ def test_plain_message_headers_and_envelope():
     assert msg["X-Campaign"] == "spring"
     assert msg["Subject"] == "ignored?"  # a custom header replaces the builder's
     assert msg["Date"] == "Fri, 15 Jan 2027 08:00:00 +0000"
-    assert msg["Message-ID"] == derived_message_id("msg-1")
+    assert msg["Message-ID"] == MID
     assert msg.get_content_type() == "text/plain" and text(msg) == "Plain body\n"
     assert b"\r\n" in env.data and b"\n" not in env.data.replace(b"\r\n", b"")
 
 
-def test_message_id_is_the_clients_or_stable():
-    assert parse(build(model(message_id="<abc@app.example>"), [], T0).data)["Message-ID"] == (
-        "<abc@app.example>"
-    )
-    assert parse(build(model(message_id="abc@app.example"), [], T0).data)["Message-ID"] == (
-        "<abc@app.example>"
-    )
-    first, again = derived_message_id("x"), derived_message_id("x")
-    assert first == again != derived_message_id("y") and first.endswith("@asyncmail>")
+def test_message_id_is_the_one_given_whatever_the_payload_says():
+    # intake chose it (the client's message_id included) and stored it: mime only writes it
+    for parts in ([], [Part("a.txt", b"x")]):
+        env = build(model(message_id="<abc@app.example>"), parts, T0, MID)
+        assert parse(env.data)["Message-ID"] == MID
 
 
 def test_non_ascii_subject_names_and_body_are_encoded():
     env = build(model(**{"from": "Zoë Ågren <z@example.com>", "to": "Jürgen <j@example.com>",
                          "subject": "Grüße – ünïcödé ✓ " + "long " * 20,
-                         "body": "Привет, мир! ✓\n" + "ä" * 300 + "\n"}), [], T0)  # fmt: skip
+                         "body": "Привет, мир! ✓\n" + "ä" * 300 + "\n"}), [], T0, MID)  # fmt: skip
     assert env.data.isascii()  # 7-bit clean: RFC 2047 headers, QP/base64 body
     assert all(len(line) <= 998 for line in env.data.split(b"\r\n"))
     msg = parse(env.data)
@@ -77,14 +76,14 @@ def test_non_ascii_subject_names_and_body_are_encoded():
 
 def test_from_name_overrides_display_name():
     msg = parse(
-        build(model(**{"from": "Old <s@example.com>", "from_name": "New Name"}), [], T0).data
+        build(model(**{"from": "Old <s@example.com>", "from_name": "New Name"}), [], T0, MID).data
     )
     assert msg["From"] == "New Name <s@example.com>"
 
 
 @pytest.mark.parametrize("flags", [{"content_type": "html"}, {"html": True}])
 def test_html_body(flags):
-    msg = parse(build(model(body="<p>Hi</p>", **flags), [], T0).data)
+    msg = parse(build(model(body="<p>Hi</p>", **flags), [], T0, MID).data)
     assert msg.get_content_type() == "text/html" and text(msg) == "<p>Hi</p>\n"
 
 
@@ -95,7 +94,7 @@ def test_attachments_and_inline_parts():
         Part("data.bin", b"\x00\x01", "application/x-custom"),
         Part("résumé.txt", "naïve\n".encode()),
     ]
-    env = build(model(body='<img src="cid:logo@app">', html=True), parts, T0)
+    env = build(model(body='<img src="cid:logo@app">', html=True), parts, T0, MID)
     msg = parse(env.data)
     assert msg.get_content_type() == "multipart/mixed"
     related, *attached = msg.iter_parts()
@@ -114,7 +113,7 @@ def test_attachments_and_inline_parts():
 
 
 def test_attachments_without_inline_parts_are_mixed():
-    msg = parse(build(model(), [Part("a.csv", b"x,y\n1,2\n")], T0).data)
+    msg = parse(build(model(), [Part("a.csv", b"x,y\n1,2\n")], T0, MID).data)
     body, csv = msg.iter_parts()
     assert text(body) == "Plain body\n"
     assert (csv.get_content_type(), csv.get_payload(decode=True)) == ("text/csv", b"x,y\n1,2\n")
@@ -122,12 +121,12 @@ def test_attachments_without_inline_parts_are_mixed():
 
 def test_non_ascii_envelope_address_is_refused():
     with pytest.raises(BuildError, match="SMTPUTF8"):
-        build(model(to="jösé@example.com"), [], T0)
+        build(model(to="jösé@example.com"), [], T0, MID)
 
 
 def test_leading_dots_survive_in_the_body():
     body = ".hidden line\n..two dots\n.\n"
-    assert text(parse(build(model(body=body), [], T0).data)) == body
+    assert text(parse(build(model(body=body), [], T0, MID).data)) == body
 
 
 EQUIVALENT = [
@@ -154,7 +153,7 @@ def test_direct_path_matches_the_email_package(fields):
 
     msg = model(**fields)
     parsed = Parsed.of(msg)
-    direct, reference = _render_simple(msg, parsed, T0), _render(msg, parsed, [], T0)
+    direct, reference = _render_simple(msg, parsed, T0, MID), _render(msg, parsed, [], T0, MID)
     assert direct is not None  # these all take the direct path
     fast, slow = parse(direct), parse(reference)
     skip = "content-transfer-encoding"  # 7bit vs quoted-printable may differ; content may not
@@ -177,4 +176,4 @@ def test_headers_needing_encoding_or_folding_take_the_email_package(fields):
     from dispatcher.mime import Parsed, _render_simple
 
     msg = model(**fields)
-    assert _render_simple(msg, Parsed.of(msg), T0) is None
+    assert _render_simple(msg, Parsed.of(msg), T0, MID) is None

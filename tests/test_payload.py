@@ -54,5 +54,5 @@ def test_stored_payload_reads_as_the_model(item):
 @pytest.mark.parametrize("item", [i for i in ITEMS if "attachments" not in i])
 def test_same_bytes_on_the_wire(item):
     """The message built from the stored payload is the one built from the model."""
-    from_model = mime.build(Message.model_validate(item), [], NOW)
-    assert mime.build(payload.load(stored(item)), [], NOW) == from_model
+    from_model = mime.build(Message.model_validate(item), [], NOW, "<m@example.com>")
+    assert mime.build(payload.load(stored(item)), [], NOW, "<m@example.com>") == from_model

@@ -118,6 +118,23 @@ def test_item_keeps_reference_fields_first_then_ours(upstream, make_reporter, co
     assert "possible_duplicate" not in sent
 
 
+@pytest.mark.parametrize("report_format", ["delivery_report", "reports"])
+def test_report_format_names_the_key_the_items_travel_under(
+    upstream, make_reporter, conn, report_format
+):
+    record_outcome(conn, "m1", T0 - 2)
+    reporter = make_reporter(client_sync_url=upstream.url, report_format=report_format)
+
+    drain(reporter, T0)
+    reporter.run_once(T0 + 400)  # idle: the empty heartbeat report uses the same key
+
+    first, idle = (json.loads(r.body) for r in upstream.answered())
+    assert list(first) == [report_format] and list(idle) == [report_format]
+    assert [item["id"] for item in first[report_format]] == ["m1"]
+    assert list(first[report_format][0])[:7] == list(REFERENCE_FIELDS)
+    assert idle[report_format] == [] and reported_ts(conn, "m1") == int(T0)
+
+
 def test_batches_hold_at_most_report_batch_size(upstream, make_reporter, conn):
     for n in range(5):
         record_outcome(conn, f"m{n}", T0 - 10 + n)

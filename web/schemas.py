@@ -310,6 +310,10 @@ class MessageRecord(Shape):
     possible_duplicate: bool = Field(
         description="A dispatcher died mid-send, so the message may have been sent twice."
     )
+    message_id_header: str = Field(
+        description="The Message-ID header every attempt carries: the client's message_id, "
+        "else <random@sender's domain> chosen at enqueue."
+    )
 
 
 class MessagesPage(Answer):

@@ -35,7 +35,8 @@ BUSY_FIRST_WAIT = 0.00005
 BUSY_MAX_WAIT = 0.005
 
 _READY = """
-SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at
+SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at,
+       message_id_header
 FROM messages INDEXED BY messages_claim
 WHERE account_id IS :account_id AND priority = :priority
   AND sent_ts IS NULL AND error_ts IS NULL AND ready_at <= :now

@@ -14,11 +14,14 @@ grew large (an outage, a long reader) back down when it next restarts from its b
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
+
+from common.addresses import angle_brackets
 
 BUSY_TIMEOUT_MS = 30_000  # a queue waits for its turn; a dispatcher's write lasts milliseconds
 # Fallback only (SQLite's default is 1000 pages, ~4 MiB): while the reporter checkpoints the
@@ -116,6 +119,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the Message-ID header, chosen once at intake (the client's, else <random@domain>) so
+    # every attempt and any duplicate carry the same one, and a bounce can find its message.
+    # Rows stored before get the one the dispatcher derived for them until now, so a message
+    # retried across the upgrade keeps its Message-ID.
+    """
+    ALTER TABLE messages ADD COLUMN message_id_header TEXT;
+    UPDATE messages
+        SET message_id_header = legacy_message_id(id, json_extract(payload, '$.message_id'));
+    CREATE INDEX messages_message_id_header ON messages(message_id_header);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -198,12 +211,30 @@ def schema_version(conn: apsw.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()["user_version"]
 
 
+def legacy_message_id(message_id: str, client_value: str | None) -> str:
+    """The Message-ID of a message stored before migration 3: the client's, else a hash of id."""
+    if client_value:
+        return angle_brackets(client_value)
+    return f"<{hashlib.sha256(message_id.encode()).hexdigest()[:32]}@asyncmail>"
+
+
+class ForeignDatabase(apsw.SQLError):
+    """The file holds tables this service did not create (a gnr-async-mail-service database)."""
+
+
 def migrate_schema(conn: apsw.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION; safe when several processes start at once."""
     if schema_version(conn) >= SCHEMA_VERSION:
         return SCHEMA_VERSION
+    conn.create_scalar_function("legacy_message_id", legacy_message_id, 2, deterministic=True)
     with write(conn):
         current = schema_version(conn)  # re-read under the lock: another process may have won
+        if current == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            # e.g. db_path of a reference config.ini still naming the reference's database
+            raise ForeignDatabase(
+                f"{conn.filename} holds tables but no async-mail-service schema (another "
+                "service's database?); set [storage] db_path to a new file (docs/migration.md)"
+            )
         for number in range(current, SCHEMA_VERSION):
             conn.execute(MIGRATIONS[number])
             conn.execute(f"PRAGMA user_version={number + 1}")

@@ -20,7 +20,7 @@ from common.store.status import STATUS_CASE_SQL, STATUS_SQL, status_of
 MESSAGE_COLUMNS = (
     "id, account_id, priority, payload, created_at, updated_at, deferred_ts, sent_ts, "
     "error_ts, error, reported_ts, lease_owner, lease_expires, attempts, smtp_code, refused, "
-    "possible_duplicate"
+    "possible_duplicate, message_id_header"
 )
 
 
@@ -31,13 +31,22 @@ class NewMessage:
     priority: int
     payload: dict
     deferred_ts: int | None
+    message_id_header: str  # the Message-ID header: the client's, else generated at intake
 
 
+# A replacement keeps the stored Message-ID unless the old or the new payload names its own:
+# an earlier attempt under this id may have been delivered, and its copy must stay
+# recognisable.  (SET expressions see the row as it was before the update.)
 _UPSERT = """
 INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, deferred_ts,
-                      ready_at, enqueued_at)
-VALUES (:id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts, :ready_at, :now)
+                      ready_at, enqueued_at, message_id_header)
+VALUES (:id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts, :ready_at, :now,
+        :message_id_header)
 ON CONFLICT(id) DO UPDATE SET
+    message_id_header = CASE
+        WHEN coalesce(json_extract(messages.payload, '$.message_id'), '') = ''
+         AND coalesce(json_extract(excluded.payload, '$.message_id'), '') = ''
+        THEN messages.message_id_header ELSE excluded.message_id_header END,
     account_id = excluded.account_id, priority = excluded.priority,
     payload = excluded.payload, updated_at = excluded.updated_at,
     deferred_ts = excluded.deferred_ts, ready_at = excluded.ready_at,
@@ -63,6 +72,7 @@ def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str |
                 "priority": msg.priority,
                 "payload": json.dumps(msg.payload, ensure_ascii=False, separators=(",", ":")),
                 "deferred_ts": msg.deferred_ts,
+                "message_id_header": msg.message_id_header,
                 "ready_at": max(now, msg.deferred_ts or 0),
                 "now": now,
                 "now_s": int(now),

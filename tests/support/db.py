@@ -43,7 +43,9 @@ def record_outcome(
     attempts=1,
 ) -> None:
     """Enqueue a message, then give it a terminal outcome as a dispatcher would."""
-    new = store.messages.NewMessage(message_id, None, 2, {"id": message_id}, None)
+    new = store.messages.NewMessage(
+        message_id, None, 2, {"id": message_id}, None, f"<{message_id}@x.example>"
+    )
     store.messages.enqueue(conn, [new], at - 1)
     with store.db.write(conn):
         conn.execute(
