@@ -186,9 +186,13 @@ def test_due_messages_count_ready_and_retrying_but_not_scheduled_ones(conn, conf
     store.messages.enqueue(
         conn,
         [
-            store.messages.NewMessage("ready", "acc", 2, {"id": "ready"}, None),
-            store.messages.NewMessage("retrying", "acc", 2, {"id": "retrying"}, None),
-            store.messages.NewMessage("tomorrow", None, 2, {"id": "tomorrow"}, int(T0) + 86400),
+            store.messages.NewMessage("ready", "acc", 2, {"id": "ready"}, None, "<r@x.example>"),
+            store.messages.NewMessage(
+                "retrying", "acc", 2, {"id": "retrying"}, None, "<t@x.example>"
+            ),
+            store.messages.NewMessage(
+                "tomorrow", None, 2, {"id": "tomorrow"}, int(T0) + 86400, "<w@x.example>"
+            ),
         ],
         T0 - 60,
     )

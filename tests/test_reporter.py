@@ -393,7 +393,7 @@ def test_without_reports_finished_messages_are_purged_after_their_outcome(
     record_outcome(conn, "recent", T0 - 100)
     store.messages.enqueue(  # waiting since long before the cutoff, not finished
         conn,
-        [store.messages.NewMessage("waiting", None, 2, {"id": "waiting"}, None)],
+        [store.messages.NewMessage("waiting", None, 2, {"id": "waiting"}, None, "<w@x.example>")],
         T0 - 9 * 86400,
     )
     make_reporter(delivery_report_retention_seconds=week).run_once(T0)

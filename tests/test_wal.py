@@ -15,7 +15,13 @@ def write_mib(conn, n: int, tag: str = "big") -> None:
     for i in range(n):
         body = {"id": f"{tag}-{i}", "body": "x" * MIB}
         store.messages.enqueue(
-            conn, [store.messages.NewMessage(f"{tag}-{i}", None, 2, body, None)], T0
+            conn,
+            [
+                store.messages.NewMessage(
+                    f"{tag}-{i}", None, 2, body, None, f"<{tag}-{i}@x.example>"
+                )
+            ],
+            T0,
         )
 
 
