@@ -6,6 +6,7 @@ pytest.register_assert_rewrite("tests.support")
 
 pytest_plugins = [
     "tests.support.fixtures",
+    "tests.support.cli",
     "tests.support.smtp",
     "tests.support.upstream",
     "tests.support.s3",

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from cli import main as cli
 from common import intake, operations, store
 from common.enums import Next, Outcome
 from common.models import Account
@@ -25,25 +24,6 @@ from web.app import create_app
 
 TOKEN = "chores-token"
 AUTH = {"X-API-Token": TOKEN}
-
-
-@pytest.fixture
-def ini(tmp_path):
-    path = tmp_path / "asyncmail.ini"
-    path.write_text("[smtp]\nhost = 127.0.0.1\nport = 2525\n")
-    return path
-
-
-@pytest.fixture
-def run(var_dir, ini, capsys):
-    """run(*argv) -> (exit code, stdout, stderr) of one asyncmail invocation."""
-
-    def invoke(*argv):
-        code = cli.main(["--config", str(ini), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 @pytest.fixture

@@ -20,25 +20,6 @@ from common.config import load_config
 
 
 @pytest.fixture
-def ini(tmp_path):
-    path = tmp_path / "asyncmail.ini"
-    path.write_text("[smtp]\nhost = smtp.example.org\nport = 2525\n")
-    return path
-
-
-@pytest.fixture
-def run(var_dir, ini, capsys):
-    """run(*argv) -> (exit code, stdout, stderr) of one asyncmail invocation."""
-
-    def invoke(*argv):
-        code = cli.main(["--config", str(ini), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
-
-
-@pytest.fixture
 def conn(run, var_dir):
     run("init")
     connection = store.db.connect(var_dir / "asyncmail.db")
