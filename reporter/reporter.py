@@ -1,8 +1,7 @@
 """One reporter iteration: checkpoint and purge when due, then post one batch of reports.
 
 The reporter also keeps the database's WAL short (``CHECKPOINT_EVERY``), so that the
-dispatchers' claims and the API's enqueues never pay for a checkpoint (common/store/db.py);
-with replication on it leaves that to Litestream.
+dispatchers' claims and the API's enqueues never pay for a checkpoint (common/store/db.py).
 
 States of the upstream, as the reporter sees it:
   UP        post whenever outcomes wait (woken by the dispatchers), or an empty report
@@ -171,9 +170,7 @@ class Reporter:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _checkpoint_if_due(self, now: float) -> None:
-        # with replication on, Litestream checkpoints: it must copy every frame of the WAL
-        # before the WAL restarts (docs/operations.md, "Checkpoints with replication")
-        if self.config.replication_enabled or now - self.last_checkpoint_at < CHECKPOINT_EVERY:
+        if now - self.last_checkpoint_at < CHECKPOINT_EVERY:
             return
         self.last_checkpoint_at = now
         store.db.checkpoint(self.conn)
