@@ -26,7 +26,7 @@ from common.config import load_config
 from tests.support import litestream as litestream_proc
 from tests.support import procs
 
-ROUNDS = 3
+ROUNDS = 5
 DISPATCHERS = 2
 MESSAGES = 5000
 MAX_COST = 0.10  # the budget: replication may cost at most 10 %

@@ -30,6 +30,8 @@ PROGRAM = """\
 ; -no-expand-env: a `$` in a key is part of the key, not an environment variable
 command = {binary} replicate -config {config} -no-expand-env
 directory = {var_dir}
+; Litestream 0.5 cannot start with AWS_CA_BUNDLE set; empty is unset (common/replication.py)
+environment = {environment}
 priority = {priority}
 ; TERM: Litestream uploads what it has not yet sent, then exits
 stopsignal = TERM
@@ -92,6 +94,7 @@ def install(config: Config) -> None:
         stop_wait=STOP_WAIT_SECONDS,
         log_dir=config.log_dir,
         var_dir=config.var_dir,
+        environment=",".join(f'{name}=""' for name in replication.UNUSABLE_ENV),
     )
     write_private(directory / "replication.conf", program)
 
@@ -106,7 +109,13 @@ def restore(config: Config, target: Path, timestamp: str | None) -> None:
         argv += ["-timestamp", timestamp]
     argv.append(str(Path(config.database).resolve()))
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env=replication.environment(os.environ),
+        )
     finally:
         generated.unlink(missing_ok=True)  # supervisord's start writes it again
     if done.returncode != 0:

@@ -42,6 +42,9 @@ MONITOR_INTERVAL = 0.25
 MIN_CHECKPOINT_PAGES = 8192
 CHECKPOINT_INTERVAL = "1m"
 SHUTDOWN_SYNC_TIMEOUT = 30  # seconds Litestream keeps trying its last upload when stopped
+# Litestream 0.5 exits at start with AWS_CA_BUNDLE set ("unable to add custom RootCAs
+# HTTPClient"); Go reads SSL_CERT_FILE / SSL_CERT_DIR instead, so it runs without it
+UNUSABLE_ENV = ("AWS_CA_BUNDLE",)
 
 
 def socket_path(config: Config) -> Path:
@@ -60,6 +63,11 @@ def binary() -> str | None:
     if beside.is_file():
         return str(beside)
     return shutil.which(BINARY)
+
+
+def environment(environ) -> dict:
+    """The environment Litestream runs with: ours, without what would stop it."""
+    return {k: v for k, v in environ.items() if k not in UNUSABLE_ENV}
 
 
 def _duration(seconds: float) -> str:

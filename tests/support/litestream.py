@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ def start(config, log_path: Path) -> subprocess.Popen:
             [replication.binary(), "replicate", "-config", str(generated), "-no-expand-env"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=replication.environment(os.environ),
         )
     try:
         wait_for(
