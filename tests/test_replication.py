@@ -18,6 +18,7 @@ from common import intake, metrics, operations, replication, store
 from tests.support import factories
 from tests.support import litestream as litestream_proc
 from tests.support.procs import wait_for
+from web.app import create_app
 
 SECRET = "replica-secret-$HOME-never-shown"  # a `$` must not be expanded by Litestream
 
@@ -240,3 +241,17 @@ def test_restore_from_replica_refusals(asyncmail, replicated_ini):
     replicated_ini.config_path.write_text("")
     code, _, err = asyncmail("restore", "--from-replica")
     assert code == 1 and "replica_url is not set" in err
+
+
+def test_status_command_and_page_show_the_lag(replicated_ini, litestream, asyncmail):
+    code, out, err = asyncmail("status")
+    assert code == 0, err  # supervisord does not run: nothing else is expected
+    line = next(row for row in out.splitlines() if row.startswith("replication"))
+    assert f"to {replicated_ini.replica_url}, lag" in line
+    page = create_app(replicated_ini).test_client().get("/ui").get_data(as_text=True)
+    assert 'id="replication"' in page and replicated_ini.replica_url in page
+    litestream_proc.stop(litestream)
+    code, out, _ = asyncmail("status")
+    assert "DOWN to" in out and "does not answer" in out
+    page = create_app(replicated_ini).test_client().get("/ui").get_data(as_text=True)
+    assert "Down: litestream does not answer" in page
