@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss")
+SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss", "replication")
 
 
 def run_section(name: str) -> dict:

@@ -127,13 +127,19 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def measure_single(base: str) -> dict:
-    """Latency of one-message requests on one keep-alive connection."""
+def single_samples(base: str, requests_n: int = SINGLE_REQUESTS) -> list[float]:
+    """Seconds of each one-message request on one keep-alive connection, after a warm-up."""
     url = base + "/commands/add-messages"
     with _session() as session:
         for i in range(WARMUP):
             _post(session, url, [message(f"warm-{i}")])
-        samples = [_post(session, url, [message(f"single-{i}")]) for i in range(SINGLE_REQUESTS)]
+        return [_post(session, url, [message(f"single-{i}")]) for i in range(requests_n)]
+
+
+def measure_single(base: str) -> dict:
+    """Latency of one-message requests on one keep-alive connection."""
+    samples = single_samples(base)
+    with _session() as session:
         probe = session.get(base + "/health")
     return {
         "requests": len(samples),

@@ -1,18 +1,22 @@
-"""``asyncmail backup FILE`` and ``asyncmail restore FILE``: the database copied while the
-service runs, and put back while it does not (docs/operations.md, "Backup and restore")."""
+"""``asyncmail backup FILE`` and ``asyncmail restore FILE | --from-replica``: the database
+copied while the service runs, and put back while it does not (docs/operations.md, "Backup
+and restore", "Restore from the replica")."""
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import apsw
 
-from cli.output import OK, REFUSED, UNAVAILABLE, CliError, emit, pairs
+from cli import replication
+from cli.output import OK, REFUSED, UNAVAILABLE, USAGE, CliError, emit, pairs, when
 from cli.stack import pid_alive, supervisord_runs
 from common import operations, store
 from common.config import Config
+from common.replication import describe as describe_replica
 
 
 def _held(summary: dict) -> str:
@@ -25,6 +29,7 @@ def _held(summary: dict) -> str:
             "accounts": summary["accounts"],
             "attempts": attempts or "0",
             "size": f"{summary['bytes']} bytes",
+            "last write": when(summary["last_write_ts"]),
         }
     )
 
@@ -89,10 +94,23 @@ def _refuse_while_running(config: Config) -> None:
 
 
 def cmd_restore(config: Config, args) -> int:
-    """Replace the database with backup FILE; refused while the service runs."""
-    source = Path(args.file)
+    """Replace the database with backup FILE, or with the replica; refused while it runs."""
+    if bool(args.file) == args.from_replica:
+        raise CliError("restore: give a backup FILE or --from-replica (one of them)", USAGE)
+    if args.timestamp is not None and not args.from_replica:
+        raise CliError("restore: --timestamp goes with --from-replica", USAGE)
     _refuse_while_running(config)
+    if args.from_replica:
+        return _restore_from_replica(config, args)
+    source = Path(args.file)
     held = _checked_summary(source)
+    kept = _put_in_place(config, source)
+    _report(args, config, kept, held, f"restored {source} into {config.database}")
+    return OK
+
+
+def _put_in_place(config: Config, source: Path) -> Path | None:
+    """Make a checked copy the database; the previous one is kept aside (returned)."""
     copy = store.backup.open_read_only(source)
     try:
         kept = store.backup.replace(config.database, copy)
@@ -103,9 +121,67 @@ def cmd_restore(config: Config, args) -> int:
     conn = store.db.open_database(config)  # WAL again, and migrated if the copy is older
     store.heartbeats.clear(conn)  # the copy's heartbeats describe processes of another time
     conn.close()
-    data = {"ok": True, "database": str(config.database), "previous": kept and str(kept), **held}
-    human = f"restored {source} into {config.database}\n{_held(held)}"
+    return kept
+
+
+def _report(args, config: Config, kept: Path | None, held: dict, headline: str, **extra) -> None:
+    data = {"ok": True, "database": str(config.database), "previous": kept and str(kept)}
+    human = f"{headline}\n{_held(held)}"
     if kept:
         human += f"\nthe previous database is kept as {kept}"
-    emit(args, data, human)
+    emit(args, {**data, **held, **extra}, human)
+
+
+def _restore_from_replica(config: Config, args) -> int:
+    """Restore the replica (at --timestamp) into a new file, check it, put it in place."""
+    if not config.replication_enabled:
+        raise CliError("restore --from-replica: [replication] replica_url is not set", REFUSED)
+    timestamp = _timestamp(args.timestamp)
+    config.var_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    config.run_dir.mkdir(mode=0o700, exist_ok=True)
+    staged = config.database.with_name(f".{config.database.name}.from-replica")
+    for path in (staged, *(Path(f"{staged}{s}") for s in store.backup.SIDE_FILES)):
+        path.unlink(missing_ok=True)
+    try:
+        replication.restore(config, staged, timestamp)
+        held = _checked_summary(staged)
+        conn = store.db.connect(staged, config.synchronous)  # an older copy: migrated
+        suspects = store.claims.suspect_after_restore(conn, time.time())
+        conn.close()
+        kept = _put_in_place(config, staged)
+    finally:
+        for path in (staged, *(Path(f"{staged}{s}") for s in store.backup.SIDE_FILES)):
+            path.unlink(missing_ok=True)
+    headline = f"restored {_source(config, timestamp)} into {config.database}"
+    if suspects:
+        headline += (
+            f"\n{suspects} unsent messages may have been sent by the lost host since the "
+            "replica's last sync: sent again, they are reported possible_duplicate"
+        )
+    _report(args, config, kept, held, headline, maybe_sent=suspects, timestamp=timestamp)
     return OK
+
+
+def _source(config: Config, timestamp: str | None) -> str:
+    """'the replica s3://bucket/path (as of T)' for messages."""
+    moment = f" as of {timestamp}" if timestamp else ""
+    return f"the replica {describe_replica(config)}{moment}"
+
+
+def _timestamp(text: str | None) -> str | None:
+    """--timestamp as Litestream wants it (RFC 3339, UTC); epoch seconds are accepted too."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(float(text), UTC)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(
+                f"--timestamp {text!r}: expected a time like 2026-01-31T12:00:00Z or epoch seconds",
+                USAGE,
+            ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without zone is this host's local time
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

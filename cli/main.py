@@ -214,9 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "backup", backup.cmd_backup, common).add_argument(
         "file", help="a new file (never overwritten)"
     )
-    _command(sub, "restore", backup.cmd_restore, common).add_argument("file", help="a backup")
+    _restore(sub, common)
     _stack(sub, common)
     return parser
+
+
+def _restore(sub, common) -> None:
+    restore = _command(
+        sub,
+        "restore",
+        backup.cmd_restore,
+        common,
+        epilog="Refused while the stack runs; the previous database is kept aside.",
+    )
+    restore.add_argument("file", nargs="?", help="a backup (asyncmail backup FILE)")
+    restore.add_argument(
+        "--from-replica",
+        action="store_true",
+        help="restore the Litestream replica of [replication] replica_url instead",
+    )
+    restore.add_argument(
+        "--timestamp",
+        metavar="T",
+        help="with --from-replica: the database as it was at T (2026-01-31T12:00:00Z)",
+    )
 
 
 def _retry(sub, common) -> None:

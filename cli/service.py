@@ -72,13 +72,16 @@ def cmd_status(config: Config, args) -> int:
     if not config.database.exists():
         raise CliError(f"no database at {config.database} (asyncmail init creates it)", UNAVAILABLE)
     data = operations.status(store.db.open_database(config), config, time.time())
-    problems = operations.health(data["processes"], supervisord_answers(config))
+    runs = supervisord_answers(config)
+    problems = operations.health(data["processes"], runs)
+    problems += operations.replication_problems(data["replication"], runs)
     head = {
         "active": "yes" if data["active"] else "no (suspended)",
         "test_mode": "yes" if config.test_mode else "no",
         **data["counts"],
         "pending by priority": " ".join(f"{p}:{n}" for p, n in data["pending_by_priority"].items()),
         "oldest ready age": f"{data['oldest_ready_age_seconds']} s",
+        "replication": _replication_line(data["replication"]),
         "health": "ok" if not problems else "UNHEALTHY",
     }
     human = pairs(head)
@@ -90,6 +93,16 @@ def cmd_status(config: Config, args) -> int:
     human += "".join(f"\nproblem: {p}" for p in problems)
     emit(args, {"ok": True, **data, "healthy": not problems, "problems": problems}, human)
     return UNHEALTHY if problems else OK
+
+
+def _replication_line(state: dict) -> str:
+    if not state["enabled"]:
+        return "off"
+    if not state["up"]:
+        return f"DOWN to {state['replica']}: {state['problem']}"
+    if state["lag_seconds"] is None:
+        return f"to {state['replica']}: {state['problem']}"
+    return f"to {state['replica']}, lag {state['lag_seconds']:.1f} s"
 
 
 def cmd_run_now(config: Config, args) -> int:

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli import replication
 from cli.output import OK, UNAVAILABLE, CliError, emit
 from common import store
 from common.config import Config
@@ -47,7 +48,8 @@ def supervisord_answers(config: Config) -> bool:
 
 
 def prepare(config: Config) -> None:
-    """Directories (0700), migrations, an empty metrics dir, no stale heartbeats or sockets."""
+    """Directories (0700), migrations, an empty metrics dir, no stale heartbeats or sockets,
+    Litestream's program when replication is on."""
     for directory in (config.var_dir, config.run_dir, config.log_dir, config.ratelimit_dir):
         directory.mkdir(parents=True, mode=0o700, exist_ok=True)
     shutil.rmtree(config.metrics_dir, ignore_errors=True)
@@ -56,6 +58,7 @@ def prepare(config: Config) -> None:
     conn = store.db.connect(config.database, config.synchronous)
     store.heartbeats.clear(conn)
     conn.close()
+    replication.install(config)  # Litestream's program, or none (cli/replication.py)
 
 
 def stack_env(config: Config, environ) -> dict:

@@ -131,6 +131,33 @@ def _url(text: str) -> str | None:
     return value
 
 
+def _replica_url(text: str) -> str | None:
+    value = _optional(text)
+    if value is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
+        raise ValueError("expected a URL Litestream accepts: s3://bucket/path, file:///path, ...")
+    return value
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds, written as a number (seconds) or with a unit: 500ms, 1s, 15m, 24h, 7d."""
+    value = text.strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value, scale = value[:-2], 0.001
+    elif value[-1:] in DURATION_UNITS:
+        value, scale = value[:-1], DURATION_UNITS[value[-1]]
+    try:
+        seconds = _float(value) * scale
+    except ValueError:
+        raise ValueError("expected seconds, or a number with ms, s, m, h or d") from None
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
 def _nonneg(kind):
     def parse(text: str):
         value = kind(text)
@@ -215,6 +242,14 @@ class Config:
     delivery_activity: bool = _key("logging", _bool, default=False)
     access_log: bool = _key("logging", _bool, default=False)  # one line per API request
     log_level: str = _key("logging", _log_level, default="INFO")
+    # [replication] continuous replication of the database with Litestream (docs/scaling.md)
+    replica_url: str | None = _key("replication", _replica_url, default=None)
+    replica_access_key_id: str | None = _key("replication", _optional, default=None)
+    replica_secret_access_key: str | None = _key("replication", _optional, default=None, repr=False)
+    replica_endpoint: str | None = _key("replication", _url, default=None)  # MinIO, R2, ...
+    replica_region: str | None = _key("replication", _optional, default=None)
+    sync_interval: float = _key("replication", _duration, default=1.0)
+    retention: float = _key("replication", _duration, default=86400.0)
 
     # -- derived paths -------------------------------------------------------------------
     @property
@@ -240,6 +275,11 @@ class Config:
     @property
     def has_default_account(self) -> bool:
         return self.smtp_host is not None
+
+    @property
+    def replication_enabled(self) -> bool:
+        """The database is replicated by Litestream (a replica_url is set)."""
+        return self.replica_url is not None
 
     @property
     def reports_enabled(self) -> bool:

@@ -190,6 +190,7 @@ class QueueCollector:
         now = self.clock()
         yield from self._queue(conn, now)
         yield from self._service(conn, now)
+        yield from self._replication(now)
 
     def _queue(self, conn, now: float):
         from common import store  # on the first scrape: the gunicorn master never needs apsw
@@ -263,6 +264,30 @@ class QueueCollector:
         )
         info.add_metric(list(labels.values()), 1)
         yield info
+
+    def _replication(self, now: float):
+        from common import replication
+
+        enabled = self.config.replication_enabled
+        yield GaugeMetricFamily(
+            "asyncmail_replication_enabled",
+            "1 when Litestream replicates the database ([replication] replica_url), else 0.",
+            value=int(enabled),
+        )
+        if not enabled:
+            return
+        lag = replication.lag(self.config, now)
+        yield GaugeMetricFamily(
+            "asyncmail_replication_up",
+            "1 while Litestream answers and replicates the database, else 0.",
+            value=int(lag.up),
+        )
+        if lag.lag_seconds is not None:  # unknown is absent, never a reassuring 0
+            yield GaugeMetricFamily(
+                "asyncmail_replication_lag_seconds",
+                "At most this many seconds of transactions are not on the replica yet.",
+                value=lag.lag_seconds,
+            )
 
 
 class AccountSeries:

@@ -12,7 +12,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-from common import crypto, store, wakeup
+from common import crypto, replication, store, wakeup
 from common.config import Config
 from common.enums import Status
 from common.models import Account
@@ -24,6 +24,9 @@ MAX_SECONDS = 2**63 - 1  # an age larger than any SQLite integer is not a real a
 # timeout (30 s).  Silent for twice that, it is stuck or gone.
 STALE_AFTER = 60.0
 RETRY_STATUSES = (Status.ERROR, Status.DEFERRED)
+# A healthy replica is at most two sync_intervals behind (Litestream syncs on a tick even when
+# idle); this far behind, the recovery point promised in docs/scaling.md no longer holds.
+REPLICATION_LAG_LIMIT = 60.0
 # Reading a ledger holds its lock ~1 µs per slot, and the dispatchers wait meanwhile: past
 # this many slots (the largest limit) usage counts the attempts table instead (~10 ms cap).
 LEDGER_READ_MAX = 10_000
@@ -52,6 +55,7 @@ def status(conn, config: Config, now: float) -> dict:
         "pending_by_priority": store.messages.pending_by_priority(conn),
         "oldest_ready_age_seconds": round(store.messages.oldest_ready_age(conn, now), 3),
         "processes": heartbeats(conn, now),
+        "replication": replication.state(config, now),
     }
 
 
@@ -82,6 +86,21 @@ def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
             if kind not in alive
         ]
     return problems
+
+
+def replication_problems(state: dict, supervisor_runs: bool) -> list[str]:
+    """What is wrong with replication (nothing: off, or healthy), from ``status()``."""
+    if not state["enabled"] or not supervisor_runs:
+        return []
+    if not state["up"]:
+        return [f"replication: {state['problem']}"]
+    lag = state["lag_seconds"]
+    if lag is not None and lag > REPLICATION_LAG_LIMIT:
+        return [
+            f"replication: the replica is {lag:.0f} s behind (more than "
+            f"{REPLICATION_LAG_LIMIT:.0f} s); see var/log/litestream.log"
+        ]
+    return []
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,13 @@ VALID = {
     "delivery_activity": ("logging", "1", True),
     "access_log": ("logging", "yes", True),
     "log_level": ("logging", "debug", "DEBUG"),
+    "replica_url": ("replication", "s3://bucket/mail", "s3://bucket/mail"),
+    "replica_access_key_id": ("replication", "AKIDREPLICA", "AKIDREPLICA"),
+    "replica_secret_access_key": ("replication", "replica-secret", "replica-secret"),
+    "replica_endpoint": ("replication", "http://minio.local:9000", "http://minio.local:9000"),
+    "replica_region": ("replication", "eu-central-1", "eu-central-1"),
+    "sync_interval": ("replication", "500ms", 0.5),
+    "retention": ("replication", "7d", 604800.0),
 }
 
 # field name: values that must stop start-up
@@ -89,6 +96,10 @@ BAD = {
     "delivery_activity": ["x"],
     "access_log": ["often"],
     "log_level": ["loud"],
+    "replica_url": ["/srv/replica", "bucket/path"],
+    "replica_endpoint": ["minio.local:9000"],
+    "sync_interval": ["0", "-1s", "soon", "1w", "nan"],
+    "retention": ["0d", "forever"],
 }
 
 

@@ -8,12 +8,15 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from common import metrics, store
+from common.config import load_config
 from common.enums import Outcome
+from tests.support import litestream
 from tests.support.factories import T0, Clock, account
 from tests.support.procs import ROOT, service_env
 from tests.support.prometheus import promtool
@@ -104,6 +107,8 @@ def add_account(conn, account_id: str) -> None:
 
 
 def exposition_with_everything(multiprocess, conn) -> str:
+    """Every series: counters touched, a process sampled, a message, a heartbeat, and the
+    database replicated by a real Litestream (its lag and up gauges)."""
     env, render = multiprocess
     add_account(conn, "acc")
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-00", "100")
@@ -115,7 +120,14 @@ def exposition_with_everything(multiprocess, conn) -> str:
         now - 30,
     )
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 1, now)
-    return render()
+    var_dir = Path(env["ASYNCMAIL_VAR_DIR"])
+    env["ASYNCMAIL_REPLICA_URL"] = f"file://{var_dir.parent / 'replica'}"
+    config = load_config(environ=env)
+    replicating = litestream.start(config, var_dir.parent / "litestream.log")
+    try:
+        return render()
+    finally:
+        litestream.stop(replicating)
 
 
 # -- exposition -------------------------------------------------------------------------------

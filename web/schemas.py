@@ -156,6 +156,20 @@ StatusCounts = create_model(
 )
 
 
+class Replication(Shape):
+    """Continuous replication of the database by Litestream ([replication])."""
+
+    enabled: bool = Field(description="false when [replication] replica_url is unset.")
+    replica: str | None = Field(description="The replica's address, without credentials.")
+    up: bool = Field(description="Litestream answers and replicates the database.")
+    lag_seconds: float | None = Field(
+        description="At most this many seconds of transactions are not on the replica yet; "
+        "null while unknown."
+    )
+    last_sync_ts: int | None = Field(description="Epoch seconds of the last successful sync.")
+    problem: str | None = Field(description="Why up is false or the lag is unknown.")
+
+
 class ServiceStatus(Answer):
     """The scheduler switch, message counts and process heartbeats."""
 
@@ -167,6 +181,7 @@ class ServiceStatus(Answer):
     )
     oldest_ready_age_seconds: float = Field(description="0 when no message is ready.")
     processes: list[Heartbeat]
+    replication: Replication
 
 
 class AddMessagesAnswer(Answer):

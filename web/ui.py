@@ -13,7 +13,7 @@ import time
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from common import operations, store
+from common import operations, replication, store
 from common.enums import Status
 from common.logs import fields
 from common.store.attempts import FAILED_OUTCOMES
@@ -126,8 +126,14 @@ def overview(conn, config, now: float) -> dict:
         "sent_total": sum(sent),
         "failed_total": sum(failed),
         "failures": store.attempts.recent_failures(conn, ids, now - HOUR, FAILURES_SHOWN),
+        "replication": replication.state(config, now),
+        "lag_limit": operations.REPLICATION_LAG_LIMIT,
     }
-    view["alerts"] = _alerts(view, operations.health(processes, supervisor_runs=False))
+    problems = operations.health(processes, supervisor_runs=False)
+    # the page cannot see supervisord: a live heartbeat says the stack runs
+    runs = any(not p["stale"] for p in processes)
+    problems += operations.replication_problems(view["replication"], runs)
+    view["alerts"] = _alerts(view, problems)
     return view
 
 

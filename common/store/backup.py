@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -63,10 +64,23 @@ def check(conn: apsw.Connection) -> None:
         )
 
 
+# the newest moment the copy records: processes beat every second while the stack runs, so
+# in a copy of a running service this is within a second of its last transaction
+_LAST_WRITE = """
+SELECT max(
+    coalesce((SELECT max(ts) FROM heartbeats), 0),
+    coalesce((SELECT max(ts) FROM attempts), 0),
+    coalesce((SELECT max(enqueued_at) FROM messages), 0),
+    coalesce((SELECT max(outcome_at) FROM messages), 0)
+) AS t
+"""
+
+
 def summary(conn: apsw.Connection, now: float) -> dict:
     """What a copy holds: schema version, messages by status, accounts, attempts by outcome,
-    size."""
+    size, and the time of its newest write (epoch seconds; None: an empty database)."""
     accounts = conn.execute("SELECT count(*) AS n FROM accounts").fetchone()["n"]
+    last = conn.execute(_LAST_WRITE).fetchone()["t"]
     attempts = conn.execute("SELECT outcome, count(*) AS n FROM attempts GROUP BY outcome")
     pages = conn.execute("PRAGMA page_count").fetchone()["page_count"]
     page_size = conn.execute("PRAGMA page_size").fetchone()["page_size"]
@@ -76,6 +90,7 @@ def summary(conn: apsw.Connection, now: float) -> dict:
         "accounts": accounts,
         "attempts": {row["outcome"]: row["n"] for row in attempts},
         "bytes": pages * page_size,
+        "last_write_ts": round(last, 3) if last else None,
     }
 
 
@@ -101,6 +116,8 @@ def replace(database: Path, source: apsw.Connection) -> Path | None:
         Path(f"{database}-shm").unlink(missing_ok=True)
     os.rename(staged, database)
     _fsync(database.parent)
+    # Litestream's own state about the previous file; kept, it would mix both databases
+    shutil.rmtree(database.with_name(f".{database.name}-litestream"), ignore_errors=True)
     return kept
 
 

@@ -283,3 +283,20 @@ def _apply(conn, t: Transition, process: str) -> None:
         (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
          process),
     )  # fmt: skip
+
+
+def suspect_after_restore(conn, now: float) -> int:
+    """Mark ``maybe_sent`` every unsent row a lost host may have sent after its copy was made.
+
+    A copy restored from a replica lags the lost database by up to the replica's lag: a row
+    the copy shows leased, or ready to claim, may have been sent there since.  The next claim
+    of such a row marks the message possible_duplicate.  A row whose ready_at is still ahead
+    cannot have been claimed anywhere yet and stays as it is.  Returns the rows marked.
+    """
+    with write(conn):
+        conn.execute(
+            "UPDATE messages SET maybe_sent = 1 WHERE sent_ts IS NULL AND error_ts IS NULL "
+            "AND (lease_owner IS NOT NULL OR ready_at <= ?)",
+            (now,),
+        )
+        return conn.changes()
