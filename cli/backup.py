@@ -104,13 +104,20 @@ def cmd_restore(config: Config, args) -> int:
         return _restore_from_replica(config, args)
     source = Path(args.file)
     held = _checked_summary(source)
-    kept = _put_in_place(config, source)
-    _report(args, config, kept, held, f"restored {source} into {config.database}")
+    kept, suspects = _put_in_place(config, source)
+    headline = f"restored {source} into {config.database}" + _suspects_note(
+        suspects, "the backup was made"
+    )
+    _report(args, config, kept, held, headline, maybe_sent=suspects)
     return OK
 
 
-def _put_in_place(config: Config, source: Path) -> Path | None:
-    """Make a checked copy the database; the previous one is kept aside (returned)."""
+def _put_in_place(config: Config, source: Path) -> tuple[Path | None, int]:
+    """Make a checked copy the database: (the previous one, kept aside; rows marked suspect).
+
+    Every unsent row the old database may have sent after the copy was made is marked
+    ``maybe_sent``, so a second copy of it is reported possible_duplicate.
+    """
     copy = store.backup.open_read_only(source)
     try:
         kept = store.backup.replace(config.database, copy)
@@ -120,8 +127,18 @@ def _put_in_place(config: Config, source: Path) -> Path | None:
         copy.close()
     conn = store.db.open_database(config)  # WAL again, and migrated if the copy is older
     store.heartbeats.clear(conn)  # the copy's heartbeats describe processes of another time
+    suspects = store.claims.suspect_after_restore(conn, time.time())
     conn.close()
-    return kept
+    return kept, suspects
+
+
+def _suspects_note(suspects: int, since: str) -> str:
+    if not suspects:
+        return ""
+    return (
+        f"\n{suspects} unsent messages may have been sent since {since}: sent "
+        "again, they are reported possible_duplicate"
+    )
 
 
 def _report(args, config: Config, kept: Path | None, held: dict, headline: str, **extra) -> None:
@@ -145,19 +162,12 @@ def _restore_from_replica(config: Config, args) -> int:
     try:
         replication.restore(config, staged, timestamp)
         held = _checked_summary(staged)
-        conn = store.db.connect(staged, config.synchronous)  # an older copy: migrated
-        suspects = store.claims.suspect_after_restore(conn, time.time())
-        conn.close()
-        kept = _put_in_place(config, staged)
+        kept, suspects = _put_in_place(config, staged)
     finally:
         for path in (staged, *(Path(f"{staged}{s}") for s in store.backup.SIDE_FILES)):
             path.unlink(missing_ok=True)
     headline = f"restored {_source(config, timestamp)} into {config.database}"
-    if suspects:
-        headline += (
-            f"\n{suspects} unsent messages may have been sent by the lost host since the "
-            "replica's last sync: sent again, they are reported possible_duplicate"
-        )
+    headline += _suspects_note(suspects, "the replica's last sync")
     _report(args, config, kept, held, headline, maybe_sent=suspects, timestamp=timestamp)
     return OK
 

@@ -283,9 +283,13 @@ def test_restore_puts_the_backup_back_and_keeps_the_previous(run, conn, cfg, var
     assert code == 0
     answer = json.loads(out)
     assert answer["messages"]["queued"] == 1 and answer["previous"]
+    assert answer["maybe_sent"] == 1  # the old database may have sent "before" since the copy
     restored = store.db.connect(var_dir / "asyncmail.db")
     assert store.messages.get(restored, "after", time.time()) is None
     assert store.messages.get(restored, "before", time.time())["status"] == "queued"
+    claimed = store.claims.claim(restored, "d:1", time.time(), 60, 10, True)
+    assert [r["id"] for r in claimed.messages] == ["before"]
+    assert store.messages.get(restored, "before", time.time())["possible_duplicate"] is True
     assert store.heartbeats.list_all(restored, time.time()) == []
     assert stat.S_IMODE((var_dir / "asyncmail.db").stat().st_mode) == 0o600
     restored.close()
