@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from common import crypto, store, wakeup
+from common.addresses import parse_address_list
 from common.config import Config
 from common.enums import Status
 from common.models import Account
@@ -268,3 +269,41 @@ def delete_account(conn, account_id: str, purge: bool) -> int:
         f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
         Refusal.NOT_FOUND,
     )
+
+
+# -- the suppression list (docs/bounces.md) ----------------------------------------------------
+MAX_SUPPRESSIONS_PAGE = 1000
+
+
+def suppressions(conn, limit: int = 100, cursor: str = "") -> tuple[list[dict], str | None]:
+    """A page of the suppression list in address order, and the next page's cursor."""
+    if not 1 <= limit <= MAX_SUPPRESSIONS_PAGE:
+        raise Refused(
+            f"'limit' must be an integer between 1 and {MAX_SUPPRESSIONS_PAGE}", Refusal.INVALID
+        )
+    return store.suppressions.page(conn, limit, cursor)
+
+
+def suppress(conn, address: object, reason: object, now: float) -> dict:
+    """Put an address on the suppression list by hand; the stored entry."""
+    if not isinstance(address, str):
+        raise Refused("'address' must be an email address string", Refusal.INVALID)
+    try:
+        [(_, checked)] = parse_address_list(address.strip())
+    except ValueError:
+        raise Refused(f"'address': {address!r} is not one email address", Refusal.INVALID) from None
+    if reason not in store.suppressions.REASONS:
+        raise Refused(
+            f"'reason' must be one of {', '.join(store.suppressions.REASONS)}", Refusal.INVALID
+        )
+    return store.suppressions.add(conn, checked, reason, None, None, now)
+
+
+def unsuppress(conn, address: str) -> None:
+    """Take an address off the suppression list: it is sent to again."""
+    if not store.suppressions.remove(conn, address.strip()):
+        raise Refused(
+            f"{address!r} is not on the suppression list; GET /suppressions "
+            "(asyncmail suppressions list) shows it.",
+            Refusal.NOT_FOUND,
+        )
