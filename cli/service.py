@@ -1,11 +1,14 @@
-"""``asyncmail`` set-up and scheduler commands: init, check-config, token, status, run-now,
-retry, suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit code``; the actions
-themselves are ``common.operations``, shared with the API.
+"""``asyncmail`` set-up and scheduler commands: init, check-config, token, seal-password,
+status, run-now, retry, suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit
+code``; the actions themselves are ``common.operations``, shared with the API.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +62,29 @@ def cmd_token(config: Config, args) -> int:
     """Print a new random API token for [server] api_token."""
     token = crypto.new_token()
     emit(args, {"ok": True, "token": token}, token)
+    return OK
+
+
+def cmd_seal_password(config: Config, args) -> int:
+    """Print a password sealed with ASYNCMAIL_SECRET_KEY for the INI file (enc:...).
+
+    For [bounces] imap_password and [smtp] password: the file then holds no clear password.
+    The password comes from --password-env, else a prompt (a terminal) or one line of stdin.
+    """
+    if not config.secret_key:
+        raise CliError("ASYNCMAIL_SECRET_KEY is not set: there is no key to seal with")
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise CliError(f"--password-env: the variable {args.password_env} is not set")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password to seal: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CliError("no password given")
+    sealed = crypto.seal(password, config.secret_key)
+    emit(args, {"ok": True, "sealed": sealed}, sealed)
     return OK
 
 
