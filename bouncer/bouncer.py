@@ -2,10 +2,10 @@
 
 For each mail: fetch it, recognise the notification (``bouncer.dsn``), find the message it
 is about (VERP token first, then Message-ID), record its events and suppressions together
-with the mail's key in one transaction, then move it to the processed or unmatched
-folder.  Recording comes first: a connection lost before the move leaves the mail where it
-was, and the next pass finds its key and only moves it, so nothing is processed twice and
-nothing is lost.
+with the mail's key (the SHA-256 of its bytes) in one transaction, then move it to the
+processed or unmatched folder.  Recording comes first: a connection lost before the move
+leaves the mail where it was, and the next pass finds its key and only moves it, so nothing
+is processed twice and nothing is lost.
 
 States of the mailbox link:
   DOWN     no connection; the next try at ``retry_at`` (1, 2, 4 ... 60 s after failures)
@@ -16,6 +16,7 @@ States of the mailbox link:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -153,7 +154,7 @@ class Bouncer:
         if raw is None:
             return  # taken out of the folder meanwhile
         mail = dsn.load(raw)
-        key = str(mail.get("Message-ID") or "").strip() or self.mailbox.key(uid)
+        key = hashlib.sha256(raw).hexdigest()  # the same mail fetched again, whatever its UID
         result = store.bounces.mail_result(self.conn, key)
         if result is None:
             result = self._record(mail, key, self.clock())
@@ -166,18 +167,22 @@ class Bouncer:
         try:
             notice = dsn.parse(mail)
         except Exception:  # one mail the parser chokes on must not block the rest
-            logger.exception(fields(event="unparsable_mail", mail=key))
+            logger.exception(fields(event="unparsable_mail", mail=_mail_id(mail)))
             notice = None
         message = self._match(notice) if notice is not None else None
         shape = notice.shape if notice is not None else None
         if message is None:
             store.bounces.record_mail(self.conn, key, UNMATCHED, shape, [], [], now)
             metrics.BOUNCE_MAILS.labels(UNMATCHED).inc()
-            logger.info(fields(event="bounce_mail", result=UNMATCHED, shape=shape or "-", mail=key))
+            logger.info(
+                fields(
+                    event="bounce_mail", result=UNMATCHED, shape=shape or "-", mail=_mail_id(mail)
+                )
+            )
             return UNMATCHED
         events, suppress = _consequences(notice, message)
         if store.bounces.record_mail(self.conn, key, PROCESSED, shape, events, suppress, now):
-            self._note(notice, message, events, suppress, key)
+            self._note(notice, message, events, suppress, _mail_id(mail))
         return PROCESSED
 
     def _match(self, notice: dsn.Notification) -> dict | None:
@@ -193,7 +198,7 @@ class Bouncer:
                 return found
         return None
 
-    def _note(self, notice, message: dict, events: list[Event], suppress, key: str) -> None:
+    def _note(self, notice, message: dict, events: list[Event], suppress, mail: str) -> None:
         """Metrics and log lines of a recorded notification; wake the reporter if it owes."""
         account = metrics.account_label(message["account_id"])
         metrics.BOUNCE_MAILS.labels(PROCESSED).inc()
@@ -209,7 +214,7 @@ class Bouncer:
                     action=recipient.action,
                     status=recipient.status or "-",
                     shape=notice.shape,
-                    mail=key,
+                    mail=mail,
                 )
             )
         for entry in suppress:
@@ -251,6 +256,11 @@ def _consequences(notice: dsn.Notification, message: dict) -> tuple[list[Event],
         elif ours and r.action == "failed" and kills_address(r.status):
             suppress.append(Suppress(r.address, "hard_bounce", r.status, r.diagnostic))
     return events, suppress
+
+
+def _mail_id(mail) -> str:
+    """The Message-ID of a mailbox mail, for log lines."""
+    return str(mail.get("Message-ID") or "-").strip()
 
 
 def _recipients(payload: str) -> set[str]:

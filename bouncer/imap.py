@@ -95,7 +95,6 @@ class Mailbox:
         for folder in (config.imap_processed_folder, config.imap_unmatched_folder):
             self._ensure(folder)
         _ok(imap.select(quoted(self.folder)))
-        self.uidvalidity = (imap.response("UIDVALIDITY")[1] or [b"0"])[0].decode()
         self._idle: tuple[bytes, float] | None = None  # (tag, when it began) while IDLING
 
     @classmethod
@@ -122,14 +121,11 @@ class Mailbox:
     def can_idle(self) -> bool:
         return "IDLE" in self.capabilities
 
-    def key(self, uid: str) -> str:
-        """Where a mail is: folder/UIDVALIDITY/UID (unique while UIDVALIDITY lasts)."""
-        return f"{self.folder}/{self.uidvalidity}/{uid}"
-
     # -- COMMANDS ----------------------------------------------------------------------------
     def waiting(self) -> list[str]:
         """UIDs of the mails in the folder, oldest first (those flagged deleted excepted)."""
         self._end_idle()
+        _ok(self.imap.noop())  # servers show a session new mail at NOOP (or IDLE), not SEARCH
         found = _ok(self.imap.uid("SEARCH", None, "UNDELETED"))[0] or b""
         return found.decode().split()
 

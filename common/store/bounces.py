@@ -2,8 +2,8 @@
 suppressions it causes) in one transaction, and the late ``bounced`` reports it owes.
 
 The bouncer records a mail of the bounce mailbox here before it moves the mail to another
-folder, keyed by its Message-ID (else folder/UIDVALIDITY/UID): a connection lost between the
-two leaves the mail in place, and the next pass finds it recorded and only moves it.
+folder, keyed by the SHA-256 of its bytes: a connection lost between the two leaves the mail
+in place, and the next pass finds it recorded and only moves it.
 """
 
 from __future__ import annotations

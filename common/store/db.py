@@ -168,7 +168,7 @@ MIGRATIONS: list[str] = [
     -- every mail of the bounce mailbox already handled, recorded before it is moved, so a
     -- connection lost between the two processes nothing twice
     CREATE TABLE bounce_mails (
-        key     TEXT PRIMARY KEY,       -- its Message-ID, else folder/UIDVALIDITY/UID
+        key     TEXT PRIMARY KEY,       -- the SHA-256 of its bytes
         result  TEXT NOT NULL,          -- processed, unmatched
         shape   TEXT,                   -- the DSN shape recognised (docs/bounces.md)
         ts      REAL NOT NULL
