@@ -322,7 +322,7 @@ class MessageRecord(Shape):
     smtp_code: int | None
     refused: dict[str, tuple[int | None, str]] | None = Field(
         description="Refused recipients: address to [SMTP code, reply]; a suppressed "
-        "recipient (never sent to) is [null, \"suppressed\"]."
+        'recipient (never sent to) is [null, "suppressed"].'
     )
     possible_duplicate: bool = Field(
         description="A dispatcher died mid-send, so the message may have been sent twice."
