@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRAMS = ("web", "dispatcher", "reporter", "cli")
+PROGRAMS = ("web", "dispatcher", "reporter", "bouncer", "cli")
 PACKAGES = (*PROGRAMS, "common")
 BLUEPRINTS = (
     "web.service",
