@@ -130,6 +130,7 @@ class Bouncer:
         """WATCHING -> DOWN: forget the link, try again later."""
         self._drop()
         self.failures += 1
+        metrics.BOUNCE_MAILBOX_FAILURES.inc()
         delay = min(RETRY_MAX, 2.0 ** (self.failures - 1))
         self.retry_at = now + delay
         logger.warning(

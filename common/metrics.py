@@ -106,6 +106,10 @@ BOUNCE_MAILS = Counter(
     ["result"],
 )
 BOUNCE_MAIL_RESULTS = ("processed", "unmatched")
+BOUNCE_MAILBOX_FAILURES = Counter(
+    "asyncmail_bounce_mailbox_failures",
+    "Connections to the bounce mailbox, or commands on it, that failed.",
+)
 SUPPRESSED_RECIPIENTS = Counter(
     "asyncmail_suppressed_recipients",
     "Recipients not sent to because they are on the suppression list.",
