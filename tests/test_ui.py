@@ -186,8 +186,8 @@ def test_the_page_shows_queue_charts_failures_accounts_and_processes(client, cfg
 
 
 def test_the_bounce_panel_shows_the_list_and_the_last_days_bounces(make_config, conn):
-    cfg = make_config(api_token=TOKEN, smtp_host="127.0.0.1", imap_host="imap.example.org", imap_user="u",
-                      imap_password="imap-pw-5521", suppression=True)  # fmt: skip
+    cfg = make_config(api_token=TOKEN, smtp_host="127.0.0.1", imap_host="imap.example.org",
+                      imap_user="u", imap_password="imap-pw-5521", suppression=True)  # fmt: skip
     client = create_app(cfg).test_client()
     now = time.time()
     enqueue(conn, cfg, message("m1"), now=now)
