@@ -30,8 +30,7 @@ def _refused(text: str | None):
         return text
 
 
-def report_item(row: dict, now: float) -> dict:
-    """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
+def _item(row: dict, status: str) -> dict:
     item = {
         "id": row["id"],
         "account_id": row["account_id"],
@@ -40,7 +39,7 @@ def report_item(row: dict, now: float) -> dict:
         "error_ts": _epoch(row["error_ts"]),
         "error": row["error"],
         "deferred_ts": _epoch(row["deferred_ts"]),
-        "status": status_of(row, now).value,
+        "status": status,
         "attempts": row["attempts"],
         "smtp_code": row["smtp_code"],
         "refused": _refused(row["refused"]),
@@ -48,6 +47,11 @@ def report_item(row: dict, now: float) -> dict:
     if row["possible_duplicate"]:
         item["possible_duplicate"] = True
     return item
+
+
+def report_item(row: dict, now: float) -> dict:
+    """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
+    return _item(row, status_of(row, now).value)
 
 
 def bounce_item(row: dict) -> dict:
@@ -56,27 +60,13 @@ def bounce_item(row: dict) -> dict:
     The message's own item was reported before (sent); this one follows it, with what the
     delivery status notification said about one recipient.
     """
-    item = {
-        "id": row["id"],
-        "account_id": row["account_id"],
-        "priority": row["priority"],
-        "sent_ts": _epoch(row["sent_ts"]),
-        "error_ts": _epoch(row["error_ts"]),
-        "error": row["error"],
-        "deferred_ts": _epoch(row["deferred_ts"]),
-        "status": "bounced",
-        "attempts": row["attempts"],
-        "smtp_code": row["smtp_code"],
-        "refused": _refused(row["refused"]),
+    return _item(row, "bounced") | {
         "recipient": row["recipient"],
         "bounce_type": row["kind"],
         "status_code": row["bounce_status"],
         "diagnostic": row["diagnostic"],
         "bounced_ts": _epoch(row["bounced_ts"]),
     }
-    if row["possible_duplicate"]:
-        item["possible_duplicate"] = True
-    return item
 
 
 def encode_report(items: list[dict], key: str = "delivery_report") -> bytes:

@@ -8,11 +8,11 @@ import pytest
 
 from bouncer.bouncer import Bouncer
 from bouncer.imap import Mailbox
-from common import store
+from common import crypto, store
 from common.enums import Outcome, Status
 from reporter.reporter import Reporter
-from tests.support.db import attempts, enqueue, row
-from tests.support.dispatchers import make_dispatcher
+from tests.support.db import attempts, row
+from tests.support.dispatchers import send_ready
 from tests.support.factories import T0, Clock, message
 from tests.support.imap import Cutter, dsn_mail
 from tests.support.upstream import Upstream
@@ -35,15 +35,6 @@ def world(make_config, smtp_server, dovecot):
     return sink, mailbox, configure
 
 
-def send(conn, config, *items) -> None:
-    """Queue the messages and let a dispatcher deliver everything that is ready."""
-    enqueue(conn, config, *items)
-    dispatcher = make_dispatcher(conn, config)
-    while dispatcher.run_once(T0):
-        pass
-    dispatcher.close()
-
-
 def bouncer(conn, config, clock=None, **kwargs) -> Bouncer:
     return Bouncer(conn, config, clock=clock or Clock(), sleep=lambda s: None, **kwargs)
 
@@ -58,13 +49,22 @@ def bounce_of(conn, config, name: str, message_id: str, recipient: str = RECIPIE
                     sender=sender)  # fmt: skip
 
 
-def handle_all(conn, config, mailbox_server) -> Bouncer:
+def handle_all(conn, config, mailbox_server) -> None:
     """One bouncer turn; the folder is empty after it."""
     b = bouncer(conn, config)
     assert b.run_once(T0)
     b.close()
     assert mailbox_server.messages("INBOX") == []
-    return b
+
+
+def bounced(world, conn, name: str, recipient: str = RECIPIENT, **overrides):
+    """m1 sent, then the notification ``name`` about it delivered and handled; the config."""
+    _, server, configure = world
+    config = configure(**overrides)
+    send_ready(conn, config, message("m1"))
+    server.deliver(bounce_of(conn, config, name, "m1", recipient))
+    handle_all(conn, config, server)
+    return config
 
 
 HARD = ["postfix.eml", "exim.eml", "gmail.eml", "gmail-plain.eml", "ses.eml",
@@ -73,12 +73,9 @@ HARD = ["postfix.eml", "exim.eml", "gmail.eml", "gmail-plain.eml", "ses.eml",
 
 @pytest.mark.parametrize("name", HARD)
 def test_a_hard_bounce_is_matched_recorded_suppresses_and_is_filed(world, conn, name):
-    sink, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
+    sink, server, _ = world
+    bounced(world, conn, name)
     assert sink.received[0].sender.startswith("bounce+")  # VERP envelope sender
-    server.deliver(bounce_of(conn, config, name, "m1"))
-    handle_all(conn, config, server)
     [bounce] = store.bounces.of_message(conn, "m1")
     assert (bounce["recipient"], bounce["kind"], bounce["action"], bounce["status"]) == (
         RECIPIENT, "hard", "failed", "5.1.1",
@@ -89,13 +86,10 @@ def test_a_hard_bounce_is_matched_recorded_suppresses_and_is_filed(world, conn, 
 
 
 def test_the_next_message_to_a_hard_bounced_address_is_not_sent(world, conn):
-    sink, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, "postfix.eml", "m1"))
-    handle_all(conn, config, server)
+    sink = world[0]
+    config = bounced(world, conn, "postfix.eml")
     both = message("m2", to=[RECIPIENT, "other@example.com"])
-    send(conn, config, both, message("m3"))
+    send_ready(conn, config, both, message("m3"))
     assert [r.recipients for r in sink.received[1:]] == [["other@example.com"]]
     m2, m3 = row(conn, "m2"), row(conn, "m3")
     assert m2["sent_ts"] and m2["refused"] == '{"rcpt@example.com": [null, "suppressed"]}'
@@ -107,45 +101,30 @@ def test_the_next_message_to_a_hard_bounced_address_is_not_sent(world, conn):
 
 @pytest.mark.parametrize("name", ["postfix-soft.eml", "postfix-delayed.eml"])
 def test_a_soft_bounce_is_recorded_and_suppresses_nothing(world, conn, name):
-    sink, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, name, "m1"))
-    handle_all(conn, config, server)
+    sink = world[0]
+    config = bounced(world, conn, name)
     [bounce] = store.bounces.of_message(conn, "m1")
     assert bounce["kind"] == "soft" and bounce["status"].startswith("4.")
     assert store.suppressions.get(conn, RECIPIENT) is None
-    send(conn, config, message("m2"))
+    send_ready(conn, config, message("m2"))
     assert len(sink.received) == 2
 
 
 def test_a_policy_bounce_is_hard_but_suppresses_nothing(world, conn):
-    _, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, "postfix-policy.eml", "m1"))
-    handle_all(conn, config, server)
+    bounced(world, conn, "postfix-policy.eml")
     assert store.bounces.of_message(conn, "m1")[0]["status"] == "5.7.1"
     assert store.suppressions.get(conn, RECIPIENT) is None
 
 
 @pytest.mark.parametrize("name", ["arf.eml", "ses-complaint.eml"])
 def test_a_complaint_suppresses_with_its_reason(world, conn, name):
-    _, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, name, "m1"))
-    handle_all(conn, config, server)
+    bounced(world, conn, name)
     assert store.suppressions.get(conn, RECIPIENT)["reason"] == "complaint"
     assert store.bounces.of_message(conn, "m1") == []  # not a delivery failure
 
 
 def test_a_notification_about_someone_else_suppresses_nobody(world, conn):
-    _, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, "postfix.eml", "m1", recipient="forward@else.org"))
-    handle_all(conn, config, server)
+    bounced(world, conn, "postfix.eml", recipient="forward@else.org")
     assert store.bounces.of_message(conn, "m1")[0]["recipient"] == "forward@else.org"
     assert store.suppressions.get(conn, "forward@else.org") is None
 
@@ -154,7 +133,7 @@ def test_a_notification_about_someone_else_suppresses_nobody(world, conn):
 def test_what_matches_nothing_goes_to_unmatched_untouched(world, conn, name):
     _, server, configure = world
     config = configure()
-    send(conn, config, message("m1"))
+    send_ready(conn, config, message("m1"))
     raw = dsn_mail(name, message_id="<unknown@example.net>", recipient=RECIPIENT,
                    sender="someone@example.net")  # fmt: skip
     server.deliver(raw)
@@ -170,7 +149,7 @@ def test_verp_alone_matches_a_message_whose_message_id_the_relay_replaced(world,
     """SES replaces the Message-ID: its bounce names the message by the VERP address only."""
     _, server, configure = world
     config = configure()
-    send(conn, config, message("m1"))
+    send_ready(conn, config, message("m1"))
     stored = row(conn, "m1")
     verp = f"bounce+{stored['verp_token']}@{VERP_DOMAIN}"
     raw = dsn_mail("ses.eml", message_id="<ignored@x>", recipient=RECIPIENT, sender=verp)
@@ -188,7 +167,7 @@ def test_verp_alone_matches_a_message_whose_message_id_the_relay_replaced(world,
 def test_without_verp_the_message_id_matches(world, conn):
     sink, server, configure = world
     config = configure(verp_domain=None)
-    send(conn, config, message("m1"))
+    send_ready(conn, config, message("m1"))
     assert sink.received[0].sender == "sender@example.com" and not row(conn, "m1")["verp_token"]
     server.deliver(bounce_of(conn, config, "postfix.eml", "m1"))
     handle_all(conn, config, server)
@@ -197,7 +176,7 @@ def test_without_verp_the_message_id_matches(world, conn):
 
 def test_a_message_with_its_own_return_path_keeps_it(world, conn):
     sink, _, configure = world
-    send(conn, configure(), message("m1", return_path="returns@example.com"))
+    send_ready(conn, configure(), message("m1", return_path="returns@example.com"))
     assert sink.received[0].sender == "returns@example.com"
 
 
@@ -206,7 +185,7 @@ def test_a_link_cut_mid_fetch_loses_nothing_and_processes_nothing_twice(world, c
     cutter = Cutter(server.port)
     try:
         config = configure(imap_port=cutter.port)
-        send(conn, config, message("m1"), message("m2"))
+        send_ready(conn, config, message("m1"), message("m2"))
         for message_id in ("m1", "m2"):
             server.deliver(bounce_of(conn, config, "postfix.eml", message_id))
         clock = Clock()
@@ -238,7 +217,7 @@ def test_without_idle_or_move_it_polls_and_copies(make_config, smtp_server, dove
     sink, server = smtp_server(), dovecot(capability=capability)
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, imap_poll_seconds=30,
                          **server.settings())  # fmt: skip
-    send(conn, config, message("m1"))
+    send_ready(conn, config, message("m1"))
     clock = Clock()
     b = bouncer(conn, config, clock)
     assert not b.run_once(clock()) and not b.mailbox.can_idle
@@ -260,7 +239,7 @@ def test_without_idle_or_move_it_polls_and_copies(make_config, smtp_server, dove
 def test_idle_wakes_the_bouncer_when_a_notification_arrives(world, conn):
     _, server, configure = world
     config = configure()
-    send(conn, config, message("m1"))
+    send_ready(conn, config, message("m1"))
     b = Bouncer(conn, config)
     assert not b.run_once(T0)  # connected, nothing waits
     assert b.mailbox.can_idle
@@ -278,7 +257,7 @@ def test_the_late_bounced_report_reaches_the_upstream_once_after_the_sent_one(wo
     _, server, configure = world
     with Upstream() as upstream:
         config = configure(client_sync_url=upstream.url)
-        send(conn, config, message("m1"))
+        send_ready(conn, config, message("m1"))
         server.deliver(bounce_of(conn, config, "gmail.eml", "m1"))
         handle_all(conn, config, server)  # the bounce is known before the sent report left
         reporter = Reporter(config, conn, T0)
@@ -320,10 +299,15 @@ def test_an_unreachable_mailbox_backs_off_and_says_why(make_config, conn, caplog
 
 def test_the_message_detail_lists_its_bounces(world, conn):
     """GET /messages/{id} and asyncmail messages show: the status stays what the send made it."""
-    _, server, configure = world
-    config = configure()
-    send(conn, config, message("m1"))
-    server.deliver(bounce_of(conn, config, "exim.eml", "m1"))
-    handle_all(conn, config, server)
+    bounced(world, conn, "exim.eml")
     detail = store.messages.get(conn, "m1", T0)
     assert detail["status"] == Status.SENT and detail["bounces"][0]["status"] == "5.1.1"
+
+
+def test_a_sealed_password_is_unsealed_with_the_key_and_refused_without(world, conn, caplog):
+    _, server, configure = world
+    sealed = crypto.seal(server.settings()["imap_password"], "k" * 32)
+    assert bounced(world, conn, "postfix.eml", imap_password=sealed, secret_key="k" * 32)
+    b = bouncer(conn, configure(imap_password=sealed, secret_key="another key"))
+    assert not b.run_once(T0) and b.failures == 1
+    assert "SecretError" in caplog.text and sealed not in caplog.text

@@ -11,8 +11,8 @@ import pytest
 from cli import main as cli
 from common import crypto, store
 from common.enums import Outcome
-from tests.support.db import attempts, enqueue, row
-from tests.support.dispatchers import make_dispatcher
+from tests.support.db import attempts, row
+from tests.support.dispatchers import send_ready
 from tests.support.factories import T0, message
 from tests.support.procs import free_port
 from tests.support.smtp import Behavior
@@ -102,14 +102,6 @@ def test_seal_password_prints_what_the_ini_file_may_hold(var_dir, tmp_path, caps
 
 
 # -- the dispatcher at send time -----------------------------------------------------------------
-def dispatch(conn, config, *items) -> None:
-    enqueue(conn, config, *items)
-    dispatcher = make_dispatcher(conn, config)
-    while dispatcher.run_once(T0):
-        pass
-    dispatcher.close()
-
-
 REFUSING = Behavior(rcpt={
     "gone@example.org": "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown",
     "spam@example.org": "550 5.7.1 Refused by policy",
@@ -127,7 +119,7 @@ def test_off_by_default_nothing_is_screened_or_learnt(make_config, conn, sink):
     config = make_config(smtp_host=sink.host, smtp_port=sink.port)
     assert config.suppression is False
     store.suppressions.add(conn, "rcpt@example.com", "manual", None, None, T0)
-    dispatch(conn, config, message("m1"), message("m2", to="gone@example.org"))
+    send_ready(conn, config, message("m1"), message("m2", to="gone@example.org"))
     assert len(sink.received) == 1 and row(conn, "m1")["refused"] is None
     assert store.suppressions.get(conn, "gone@example.org") is None
 
@@ -136,7 +128,7 @@ def test_a_dead_address_refusal_is_learnt_and_others_are_not(make_config, conn, 
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, suppression=True)
     everyone = ["ok@example.org", "gone@example.org", "spam@example.org", "full@example.org",
                 "plain@example.org"]  # fmt: skip
-    dispatch(conn, config, message("m1", to=everyone))
+    send_ready(conn, config, message("m1", to=everyone))
     assert sink.received[0].recipients == ["ok@example.org"]
     entry = store.suppressions.get(conn, "gone@example.org")
     assert (entry["reason"], entry["status"]) == ("hard_bounce", "550 5.1.1")
@@ -146,7 +138,7 @@ def test_a_dead_address_refusal_is_learnt_and_others_are_not(make_config, conn, 
 
 def test_a_message_only_to_a_dead_address_teaches_it_too(make_config, conn, sink):
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, suppression=True)
-    dispatch(conn, config, message("m1", to="gone@example.org"))
+    send_ready(conn, config, message("m1", to="gone@example.org"))
     assert row(conn, "m1")["error_ts"] is not None
     assert store.suppressions.get(conn, "gone@example.org") is not None
 
@@ -154,7 +146,7 @@ def test_a_message_only_to_a_dead_address_teaches_it_too(make_config, conn, sink
 def test_suppressed_recipients_are_skipped_and_reported(make_config, conn, sink):
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, suppression=True)
     store.suppressions.add(conn, "Gone@Example.org", "manual", None, None, T0)
-    dispatch(conn, config, message("m1", to=["gone@example.org", "ok@example.org"]))
+    send_ready(conn, config, message("m1", to=["gone@example.org", "ok@example.org"]))
     assert sink.received[0].recipients == ["ok@example.org"]
     assert json.loads(row(conn, "m1")["refused"]) == {"gone@example.org": [None, "suppressed"]}
 
@@ -164,7 +156,7 @@ def test_all_suppressed_ends_in_error_without_a_connection(make_config, conn):
     config = make_config(smtp_host="127.0.0.1", smtp_port=free_port(), suppression=True)
     store.suppressions.add(conn, "a@example.org", "complaint", None, None, T0)
     store.suppressions.add(conn, "b@example.org", "manual", None, None, T0)
-    dispatch(conn, config, message("m1", to="a@example.org", cc="B@example.org"))
+    send_ready(conn, config, message("m1", to="a@example.org", cc="B@example.org"))
     stored = row(conn, "m1")
     assert stored["error"] == "all recipients suppressed: B@example.org, a@example.org"
     assert json.loads(stored["refused"]) == {
