@@ -4,6 +4,7 @@ it is off (the default: a drop-in install behaves as before)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from cli import main as cli
 from common import crypto, store
 from common.enums import Outcome
-from tests.support.db import attempts, row
+from common.store.bounces import Event
+from tests.support.db import attempts, enqueue, row
 from tests.support.dispatchers import send_ready
 from tests.support.factories import T0, message
 from tests.support.procs import free_port
@@ -165,3 +167,12 @@ def test_all_suppressed_ends_in_error_without_a_connection(make_config, conn):
     assert stored["attempts"] == 0
     assert [a["outcome"] for a in attempts(conn, "m1")] == [Outcome.SUPPRESSED]
     assert not store.attempts.send_starts(conn, None, T0 - 3600)  # no rate-limit slot taken
+
+
+def test_messages_show_lists_the_bounces(var_dir, tmp_path, capsys, conn, config):
+    enqueue(conn, dataclasses.replace(config, smtp_host="127.0.0.1"), message("m1"))
+    event = Event("m1", "rcpt@example.com", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 gone")
+    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [], T0)
+    assert cli.main(["--config", str(tmp_path / "asyncmail.ini"), "messages", "show", "m1"]) == 0
+    out = capsys.readouterr().out
+    assert "bounces:" in out and "rcpt@example.com  hard" in out and "smtp; 550 5.1.1 gone" in out
