@@ -93,12 +93,15 @@ def cmd_status(config: Config, args) -> int:
     """Queue counts, the scheduler switch and every process's last heartbeat.
 
     The health check: exit 0 when healthy, 1 when a heartbeat is stale (or supervisord runs
-    and a dispatcher or the reporter has not beaten), 3 when the database cannot be read.
+    and a dispatcher, the reporter or a configured bouncer has not beaten), 3 when the
+    database cannot be read.
     """
     if not config.database.exists():
         raise CliError(f"no database at {config.database} (asyncmail init creates it)", UNAVAILABLE)
     data = operations.status(store.db.open_database(config), config, time.time())
-    problems = operations.health(data["processes"], supervisord_answers(config))
+    problems = operations.health(
+        data["processes"], supervisord_answers(config), config.bounces_enabled
+    )
     head = {
         "active": "yes" if data["active"] else "no (suspended)",
         "test_mode": "yes" if config.test_mode else "no",

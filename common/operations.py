@@ -62,12 +62,13 @@ def heartbeats(conn, now: float) -> list[dict]:
     return [{**beat, "stale": beat["age_seconds"] > STALE_AFTER} for beat in beats]
 
 
-def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
+def health(processes: list[dict], supervisor_runs: bool, bouncer: bool = False) -> list[str]:
     """What makes the service unhealthy (nothing: healthy), from ``heartbeats()``.
 
     A stale heartbeat always counts.  While supervisord runs on this var dir, a dispatcher
-    and the reporter must also have beaten recently; without it (never started, or before
-    the first heartbeat) nothing is expected.
+    and the reporter (and with ``bouncer``, a bounce mailbox configured, the bouncer) must
+    also have beaten recently; without it (never started, or before the first heartbeat)
+    nothing is expected.
     """
     problems = [
         f"{p['process']} ({p['kind']}) last beat {p['age_seconds']:.0f} s ago "
@@ -79,7 +80,7 @@ def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
         alive = {p["kind"] for p in processes if not p["stale"]}
         problems += [
             f"supervisord runs but no {kind} has beaten in the last {STALE_AFTER:.0f} s"
-            for kind in ("dispatcher", "reporter")
+            for kind in ("dispatcher", "reporter", *(("bouncer",) if bouncer else ()))
             if kind not in alive
         ]
     return problems

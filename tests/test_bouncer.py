@@ -8,7 +8,7 @@ import pytest
 
 from bouncer.bouncer import Bouncer
 from bouncer.imap import Mailbox
-from common import crypto, store
+from common import crypto, operations, store
 from common.enums import Outcome, Status
 from reporter.reporter import Reporter
 from tests.support.db import attempts, row
@@ -311,3 +311,11 @@ def test_a_sealed_password_is_unsealed_with_the_key_and_refused_without(world, c
     b = bouncer(conn, configure(imap_password=sealed, secret_key="another key"))
     assert not b.run_once(T0) and b.failures == 1
     assert "SecretError" in caplog.text and sealed not in caplog.text
+
+
+def test_a_configured_bouncer_that_does_not_beat_makes_the_stack_unhealthy():
+    beats = [{"process": p, "kind": p.split("-")[0], "age_seconds": 1.0, "stale": False}
+             for p in ("dispatcher-00", "reporter")]  # fmt: skip
+    assert operations.health(beats, supervisor_runs=True) == []
+    [problem] = operations.health(beats, supervisor_runs=True, bouncer=True)
+    assert "no bouncer has beaten" in problem
