@@ -261,7 +261,9 @@ class Dispatcher:
             self._accounts[account_id] = cached
         return cached[1], cached[2]
 
-    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]):
+    def _send(
+        self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]
+    ) -> Transition:
         start = self.clock()
         try:
             result = self.pool.send(
