@@ -13,7 +13,7 @@ import sys
 
 import apsw
 
-from cli import accounts, backup, messages, service, stack
+from cli import accounts, backup, messages, service, stack, suppressions
 from cli.output import BROKEN_PIPE, UNAVAILABLE, USAGE, CliError
 from common.config import ConfigError, load_config
 from common.enums import Status
@@ -148,6 +148,20 @@ def _messages(sub, common) -> None:
     _command(group, "delete", messages.cmd_messages_delete, common).add_argument("ids", nargs="+")
 
 
+def _suppressions(sub, common) -> None:
+    group = sub.add_parser(
+        "suppressions", help="addresses not sent to (docs/bounces.md)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _command(group, "list", suppressions.cmd_suppressions_list, common)
+    listing.add_argument("--limit", type=int, default=100, help="1-1000 (100)")
+    listing.add_argument("--cursor", help="from a previous page")
+    add = _command(group, "add", suppressions.cmd_suppressions_add, common)
+    add.add_argument("address")
+    add.add_argument("--reason", choices=["manual", "complaint", "hard_bounce"], default="manual")
+    remove = _command(group, "remove", suppressions.cmd_suppressions_remove, common)
+    remove.add_argument("address")
+
+
 def _stack(sub, common) -> None:
     launch = _command(sub, "supervisord", stack.cmd_supervisord, common)
     launch.add_argument(
@@ -184,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "init", service.cmd_init, common)
     _command(sub, "check-config", service.cmd_check_config, common)
     _command(sub, "token", service.cmd_token, common)
+    seal = _command(sub, "seal-password", service.cmd_seal_password, common)
+    seal.add_argument("--password-env", metavar="VAR", help="read it from environment variable VAR")
     _accounts(sub, common)
+    _suppressions(sub, common)
     _send(sub, common)
     _messages(sub, common)
     _command(

@@ -131,7 +131,7 @@ def cmd_messages_list(config: Config, args) -> int:
 
 
 def cmd_messages_show(config: Config, args) -> int:
-    """Show one message, its status and every delivery attempt."""
+    """Show one message, its status, every delivery attempt and the bounces it met."""
     record = store.messages.get(store.db.open_database(config), args.id, time.time())
     if record is None:
         raise CliError(f"no message {args.id!r}", REFUSED)
@@ -160,6 +160,10 @@ def cmd_messages_show(config: Config, args) -> int:
     human = pairs(head)
     if attempts:
         human += "\n\n" + table(attempts, ["ts", "outcome", "smtp_code", "detail", "process"])
+    bounces = [{**b, "bounced": when(b["bounced_ts"])} for b in record["bounces"]]
+    if bounces:
+        columns = ["bounced", "recipient", "kind", "action", "status", "diagnostic"]
+        human += "\n\nbounces:\n" + table(bounces, columns)
     emit(args, {"ok": True, **record}, human)
     return OK
 

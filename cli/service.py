@@ -1,11 +1,14 @@
-"""``asyncmail`` set-up and scheduler commands: init, check-config, token, status, run-now,
-retry, suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit code``; the actions
-themselves are ``common.operations``, shared with the API.
+"""``asyncmail`` set-up and scheduler commands: init, check-config, token, seal-password,
+status, run-now, retry, suspend, activate, cleanup.  Each is ``cmd_x(config, args) -> exit
+code``; the actions themselves are ``common.operations``, shared with the API.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -62,18 +65,42 @@ def cmd_token(config: Config, args) -> int:
     return OK
 
 
+def cmd_seal_password(config: Config, args) -> int:
+    """Print a password sealed with ASYNCMAIL_SECRET_KEY for the INI file (enc:...).
+
+    For [bounces] imap_password and [smtp] password: the file then holds no clear password.
+    The password comes from --password-env, else a prompt (a terminal) or one line of stdin.
+    """
+    if not config.secret_key:
+        raise CliError("ASYNCMAIL_SECRET_KEY is not set: there is no key to seal with")
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise CliError(f"--password-env: the variable {args.password_env} is not set")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password to seal: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CliError("no password given")
+    sealed = crypto.seal(password, config.secret_key)
+    emit(args, {"ok": True, "sealed": sealed}, sealed)
+    return OK
+
+
 # -- the scheduler ----------------------------------------------------------------------------
 def cmd_status(config: Config, args) -> int:
     """Queue counts, the scheduler switch and every process's last heartbeat.
 
     The health check: exit 0 when healthy, 1 when a heartbeat is stale (or supervisord runs
-    and a dispatcher or the reporter has not beaten), 3 when the database cannot be read.
+    and a dispatcher, the reporter or a configured bouncer has not beaten), 3 when the
+    database cannot be read.
     """
     if not config.database.exists():
         raise CliError(f"no database at {config.database} (asyncmail init creates it)", UNAVAILABLE)
     data = operations.status(store.db.open_database(config), config, time.time())
     runs = supervisord_answers(config)
-    problems = operations.health(data["processes"], runs)
+    problems = operations.health(data["processes"], runs, config.bounces_enabled)
     problems += operations.replication_problems(data["replication"], runs)
     head = {
         "active": "yes" if data["active"] else "no (suspended)",

@@ -3,8 +3,9 @@
 The launcher is the only place that prepares ``var/`` for a run.  Before supervisord starts
 (and only then, when no program can be writing) it wipes ``var/metrics`` and forgets old
 heartbeats; then it execs supervisord with the environment ``etc/supervisord.conf`` expands:
-``ASYNCMAIL_VAR_DIR``, ``ASYNCMAIL_DISPATCHERS`` (the ``dispatchers`` key) and a ``PATH``
-that finds this virtualenv's ``gunicorn`` and ``python``.
+``ASYNCMAIL_VAR_DIR``, ``ASYNCMAIL_DISPATCHERS`` (the ``dispatchers`` key),
+``ASYNCMAIL_BOUNCERS`` (1 with a bounce mailbox, else 0) and a ``PATH`` that finds this
+virtualenv's ``gunicorn`` and ``python``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def stack_env(config: Config, environ) -> dict:
     env = dict(environ)
     env["ASYNCMAIL_VAR_DIR"] = str(config.var_dir)
     env["ASYNCMAIL_DISPATCHERS"] = str(config.dispatchers)
+    env["ASYNCMAIL_BOUNCERS"] = "1" if config.bounces_enabled else "0"
     if config.config_path is not None:  # programs read the same file the launcher checked
         env["ASYNCMAIL_CONFIG"] = str(Path(config.config_path).resolve())
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"

@@ -93,3 +93,28 @@ def new_message_id(domain: str, now: float) -> str:
     the right, because a Message-ID without one is a common spam-filter signal.
     """
     return f"<{int(now * 1000):x}.{secrets.token_hex(10)}@{domain}>"
+
+
+VERP_PREFIX = "bounce+"  # the local part of a VERP envelope sender: bounce+<token>@verp_domain
+
+
+def new_verp_token(now: float) -> str:
+    """An unguessable token naming one message in its VERP envelope sender.
+
+    Lower-case hex (mail systems may fold the case of a local part), time first for the same
+    reason as ``new_message_id``, then 64 random bits: nobody who has not seen the address can
+    make up one that matches a message.  ``bounce+`` and 27 characters fit the 64-character
+    limit of a local part.
+    """
+    return f"{int(now * 1000):x}{secrets.token_hex(8)}"
+
+
+def verp_address(token: str, domain: str) -> str:
+    """The envelope sender that brings a message's bounces back with its token."""
+    return f"{VERP_PREFIX}{token}@{domain}"
+
+
+def verp_tokens(text: str, domain: str) -> list[str]:
+    """Every VERP token of ``domain`` in a piece of text (headers of a bounce), lower-cased."""
+    pattern = re.compile(rf"{re.escape(VERP_PREFIX)}([0-9a-z]+)@{re.escape(domain)}\b", re.I)
+    return [token.lower() for token in pattern.findall(text)]

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.addresses import no_line_breaks
 from common.enums import Priority
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "asyncmail.ini"
@@ -124,6 +125,23 @@ def _domain(text: str) -> str | None:
     return value
 
 
+IMAP_SECURITY = ("tls", "starttls", "none")  # implicit TLS (993), STARTTLS (143), cleartext
+
+
+def _imap_security(text: str) -> str:
+    value = text.strip().lower()
+    if value not in IMAP_SECURITY:
+        raise ValueError("expected tls, starttls or none")
+    return value
+
+
+def _folder(text: str) -> str:
+    value = no_line_breaks(_text(text))
+    if '"' in value or "\\" in value:
+        raise ValueError("an IMAP folder name without quotes or backslashes")
+    return value
+
+
 def _url(text: str) -> str | None:
     value = _optional(text)
     if value is not None and not value.lower().startswith(("http://", "https://")):
@@ -223,6 +241,7 @@ class Config:
     client_sync_idle_seconds: int = _key("delivery", _nonneg(_int), default=300)
     report_batch_size: int = _key("delivery", _positive(_int), default=500)
     message_id_domain: str | None = _key("delivery", _domain, default=None)
+    suppression: bool = _key("delivery", _bool, default=False)  # skip suppressed recipients
     # [attachments]
     attachment_timeout_seconds: float = _key("attachments", _positive(_float), default=30.0)
     attachment_max_bytes: int = _key("attachments", _positive(_int), default=25 * 1024 * 1024)
@@ -238,6 +257,17 @@ class Config:
     smtp_password: str | None = _key("smtp", _optional, default=None, repr=False)
     smtp_use_tls: bool | None = _key("smtp", _bool, default=None)
     smtp_starttls: bool = _key("smtp", _bool, default=False)
+    # [bounces] the mailbox DSNs arrive in (docs/bounces.md); no imap_host: no bouncer
+    imap_host: str | None = _key("bounces", _optional, default=None)
+    imap_port: int | None = _key("bounces", _port, default=None)  # 993 with tls, else 143
+    imap_user: str | None = _key("bounces", _optional, default=None)
+    imap_password: str | None = _key("bounces", _optional, default=None, repr=False)
+    imap_security: str = _key("bounces", _imap_security, default="tls")
+    imap_folder: str = _key("bounces", _folder, default="INBOX")
+    imap_processed_folder: str = _key("bounces", _folder, default="processed")
+    imap_unmatched_folder: str = _key("bounces", _folder, default="unmatched")
+    imap_poll_seconds: float = _key("bounces", _positive(_float), default=60.0)
+    verp_domain: str | None = _key("bounces", _domain, default=None)
     # [logging]
     delivery_activity: bool = _key("logging", _bool, default=False)
     access_log: bool = _key("logging", _bool, default=False)  # one line per API request
@@ -280,6 +310,10 @@ class Config:
     def replication_enabled(self) -> bool:
         """The database is replicated by Litestream (a replica_url is set)."""
         return self.replica_url is not None
+
+    def bounces_enabled(self) -> bool:
+        """A bounce mailbox is configured: the bouncer program runs."""
+        return self.imap_host is not None
 
     @property
     def reports_enabled(self) -> bool:
@@ -395,4 +429,6 @@ def load_config(path: str | os.PathLike | None = None, environ=None, **overrides
     values.setdefault("secret_key", environ.get("ASYNCMAIL_SECRET_KEY") or None)
     if values.get("smtp_use_tls") and values.get("smtp_starttls"):
         raise ConfigError("[smtp] use_tls and starttls: choose one (implicit TLS or STARTTLS)")
+    if values.get("imap_host") and not (values.get("imap_user") and values.get("imap_password")):
+        raise ConfigError("[bounces] imap_host is set: imap_user and imap_password are needed too")
     return Config(**values)

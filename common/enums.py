@@ -31,12 +31,13 @@ class Outcome(enum.StrEnum):
     UNCERTAIN = "uncertain"  # the message was transmitted but its acceptance was never heard
     DEFERRED = "deferred"  # held back by the rate limit; not an attempt at the SMTP server
     REJECTED = "rejected"  # refused by the rate limit with limit_behavior = reject
+    SUPPRESSED = "suppressed"  # every recipient is on the suppression list: nothing was sent
 
 
 # Outcomes of attempts that began an SMTP transaction, and so reserved a rate-limit slot.
 SEND_OUTCOMES = frozenset({Outcome.SENT, Outcome.TEMPORARY, Outcome.PERMANENT, Outcome.UNCERTAIN})
 # Outcomes that do not count as an attempt at the server (attempts column unchanged).
-UNCOUNTED_OUTCOMES = frozenset({Outcome.DEFERRED, Outcome.REJECTED})
+UNCOUNTED_OUTCOMES = frozenset({Outcome.DEFERRED, Outcome.REJECTED, Outcome.SUPPRESSED})
 
 
 class Next(enum.StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common import store, wakeup
-from common.addresses import angle_brackets, new_message_id, sender_domain
+from common.addresses import angle_brackets, new_message_id, new_verp_token, sender_domain
 from common.config import Config
 from common.models import Message, validate_message
 
@@ -68,9 +68,10 @@ def accept_batch(
         deferred_ts = None if model.deferred_ts is None else int(model.deferred_ts)
         priority = model.resolved_priority(priority_default)
         header = message_id_header(model, config, now)
+        token = new_verp_token(now) if config.verp_domain else None
         batch.append(
             store.messages.NewMessage(
-                model.id, model.account_id, priority, payload, deferred_ts, header
+                model.id, model.account_id, priority, payload, deferred_ts, header, token
             )
         )
     if batch:

@@ -94,6 +94,27 @@ HTTP_SECONDS = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+BOUNCES = Counter(
+    "asyncmail_bounces",
+    "Delivery status notifications about sent messages, and complaints, by kind.",
+    ["account_id", "kind"],
+)
+BOUNCE_KINDS = ("hard", "soft", "complaint")
+BOUNCE_MAILS = Counter(
+    "asyncmail_bounce_mails",
+    "Mails of the bounce mailbox handled, by result (processed or unmatched).",
+    ["result"],
+)
+BOUNCE_MAIL_RESULTS = ("processed", "unmatched")
+BOUNCE_MAILBOX_FAILURES = Counter(
+    "asyncmail_bounce_mailbox_failures",
+    "Connections to the bounce mailbox, or commands on it, that failed.",
+)
+SUPPRESSED_RECIPIENTS = Counter(
+    "asyncmail_suppressed_recipients",
+    "Recipients not sent to because they are on the suppression list.",
+    ["account_id"],
+)
 HEARTBEAT = Gauge(
     "asyncmail_process_heartbeat_timestamp_seconds",
     "Last loop iteration of each dispatcher and reporter process.",
@@ -111,6 +132,8 @@ ACCOUNT_LABELS = {
     ATTEMPTS: tuple((outcome.value,) for outcome in Outcome),
     SMTP_SEND_SECONDS: (),
     ENQUEUE_TO_SENT_SECONDS: (),
+    BOUNCES: tuple((kind,) for kind in BOUNCE_KINDS),
+    SUPPRESSED_RECIPIENTS: (),
 }
 ACCOUNT_FAMILIES = frozenset(metric.describe()[0].name for metric in ACCOUNT_LABELS)
 
@@ -211,7 +234,7 @@ class QueueCollector:
         )
         due = dict.fromkeys(self.accounts, 0)
         for account_id, n in store.messages.due_by_account(conn, now).items():
-            due[_account_label(account_id)] = n
+            due[account_label(account_id)] = n
         yield _labelled(
             "asyncmail_due_messages",
             "Unsent messages whose time has come: ready now, or waiting to retry a failure.",
@@ -245,6 +268,12 @@ class QueueCollector:
             "asyncmail_dispatching_enabled",
             "1 while dispatchers claim on their own (active, not test_mode), else 0.",
             value=int(active and not self.config.test_mode),
+        )
+        yield _labelled(
+            "asyncmail_suppressed_addresses",
+            "Addresses on the suppression list, by reason.",
+            "reason",
+            store.suppressions.counts(conn).items(),
         )
         yield GaugeMetricFamily(
             "asyncmail_reports_enabled",
@@ -312,7 +341,8 @@ def _labelled(name: str, documentation: str, label: str, values) -> GaugeMetricF
     return family
 
 
-def _account_label(account_id: str | None) -> str:
+def account_label(account_id: str | None) -> str:
+    """The account_id label of an account (``default``: the implicit [smtp] account)."""
     return DEFAULT_ACCOUNT if account_id is None else account_id
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from common import crypto, replication, store, wakeup
+from common.addresses import parse_address_list
 from common.config import Config
 from common.enums import Status
 from common.models import Account
@@ -65,12 +66,13 @@ def heartbeats(conn, now: float) -> list[dict]:
     return [{**beat, "stale": beat["age_seconds"] > STALE_AFTER} for beat in beats]
 
 
-def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
+def health(processes: list[dict], supervisor_runs: bool, bouncer: bool = False) -> list[str]:
     """What makes the service unhealthy (nothing: healthy), from ``heartbeats()``.
 
     A stale heartbeat always counts.  While supervisord runs on this var dir, a dispatcher
-    and the reporter must also have beaten recently; without it (never started, or before
-    the first heartbeat) nothing is expected.
+    and the reporter (and with ``bouncer``, a bounce mailbox configured, the bouncer) must
+    also have beaten recently; without it (never started, or before the first heartbeat)
+    nothing is expected.
     """
     problems = [
         f"{p['process']} ({p['kind']}) last beat {p['age_seconds']:.0f} s ago "
@@ -82,7 +84,7 @@ def health(processes: list[dict], supervisor_runs: bool) -> list[str]:
         alive = {p["kind"] for p in processes if not p["stale"]}
         problems += [
             f"supervisord runs but no {kind} has beaten in the last {STALE_AFTER:.0f} s"
-            for kind in ("dispatcher", "reporter")
+            for kind in ("dispatcher", "reporter", *(("bouncer",) if bouncer else ()))
             if kind not in alive
         ]
     return problems
@@ -287,3 +289,41 @@ def delete_account(conn, account_id: str, purge: bool) -> int:
         f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
         Refusal.NOT_FOUND,
     )
+
+
+# -- the suppression list (docs/bounces.md) ----------------------------------------------------
+MAX_SUPPRESSIONS_PAGE = 1000
+
+
+def suppressions(conn, limit: int = 100, cursor: str = "") -> tuple[list[dict], str | None]:
+    """A page of the suppression list in address order, and the next page's cursor."""
+    if not 1 <= limit <= MAX_SUPPRESSIONS_PAGE:
+        raise Refused(
+            f"'limit' must be an integer between 1 and {MAX_SUPPRESSIONS_PAGE}", Refusal.INVALID
+        )
+    return store.suppressions.page(conn, limit, cursor)
+
+
+def suppress(conn, address: object, reason: object, now: float) -> dict:
+    """Put an address on the suppression list by hand; the stored entry."""
+    if not isinstance(address, str):
+        raise Refused("'address' must be an email address string", Refusal.INVALID)
+    try:
+        [(_, checked)] = parse_address_list(address.strip())
+    except ValueError:
+        raise Refused(f"'address': {address!r} is not one email address", Refusal.INVALID) from None
+    if reason not in store.suppressions.REASONS:
+        raise Refused(
+            f"'reason' must be one of {', '.join(store.suppressions.REASONS)}", Refusal.INVALID
+        )
+    return store.suppressions.add(conn, checked, reason, None, None, now)
+
+
+def unsuppress(conn, address: str) -> None:
+    """Take an address off the suppression list: it is sent to again."""
+    if not store.suppressions.remove(conn, address.strip()):
+        raise Refused(
+            f"{address!r} is not on the suppression list; GET /suppressions "
+            "(asyncmail suppressions list) shows it.",
+            Refusal.NOT_FOUND,
+        )

@@ -23,7 +23,7 @@ from common.enums import FINAL_NEXT, Next, Outcome
 from common.logs import fields
 from common.ratelimit import Limits
 from common.store.claims import Attempt, Claim, Transition
-from dispatcher import mime, payload
+from dispatcher import bounces, mime, payload
 from dispatcher.attachments import AttachmentError
 from dispatcher.smtp import Endpoint, Phase, Result
 
@@ -224,6 +224,9 @@ class Dispatcher:
             logger.exception(fields(event="build_failed", id=row["id"]))
             result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"internal error: {exc!r}")
             return self._after(row, result, started, None)
+        envelope, suppressed = bounces.screen(self.conn, envelope, self.config)
+        if not envelope.recipients:
+            return bounces.all_suppressed(row, suppressed, self.clock())
         try:
             free_at = (
                 self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
@@ -234,7 +237,7 @@ class Dispatcher:
             return self._after(row, result, started, None)
         if free_at is not None:
             return self._held_back(row, account, free_at)
-        return self._send(row, envelope, endpoint)
+        return self._send(row, envelope, endpoint, suppressed)
 
     def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint, Limits]:
         if account is None and row["account_id"] is not None:
@@ -243,7 +246,7 @@ class Dispatcher:
         msg = payload.load(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
         envelope = mime.build(msg, parts, self.clock(), row["message_id_header"])
-        return envelope, endpoint, limits
+        return bounces.with_verp(envelope, row, msg, self.config), endpoint, limits
 
     def _account(self, account_id: str | None, row: dict | None) -> tuple[Endpoint, Limits]:
         """Endpoint and limits of an account, rebuilt only when its row changed."""
@@ -258,7 +261,9 @@ class Dispatcher:
             self._accounts[account_id] = cached
         return cached[1], cached[2]
 
-    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint) -> Transition:
+    def _send(
+        self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]
+    ) -> Transition:
         start = self.clock()
         try:
             result = self.pool.send(
@@ -270,6 +275,7 @@ class Dispatcher:
             result = Result(Outcome.UNCERTAIN, Phase.REPLY, None, f"internal error: {exc!r}")
         duration = self.clock() - start
         metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
+        result = bounces.after_send(self.conn, row, result, suppressed, self.config, self.clock())
         return self._after(row, result, start, duration)
 
     def _held_back(self, row: dict, account: dict, free_at: float) -> Transition:

@@ -1,4 +1,5 @@
-"""The proxy_sync request body: one item per terminal outcome, the reference's fields first.
+"""The proxy_sync request body: one item per terminal outcome, the reference's fields first,
+and one ``bounced`` item per failed delivery a notification reported later (docs/bounces.md).
 
 ``{"delivery_report": [item, ...]}`` as compact UTF-8 JSON.  The reference's seven fields
 come first and keep their meaning; ours follow, so an upstream written for the reference
@@ -29,8 +30,7 @@ def _refused(text: str | None):
         return text
 
 
-def report_item(row: dict, now: float) -> dict:
-    """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
+def _item(row: dict, status: str) -> dict:
     item = {
         "id": row["id"],
         "account_id": row["account_id"],
@@ -39,7 +39,7 @@ def report_item(row: dict, now: float) -> dict:
         "error_ts": _epoch(row["error_ts"]),
         "error": row["error"],
         "deferred_ts": _epoch(row["deferred_ts"]),
-        "status": status_of(row, now).value,
+        "status": status,
         "attempts": row["attempts"],
         "smtp_code": row["smtp_code"],
         "refused": _refused(row["refused"]),
@@ -47,6 +47,26 @@ def report_item(row: dict, now: float) -> dict:
     if row["possible_duplicate"]:
         item["possible_duplicate"] = True
     return item
+
+
+def report_item(row: dict, now: float) -> dict:
+    """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
+    return _item(row, status_of(row, now).value)
+
+
+def bounce_item(row: dict) -> dict:
+    """A late ``bounced`` item from a row of ``store.bounces.fetch_unreported``.
+
+    The message's own item was reported before (sent); this one follows it, with what the
+    delivery status notification said about one recipient.
+    """
+    return _item(row, "bounced") | {
+        "recipient": row["recipient"],
+        "bounce_type": row["kind"],
+        "status_code": row["bounce_status"],
+        "diagnostic": row["diagnostic"],
+        "bounced_ts": _epoch(row["bounced_ts"]),
+    }
 
 
 def encode_report(items: list[dict], key: str = "delivery_report") -> bytes:

@@ -25,7 +25,7 @@ import tenacity
 from common import metrics, store
 from common.config import Config
 from common.logs import fields, redact_url
-from reporter.body import report_item
+from reporter.body import bounce_item, report_item
 from reporter.client import SyncClient
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,12 @@ class Reporter:
         if not run_now and (now < self.retry_at or self._held_by_test_mode(now)):
             return False
         rows = store.reports.fetch_unreported(self.conn, self.config.report_batch_size)
-        if not rows and not run_now and not self._idle_report_due(now):
+        bounces = store.bounces.fetch_unreported(
+            self.conn, self.config.report_batch_size - len(rows)
+        )
+        if not rows and not bounces and not run_now and not self._idle_report_due(now):
             return False
-        return self._post(rows, now) and bool(rows)
+        return self._post(rows, bounces, now) and bool(rows or bounces)
 
     def idle_seconds(self, now: float) -> float:
         """How long the loop may sleep when nothing woke it."""
@@ -111,29 +114,31 @@ class Reporter:
         return max(0.0, min(due) - now)
 
     # -- posting -------------------------------------------------------------------------------
-    def _post(self, rows: list[dict], now: float) -> bool:
+    def _post(self, rows: list[dict], bounces: list[dict], now: float) -> bool:
         started = time.monotonic()
-        answer = self.client.post([report_item(row, now) for row in rows], now)
+        items = [report_item(row, now) for row in rows] + [bounce_item(b) for b in bounces]
+        answer = self.client.post(items, now)
         acked = now + (time.monotonic() - started)
         if not answer.ok:
-            self._failed(len(rows), answer.status, answer.reason, acked)
+            self._failed(len(items), answer.status, answer.reason, acked)
             return False
         store.reports.mark_reported(self.conn, rows, int(acked))
-        self._succeeded(rows, acked)
+        store.bounces.mark_reported(self.conn, bounces, int(acked))
+        self._succeeded(rows, acked, len(bounces))
         return True
 
-    def _succeeded(self, rows: list[dict], acked: float) -> None:
+    def _succeeded(self, rows: list[dict], acked: float, bounces: int) -> None:
         if self.failures:  # BACKOFF -> UP
             logger.info(fields(event="report_recovered", failures=self.failures))
         self.failures, self.retry_at, self.last_post_at = 0, 0.0, acked
-        if rows and self.config.test_mode:
+        if (rows or bounces) and self.config.test_mode:
             self.open_until = acked + RUN_NOW_WINDOW
         metrics.REPORT_BATCHES.labels("ok").inc()
-        metrics.REPORT_ITEMS.inc(len(rows))
+        metrics.REPORT_ITEMS.inc(len(rows) + bounces)
         for row in rows:
             metrics.REPORT_LAG_SECONDS.observe(max(0.0, acked - row["outcome_at"]))
         if self.config.delivery_activity:
-            logger.info(fields(event="report_posted", items=len(rows)))
+            logger.info(fields(event="report_posted", items=len(rows), bounced=bounces))
 
     def _failed(self, items: int, status: int | None, reason: str, now: float) -> None:
         self.failures += 1  # UP -> BACKOFF, or a longer BACKOFF

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.support.smtp",
     "tests.support.upstream",
     "tests.support.s3",
+    "tests.support.imap",
 ]

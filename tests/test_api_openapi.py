@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from common import enums, models, store
 from common.enums import Next, Outcome
 from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
+from common.store.bounces import Event, Suppress
 from common.store.claims import Attempt, Transition
 from web import db as web_db
 from web import schemas
@@ -198,6 +199,18 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
     "message-sent": ("GET", "/messages/{message_id}", "/messages/sent", None, 200, {}),
     "message-sending": ("GET", "/messages/{message_id}", "/messages/sending", None, 200, {}),
     "message-unknown": ("GET", "/messages/{message_id}", "/messages/none", None, 404, {}),
+    "suppressions": ("GET", "/suppressions", "/suppressions?limit=1", None, 200, {}),
+    "suppressions-bad": ("GET", "/suppressions", "/suppressions?limit=0", None, 400, {}),
+    "suppress": (
+        "POST", "/suppressions", None, {"address": "Ann@X.org", "reason": "complaint"}, 200, {},
+    ),
+    "suppress-bad": ("POST", "/suppressions", None, {"address": "not an address"}, 400, {}),
+    "unsuppress": (
+        "DELETE", "/suppressions/{address}", "/suppressions/gone@x.org", None, 200, {},
+    ),
+    "unsuppress-unknown": (
+        "DELETE", "/suppressions/{address}", "/suppressions/nobody@x.org", None, 404, {},
+    ),
     "metrics": ("GET", "/metrics", None, None, 200, {}),
     "openapi": ("GET", "/openapi.json", None, None, 200, {}),
     "ui-without-session": ("GET", "/ui", None, None, 303, {}),
@@ -231,6 +244,9 @@ def app(make_config, conn):
     sent = Transition(attempt, Next.SENT, now, refused=refused, possible_duplicate=True)
     store.claims.record(conn, [sent], "dispatcher-00")
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
+    bounce = Event("sent", "c@d.org", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 unknown")
+    gone = Suppress("gone@x.org", "hard_bounce", "5.1.1", "smtp; 550 5.1.1 unknown")
+    store.bounces.record_mail(conn, "<dsn@mx>", "processed", "rfc3464", [bounce], [gone], now)
     return app
 
 

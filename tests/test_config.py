@@ -51,6 +51,17 @@ VALID = {
     "smtp_password": ("smtp", "pw", "pw"),
     "smtp_use_tls": ("smtp", "true", True),
     "smtp_starttls": ("smtp", "false", False),
+    "suppression": ("delivery", "on", True),
+    "imap_host": ("bounces", "imap.example.com", "imap.example.com"),
+    "imap_port": ("bounces", "1143", 1143),
+    "imap_user": ("bounces", "bounces@example.com", "bounces@example.com"),
+    "imap_password": ("bounces", "enc:sealed", "enc:sealed"),
+    "imap_security": ("bounces", " STARTTLS ", "starttls"),
+    "imap_folder": ("bounces", "Bounces", "Bounces"),
+    "imap_processed_folder": ("bounces", "Bounces.done", "Bounces.done"),
+    "imap_unmatched_folder": ("bounces", "Bounces/other", "Bounces/other"),
+    "imap_poll_seconds": ("bounces", "30", 30.0),
+    "verp_domain": ("bounces", "Bounces.Example.com", "bounces.example.com"),
     "delivery_activity": ("logging", "1", True),
     "access_log": ("logging", "yes", True),
     "log_level": ("logging", "debug", "DEBUG"),
@@ -93,6 +104,12 @@ BAD = {
     "smtp_port": ["smtp", "0"],
     "smtp_use_tls": ["maybe"],
     "smtp_starttls": ["2"],
+    "suppression": ["sometimes"],
+    "imap_port": ["imap", "0"],
+    "imap_security": ["ssl", "yes"],
+    "imap_folder": [" ", 'a"b', "a\\b"],
+    "imap_poll_seconds": ["0", "soon"],
+    "verp_domain": ["localhost", "bounces example.com"],
     "delivery_activity": ["x"],
     "access_log": ["often"],
     "log_level": ["loud"],
@@ -154,11 +171,24 @@ def test_every_key_from_the_ini_file_is_typed(tmp_path):
     assert config.has_default_account
 
 
+# keys that are only valid together with others
+COMPANIONS = {"imap_host": {"ASYNCMAIL_IMAP_USER": "u", "ASYNCMAIL_IMAP_PASSWORD": "p"}}
+
+
 @pytest.mark.parametrize("field", sorted(VALID))
 def test_every_key_from_the_environment_is_typed(tmp_path, field):
     section, text, expected = VALID[field]
-    config = load_config(empty_ini(tmp_path), environ={f"ASYNCMAIL_{field.upper()}": text})
+    environ = {f"ASYNCMAIL_{field.upper()}": text, **COMPANIONS.get(field, {})}
+    config = load_config(empty_ini(tmp_path), environ=environ)
     assert getattr(config, field) == expected
+
+
+@pytest.mark.parametrize("missing", ["ASYNCMAIL_IMAP_USER", "ASYNCMAIL_IMAP_PASSWORD"])
+def test_a_bounce_mailbox_needs_its_credentials(tmp_path, missing):
+    environ = {"ASYNCMAIL_IMAP_HOST": "imap.example.com", **COMPANIONS["imap_host"]}
+    del environ[missing]
+    with pytest.raises(ConfigError, match=r"\[bounces\] imap_host is set"):
+        load_config(empty_ini(tmp_path), environ=environ)
 
 
 BAD_CASES = [(field, text) for field, texts in BAD.items() for text in texts]

@@ -26,11 +26,14 @@ ABSENT = {
     # requests and urllib3 only when a URL attachment is fetched; pydantic only validates
     # at intake, the dispatcher reads stored payloads without it
     "import dispatcher.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"requests", "urllib3",
-                                                                      "reporter"},
-    "import reporter.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"dispatcher"},
+                                                                      "reporter", "bouncer"},
+    "import reporter.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"dispatcher", "bouncer"},
+    # the bouncer reads mail and the database: no HTTP client, no SMTP side
+    "import bouncer.__main__": NO_PROCESS_NEEDS | WORKERS_NEVER | {"requests", "urllib3",
+                                                                    "dispatcher", "reporter"},
     # the OpenAPI document and its answer models only when /openapi.json is asked for
     "import web.wsgi": NO_PROCESS_NEEDS | {"requests", "urllib3", "tenacity", "dispatcher",
-                                          "reporter", "web.openapi", "web.schemas"},
+                                          "reporter", "bouncer", "web.openapi", "web.schemas"},
     # gunicorn's master runs the config file only: the app and its database live in workers
     "import runpy; runpy.run_path('etc/gunicorn.conf.py')": NO_PROCESS_NEEDS | WORKERS_NEVER
     | {"apsw"},

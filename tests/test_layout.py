@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRAMS = ("web", "dispatcher", "reporter", "cli")
+PROGRAMS = ("web", "dispatcher", "reporter", "bouncer", "cli")
 PACKAGES = (*PROGRAMS, "common")
-BLUEPRINTS = ("web.service", "web.messages", "web.commands", "web.accounts", "web.ui")
+BLUEPRINTS = (
+    "web.service",
+    "web.messages",
+    "web.commands",
+    "web.accounts",
+    "web.suppressions",
+    "web.ui",
+)
 SQL = re.compile(
     r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX)"
     r"|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b"

@@ -43,6 +43,10 @@ metrics.REPORT_LAG_SECONDS.observe(0.04)
 metrics.HTTP_REQUESTS.labels("/commands/add-messages", "200").inc()
 metrics.HTTP_SECONDS.labels("/commands/add-messages").observe(0.003)
 metrics.HEARTBEAT.labels(sys.argv[2]).set(float(sys.argv[3]))
+metrics.BOUNCES.labels(account, "hard").inc()
+metrics.BOUNCE_MAILS.labels("processed").inc()
+metrics.BOUNCE_MAILBOX_FAILURES.inc()
+metrics.SUPPRESSED_RECIPIENTS.labels(account).inc()
 metrics.at_exit()
 """
 RENDER = """
@@ -316,3 +320,15 @@ def test_every_metric_in_dashboard_and_alerts_exists(multiprocess, conn):
     exposed = metric_names(exposition_with_everything(multiprocess, conn))
     used = {name for expr in _expressions() for name in re.findall(r"\basyncmail_\w+", expr)}
     assert used and used <= exposed, sorted(used - exposed)
+
+
+def test_suppression_list_size_and_bounce_series_exist_from_the_first_scrape(make_config, conn):
+    store.suppressions.add(conn, "a@example.org", "manual", None, None, time.time())
+    store.suppressions.add(conn, "b@example.org", "hard_bounce", "5.1.1", None, time.time())
+    client = create_app(make_config()).test_client()
+    values = samples(client.get("/metrics").get_data(as_text=True))
+    assert values['asyncmail_suppressed_addresses{reason="manual"}'] == 1
+    assert values['asyncmail_suppressed_addresses{reason="hard_bounce"}'] == 1
+    assert values['asyncmail_suppressed_addresses{reason="complaint"}'] == 0
+    for kind in ("hard", "soft", "complaint"):  # counted by this test process's other tests
+        assert f'asyncmail_bounces_total{{account_id="default",kind="{kind}"}}' in values

@@ -12,6 +12,7 @@ import requests
 
 from common import store
 from common.enums import Next, Outcome
+from common.store.bounces import Event, Suppress
 from common.store.claims import Attempt, Transition
 from tests.support import procs
 from tests.support.chromium import CHROMIUM, Chromium
@@ -182,6 +183,29 @@ def test_the_page_shows_queue_charts_failures_accounts_and_processes(client, cfg
     assert "reporter (reporter) last beat" in html  # the stale process is flagged
     assert 'class="bad"><td>reporter' in html
     assert "(default [smtp])" in html
+
+
+def test_the_bounce_panel_shows_the_list_and_the_last_days_bounces(make_config, conn):
+    cfg = make_config(api_token=TOKEN, smtp_host="127.0.0.1", imap_host="imap.example.org",
+                      imap_user="u", imap_password="imap-pw-5521", suppression=True)  # fmt: skip
+    client = create_app(cfg).test_client()
+    now = time.time()
+    enqueue(conn, cfg, message("m1"), now=now)
+    event = Event("m1", "gone@example.org", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 <gone>")
+    gone = Suppress("gone@example.org", "hard_bounce", "5.1.1", None)
+    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [gone], now)
+    store.suppressions.add(conn, "quiet@example.org", "manual", None, None, now)
+    store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 11, now)
+    store.heartbeats.beat(conn, "reporter", "reporter", 12, now)
+    logged_in(client)
+    html = client.get("/ui").get_data(as_text=True)
+    panel = html[html.index('id="bounces"') :]
+    assert "Bounce mailbox read by the bouncer" in panel and "suppression at send time" in panel
+    assert "gone@example.org" in panel and "smtp; 550 5.1.1 &lt;gone&gt;" in panel
+    assert '<td class="n">1</td><td class="n">0</td>\n      <td class="n">1</td>' in panel
+    assert "No live bouncer." in html  # configured, and no bouncer has beaten
+    assert "No live dispatcher." not in html
+    assert "imap-pw-5521" not in html
 
 
 def test_no_secret_is_ever_shown(client, cfg, conn):

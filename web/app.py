@@ -17,7 +17,7 @@ from flask import Flask, Response, g, jsonify, request
 from common import metrics
 from common.config import Config, load_config
 from common.logs import fields
-from web import accounts, auth, commands, errors, messages, service, ui
+from web import accounts, auth, commands, errors, messages, service, suppressions, ui
 
 access_logger = logging.getLogger("web.access")
 
@@ -26,6 +26,7 @@ BLUEPRINTS = (
     messages.blueprint,
     commands.blueprint,
     accounts.blueprint,
+    suppressions.blueprint,
     ui.blueprint,
 )
 

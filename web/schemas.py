@@ -82,6 +82,22 @@ class MessagesQuery(BaseModel):
     cursor: int = Field(0, ge=0, le=MAX_CURSOR, description="next_cursor of the last page.")
 
 
+class SuppressionRequest(BaseModel):
+    """An address to stop sending to."""
+
+    address: StrictStr = Field(description="An email address; compared case-insensitively.")
+    reason: Literal["manual", "complaint", "hard_bounce"] = Field(
+        "manual", description="Why: your own decision, a spam complaint, or a hard bounce."
+    )
+
+
+class SuppressionsQuery(BaseModel):
+    """GET /suppressions paging."""
+
+    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE, description="Entries per page.")
+    cursor: str = omittable("next_cursor of the last page (entries are in address order).")
+
+
 class DeleteAccountQuery(BaseModel):
     """DELETE /account options."""
 
@@ -141,7 +157,7 @@ class Heartbeat(Shape):
     """The last sign of life of a dispatcher or the reporter."""
 
     process: str
-    kind: Literal["dispatcher", "reporter"]
+    kind: Literal["dispatcher", "reporter", "bouncer"]
     pid: int
     ts: int = Field(description="Epoch seconds.")
     age_seconds: float
@@ -319,8 +335,9 @@ class MessageRecord(Shape):
     lease_expires: int | None
     attempts: int = Field(description="Delivery attempts so far.")
     smtp_code: int | None
-    refused: dict[str, tuple[int, str]] | None = Field(
-        description="Refused recipients: address to [SMTP code, reply]."
+    refused: dict[str, tuple[int | None, str]] | None = Field(
+        description="Refused recipients: address to [SMTP code, reply]; a suppressed "
+        'recipient (never sent to) is [null, "suppressed"].'
     )
     possible_duplicate: bool = Field(
         description="A dispatcher died mid-send, so the message may have been sent twice."
@@ -338,8 +355,56 @@ class MessagesPage(Answer):
     next_cursor: int | None = Field(description="Pass as cursor for the next page; null: last.")
 
 
+class Bounce(Shape):
+    """What a delivery status notification said about one recipient (docs/bounces.md)."""
+
+    recipient: str
+    kind: Literal["hard", "soft"] = Field(description="hard: 5.x.x; soft: 4.x.x or no status.")
+    action: Literal["failed", "delayed"] = Field(
+        description="failed: reported upstream as 'bounced'; delayed: still being tried."
+    )
+    status: str | None = Field(description="The notification's status code, e.g. 5.1.1.")
+    diagnostic: str | None = Field(description="The remote server's words, when given.")
+    bounced_ts: int = Field(description="When the notification was processed.")
+    reported_ts: int | None
+
+
 class MessageDetail(MessageRecord):
-    """One message with its attempt log."""
+    """One message with its attempt log and its bounces."""
 
     ok: Literal[True]
     attempt_log: list[Attempt]
+    bounces: list[Bounce]
+
+
+class Suppression(Shape):
+    """An address on the suppression list: the dispatchers do not send to it."""
+
+    address: str = Field(description="Lower-cased.")
+    reason: Literal["hard_bounce", "complaint", "manual"]
+    status: str | None = Field(
+        description="What said so: the SMTP reply and status (550 5.1.1) or the DSN's (5.1.1)."
+    )
+    diagnostic: str | None
+    first_seen: int = Field(description="Epoch seconds.")
+    last_seen: int = Field(description="Epoch seconds.")
+    count: int = Field(description="How many times it was added or seen failing.")
+
+
+class SuppressionsPage(Answer):
+    """A page of the suppression list, in address order."""
+
+    suppressions: list[Suppression]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+
+
+class SuppressionAnswer(Answer):
+    """The entry as stored."""
+
+    suppression: Suppression
+
+
+class SuppressionRemoved(Answer):
+    """The address is off the list."""
+
+    removed: str

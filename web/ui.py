@@ -28,6 +28,8 @@ HOUR = 3600.0  # the charts and the failure list cover the last hour
 FAILING_WINDOW = 900.0  # an account whose latest send in this window failed is failing
 OLDEST_READY_ALERT = 60.0  # seconds a ready message may wait before the page flags it
 FAILURES_SHOWN = 20
+DAY = 86400.0  # the bounce panel covers the last day: notifications come in over hours
+BOUNCES_SHOWN = 10
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -128,6 +130,7 @@ def overview(conn, config, now: float) -> dict:
         "failures": store.attempts.recent_failures(conn, ids, now - HOUR, FAILURES_SHOWN),
         "replication": replication.state(config, now),
         "lag_limit": operations.REPLICATION_LAG_LIMIT,
+        "bounces": _bounces(conn, config, now),
     }
     problems = operations.health(processes, supervisor_runs=False)
     # the page cannot see supervisord: a live heartbeat says the stack runs
@@ -147,6 +150,17 @@ def _accounts(conn, config, now: float) -> list[dict]:
         last = store.attempts.last_send_outcome(conn, row["id"], now - FAILING_WINDOW)
         row["failing"] = last is not None and last != "sent"
     return rows
+
+
+def _bounces(conn, config, now: float) -> dict:
+    """The bounce panel: the suppression list by reason, the last day's notifications."""
+    return {
+        "enabled": config.bounces_enabled,
+        "suppression": config.suppression,
+        "suppressed": store.suppressions.counts(conn),
+        "day": store.bounces.kinds_since(conn, now - DAY),
+        "recent": store.bounces.recent(conn, now - DAY, BOUNCES_SHOWN),
+    }
 
 
 def _series(minutes: dict) -> tuple[list[int], list[int]]:
@@ -172,7 +186,8 @@ def _alerts(view: dict, problems: list[str]) -> list[tuple[str, str]]:
         alerts.append(("bad", "No dispatcher or reporter has a heartbeat: is the stack running?"))
     else:
         kinds = {p["kind"] for p in view["processes"] if not p["stale"]}
-        alerts += [("bad", f"No live {k}.") for k in ("dispatcher", "reporter") if k not in kinds]
+        expected = ("dispatcher", "reporter", *(("bouncer",) if view["bounces"]["enabled"] else ()))
+        alerts += [("bad", f"No live {k}.") for k in expected if k not in kinds]
     alerts += [
         ("bad", f"Account {a['id'] or '(default)'} is failing: its latest send attempt failed.")
         for a in view["accounts"]

@@ -10,6 +10,8 @@
     reports     delivery reports owed, marked, purged after retention
     attempts    send starts (rate-limit ledger, usage), sends and failures per minute
     backup      online copies through SQLite's backup API, checked; the swap of a restore
+    bounces     delivery status notifications: matching, recording, late reports
+    suppressions  the addresses not sent to
 
 Programs call ``store.<module>.<function>(conn, ...)``; none of them writes SQL.
 """
@@ -18,6 +20,7 @@ from common.store import (
     accounts,
     attempts,
     backup,
+    bounces,
     claims,
     db,
     heartbeats,
@@ -25,12 +28,14 @@ from common.store import (
     reports,
     settings,
     status,
+    suppressions,
 )
 
 __all__ = [
     "accounts",
     "attempts",
     "backup",
+    "bounces",
     "claims",
     "db",
     "heartbeats",
@@ -38,4 +43,5 @@ __all__ = [
     "reports",
     "settings",
     "status",
+    "suppressions",
 ]

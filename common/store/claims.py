@@ -36,7 +36,7 @@ BUSY_MAX_WAIT = 0.005
 
 _READY = """
 SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at,
-       message_id_header
+       message_id_header, verp_token
 FROM messages INDEXED BY messages_claim
 WHERE account_id IS :account_id AND priority = :priority
   AND sent_ts IS NULL AND error_ts IS NULL AND ready_at <= :now
@@ -203,7 +203,7 @@ WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
 """
 _ERROR = """
 UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
-    error = :error, smtp_code = coalesce(:code, smtp_code),
+    error = :error, smtp_code = coalesce(:code, smtp_code), refused = :refused,
     attempts = attempts + :counted, possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
 WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL

@@ -134,6 +134,52 @@ MIGRATIONS: list[str] = [
         SET message_id_header = legacy_message_id(id, json_extract(payload, '$.message_id'));
     CREATE INDEX messages_message_id_header ON messages(message_id_header);
     """,
+    # 4: bounces and suppression (docs/bounces.md).  One suppression list for now; tenants
+    # will add their key in front of `address`.
+    """
+    CREATE TABLE suppressions (
+        address     TEXT PRIMARY KEY,   -- lower-cased
+        reason      TEXT NOT NULL,      -- hard_bounce, complaint, manual
+        status      TEXT,               -- what said so: "550 5.1.1" (SMTP) or "5.1.1" (DSN)
+        diagnostic  TEXT,
+        first_seen  INTEGER NOT NULL,
+        last_seen   INTEGER NOT NULL,
+        count       INTEGER NOT NULL DEFAULT 1
+    ) WITHOUT ROWID;
+
+    -- the VERP token of the envelope sender bounce+<token>@verp_domain, set at intake while
+    -- [bounces] verp_domain is configured
+    ALTER TABLE messages ADD COLUMN verp_token TEXT;
+    CREATE UNIQUE INDEX messages_verp_token ON messages(verp_token)
+        WHERE verp_token IS NOT NULL;
+
+    -- what a delivery status notification said about one recipient of a sent message
+    CREATE TABLE bounces (
+        id          INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        recipient   TEXT NOT NULL,
+        kind        TEXT NOT NULL,      -- hard (5.x.x), soft (4.x.x or no status)
+        action      TEXT NOT NULL,      -- failed (reported as "bounced"), delayed (not reported)
+        status      TEXT,               -- the DSN's status code, "5.1.1"
+        diagnostic  TEXT,
+        bounced_ts  REAL NOT NULL,      -- when the DSN was processed
+        mail_key    TEXT NOT NULL,      -- the notification it came from (bounce_mails.key)
+        reported_ts INTEGER
+    );
+    CREATE INDEX bounces_message ON bounces(message_id);
+    CREATE INDEX bounces_ts ON bounces(bounced_ts);
+    CREATE INDEX bounces_unreported ON bounces(id) WHERE reported_ts IS NULL AND action = 'failed';
+
+    -- every mail of the bounce mailbox already handled, recorded before it is moved, so a
+    -- connection lost between the two processes nothing twice
+    CREATE TABLE bounce_mails (
+        key     TEXT PRIMARY KEY,       -- the SHA-256 of its bytes
+        result  TEXT NOT NULL,          -- processed, unmatched
+        shape   TEXT,                   -- the DSN shape recognised (docs/bounces.md)
+        ts      REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX bounce_mails_ts ON bounce_mails(ts);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

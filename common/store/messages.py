@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import apsw
 
 from common.enums import Status
+from common.store import bounces
 from common.store.db import write
 from common.store.status import STATUS_CASE_SQL, STATUS_SQL, status_of
 
@@ -32,6 +33,7 @@ class NewMessage:
     payload: dict
     deferred_ts: int | None
     message_id_header: str  # the Message-ID header: the client's, else generated at intake
+    verp_token: str | None = None  # with [bounces] verp_domain: bounce+<token>@verp_domain
 
 
 # A replacement keeps the stored Message-ID unless the old or the new payload names its own:
@@ -39,10 +41,11 @@ class NewMessage:
 # recognisable.  (SET expressions see the row as it was before the update.)
 _UPSERT = """
 INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, deferred_ts,
-                      ready_at, enqueued_at, message_id_header)
+                      ready_at, enqueued_at, message_id_header, verp_token)
 VALUES (:id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts, :ready_at, :now,
-        :message_id_header)
+        :message_id_header, :verp_token)
 ON CONFLICT(id) DO UPDATE SET
+    verp_token = coalesce(messages.verp_token, excluded.verp_token),
     message_id_header = CASE
         WHEN coalesce(json_extract(messages.payload, '$.message_id'), '') = ''
          AND coalesce(json_extract(excluded.payload, '$.message_id'), '') = ''
@@ -73,6 +76,7 @@ def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str |
                 "payload": json.dumps(msg.payload, ensure_ascii=False, separators=(",", ":")),
                 "deferred_ts": msg.deferred_ts,
                 "message_id_header": msg.message_id_header,
+                "verp_token": msg.verp_token,
                 "ready_at": max(now, msg.deferred_ts or 0),
                 "now": now,
                 "now_s": int(now),
@@ -182,6 +186,7 @@ def get(conn, message_id: str, now: float) -> dict | None:
             (message_id,),
         )
     ]
+    record["bounces"] = bounces.of_message(conn, message_id)
     return record
 
 

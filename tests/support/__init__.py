@@ -8,6 +8,7 @@
     smtp.py         aiosmtpd peers, Behavior, the silent server, a TLS certificate
     upstream.py     the proxy_sync upstream (HTTP) that delivery reports go to
     s3.py           moto's S3 server, for attachments
+    imap.py         Dovecot (the bounce mailbox), the DSN fixtures, a link-cutting proxy
     procs.py        free_port, service processes started and stopped, their state, wait_for
     stack.py        the whole supervisord stack
 

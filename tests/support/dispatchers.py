@@ -14,7 +14,8 @@ from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
 from dispatcher.smtp import Pool
 from tests.support import procs
-from tests.support.factories import Clock
+from tests.support.db import enqueue
+from tests.support.factories import T0, Clock
 
 
 def make_dispatcher(
@@ -31,6 +32,15 @@ def make_dispatcher(
         conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config), name=name,
         clock=clock, rng=random.Random(seed), **kwargs,
     )  # fmt: skip
+
+
+def send_ready(conn, config, *items: dict) -> None:
+    """Queue the items (through intake, at T0) and let one dispatcher send all that is ready."""
+    enqueue(conn, config, *items)
+    dispatcher = make_dispatcher(conn, config)
+    while dispatcher.run_once(T0):
+        pass
+    dispatcher.close()
 
 
 def wake_socket(config, number: int) -> Path:

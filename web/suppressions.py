@@ -1,0 +1,46 @@
+"""The suppression list: list, add, remove (``common.operations``; docs/bounces.md)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, jsonify, request
+
+from common import operations
+from web.db import get_conn
+from web.inputs import int_arg, json_body
+
+blueprint = Blueprint("suppressions", __name__)
+
+PAGE_SIZE = 100
+
+
+@blueprint.get("/suppressions")
+def suppressions():
+    """A page of the suppression list in address order, with the next page's cursor."""
+    limit = int_arg("limit", PAGE_SIZE, 1, operations.MAX_SUPPRESSIONS_PAGE)
+    rows, cursor = operations.suppressions(get_conn(), limit, request.args.get("cursor", ""))
+    return jsonify(ok=True, suppressions=rows, next_cursor=cursor)
+
+
+@blueprint.post("/suppressions")
+def suppress():
+    """Stop sending to an address: {"address", "reason"?: manual|complaint|hard_bounce}."""
+    body = json_body()
+    try:
+        entry = operations.suppress(
+            get_conn(), body.get("address"), body.get("reason", "manual"), time.time()
+        )
+    except operations.Refused as exc:
+        abort(400, str(exc) + ".")
+    return jsonify(ok=True, suppression=entry)
+
+
+@blueprint.delete("/suppressions/<path:address>")
+def unsuppress(address: str):
+    """Send to an address again."""
+    try:
+        operations.unsuppress(get_conn(), address)
+    except operations.Refused as exc:
+        abort(404, str(exc))
+    return jsonify(ok=True, removed=address.strip().lower())
