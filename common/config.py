@@ -311,6 +311,7 @@ class Config:
         """The database is replicated by Litestream (a replica_url is set)."""
         return self.replica_url is not None
 
+    @property
     def bounces_enabled(self) -> bool:
         """A bounce mailbox is configured: the bouncer program runs."""
         return self.imap_host is not None
