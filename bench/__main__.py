@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss")
+SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss", "slow_clients")
 
 
 def run_section(name: str) -> dict:

@@ -23,12 +23,18 @@ except ConfigError as exc:  # one line naming the key, not a traceback
 
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
-# gthread with one thread: clients keep their connections alive between enqueues (sync
-# workers close every connection), while each worker still serves one request at a time on
-# its one database connection
-worker_class = "gthread"
-threads = 1
-keepalive = 75  # seconds an idle client connection stays open (longer than most LBs' 60 s)
+# gunicorn's gevent worker with deadlines and JSON errors (web/front.py): a connection is a
+# greenlet, so slow or idle clients cannot take the turn of a normal one.  Measured with
+# make bench (slow_clients): 20 slow-header + 20 slow-body clients stopped every enqueue of
+# the gthread worker (2 x 1 thread: 0 of 20 answered; 2 x 32 threads: 20, but 0 of 20 with
+# 300 slow clients); with this worker all 20 are answered, the slowest in tens of ms
+worker_class = "web.front.ApiWorker"
+# connections one worker holds at once; with 2 workers a thousand, and within the usual
+# limit of 1024 open files per process
+worker_connections = 500
+# seconds a request head may take to arrive whole, counted from the connection opening or
+# the previous answer; so also how long an idle kept-alive connection stays open
+keepalive = 10
 proc_name = "asyncmail-web"  # how the master and workers show in ps
 graceful_timeout = 20  # finish in-flight requests on TERM/HUP; below supervisord's stopwaitsecs
 timeout = 30  # a worker stuck this long is killed and replaced

@@ -17,7 +17,6 @@ from common import enums, models, store
 from common.enums import Next, Outcome
 from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
 from common.store.claims import Attempt, Transition
-from web import db as web_db
 from web import schemas
 from web.app import create_app
 from web.openapi import REF, ROUTES, openapi_document
@@ -172,6 +171,7 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
     ),
     "delete-account-unknown": ("DELETE", "/account/{account_id}", "/account/x", None, 404, {}),
     "messages": ("GET", "/messages", "/messages?limit=1&active_only=1", None, 200, {}),
+    "messages-payload": ("GET", "/messages", "/messages?include=payload", None, 200, {}),
     "messages-sent": ("GET", "/messages", "/messages?status=sent&account_id=acme", None, 200, {}),
     "messages-bad": ("GET", "/messages", "/messages?limit=1001", None, 400, {}),
     "message-sent": ("GET", "/messages/{message_id}", "/messages/sent", None, 200, {}),
@@ -229,10 +229,10 @@ def test_answer_of_an_unreachable_database_matches(make_config, tmp_path):
 
 
 def test_answer_of_a_locked_database_matches(app, conn):
-    web_db.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+    impatient = create_app(app.config["ASYNCMAIL"], db_wait_seconds=0.05)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        response = app.test_client().post("/commands/suspend", headers=AUTH)
+        response = impatient.test_client().post("/commands/suspend", headers=AUTH)
     finally:
         conn.execute("ROLLBACK")
     assert response.status_code == 503

@@ -14,7 +14,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from common import metrics
 from common.config import Config, load_config
-from web import accounts, auth, commands, errors, messages, service
+from web import accounts, auth, commands, db, errors, messages, service
 
 DEFAULT_ACCOUNT = "default"  # metric label of the implicit [smtp] account, as in the reference
 REFERENCE_COUNTERS = (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED)
@@ -47,6 +47,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.before_request(auth.authenticate)
     app.after_request(_count_request)
     errors.init_app(app)
+    db.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     for counter in REFERENCE_COUNTERS:  # the reference's names show before the first send

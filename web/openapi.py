@@ -44,9 +44,12 @@ SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # either header; /health nee
 ERRORS = {  # the description of each failure status; the body is always an Error
     400: "The request is invalid; 'error' says why.",
     401: "Missing or wrong token (or a remote client while no api_token is configured).",
+    403: "No api_token is configured and the request names a Host or Origin that is not local.",
     404: "No such resource.",
+    408: "The body arrived too slowly; the connection is closed.",
     409: "The account still has unsent messages.",
     413: "The body exceeds max_request_bytes.",
+    415: "No api_token is configured and the body is not sent as application/json.",
     500: "A bug; it has been logged.",
     503: "The database is busy or full; nothing was stored, retry in a few seconds.",
 }
@@ -68,7 +71,8 @@ Answer = type[BaseModel] | tuple[type[BaseModel], ...] | Media
 class Route:
     """One operation: what it takes and what it answers, per status.
 
-    Every route may also answer 500, 503 when it uses the database, and 401 unless public.
+    Every route may also answer 500, 503 when it uses the database, 401 and 403 unless
+    public, 415 when it is a POST, and 408 when it reads a body.
     """
 
     operation_id: str
@@ -150,7 +154,11 @@ def _models(route: Route) -> list[type[BaseModel]]:
 def _answers(route: Route) -> dict[int, Answer]:
     common = {500: Error}
     if not route.public:
-        common[401] = Error
+        common.update({401: Error, 403: Error})
+    if route.method == "POST":
+        common[415] = Error
+    if route.body is not None:
+        common[408] = Error
     if route.database:
         common[503] = Error
     return dict(sorted({**common, **route.answers}.items()))

@@ -1,0 +1,126 @@
+"""The API's front door: gunicorn's gevent worker with deadlines a slow client cannot stretch.
+
+``etc/gunicorn.conf.py`` names ``web.front.ApiWorker``.  Each connection is a greenlet, so
+hundreds of idle or slow connections cost memory, not the turn of a normal client (a thread
+per connection ran out at 2: docs/operations.md has the figures).  On top of gevent's worker:
+
+  head      a request head must be whole within ``keepalive`` seconds of the connection
+            opening or of the previous answer (gunicorn's gevent worker times the head
+            read with it; etc/gunicorn.conf.py sets it)
+  body      a body must arrive at ``BODY_MIN_RATE`` bytes/s after ``BODY_GRACE_SECONDS``,
+            or the request answers 408 and the connection is closed
+  refusals  an answer carrying ``Connection: close`` (401 before the body is read, 408,
+            413) closes the connection instead of reading the rest of the body
+  errors    gunicorn's own answers to malformed requests (400, 414, 431, ...) are the API's
+            JSON ``{"ok": false, "error": ...}``, not HTML
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gevent
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.exceptions import RequestTimeout
+
+BODY_GRACE_SECONDS = 10.0  # a body's first bytes may take this long (a slow link, TLS, ...)
+BODY_MIN_RATE = 16 * 1024  # bytes/s a body must keep up after the grace: 25 MiB in ~27 min
+CHUNK = 64 * 1024  # most bytes one timed read asks for
+
+ERROR_SENTENCES = {  # gunicorn's refusals of a malformed request, as sentences
+    400: "Malformed HTTP request ({detail}); the connection is closed.",
+    414: "The request line is too long ({detail}); shorten the URL.",
+    417: "Expectation not supported ({detail}).",
+    431: "The request head is too large ({detail}); send fewer or shorter header fields.",
+    501: "Not implemented ({detail}).",
+}
+
+
+class DeadlineInput:
+    """``wsgi.input`` whose every read must finish by the body's deadline, else 408."""
+
+    def __init__(self, stream, started: float):
+        self.stream = stream
+        self.started = started
+        self.received = 0
+
+    def _deadline(self) -> float:
+        return self.started + BODY_GRACE_SECONDS + self.received / BODY_MIN_RATE
+
+    def _timed(self, read, size: int) -> bytes:
+        timer = gevent.Timeout(max(self._deadline() - time.monotonic(), 0.001))
+        timer.start()
+        try:
+            data = read(size)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise RequestTimeout(
+                f"The request body arrived slower than {BODY_MIN_RATE} bytes per second; "
+                "the connection is closed."
+            ) from None
+        finally:
+            timer.cancel()
+        self.received += len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative), read in timed chunks."""
+        parts = []
+        wanted = -1 if size is None or size < 0 else size
+        while wanted != 0:
+            data = self._timed(self.stream.read, CHUNK if wanted < 0 else min(CHUNK, wanted))
+            if not data:
+                break
+            parts.append(data)
+            wanted = wanted if wanted < 0 else wanted - len(data)
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._timed(self.stream.readline, CHUNK if size is None or size < 0 else size)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def with_deadlines(app):
+    """The WSGI app with a timed body and ``Connection: close`` honoured by gunicorn."""
+
+    def guarded(environ, start_response):
+        environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], time.monotonic())
+
+        def start(status, headers, exc_info=None):
+            # gunicorn drops hop-by-hop headers an app sets; it closes when told to directly
+            if ("Connection", "close") in headers:
+                start_response.__self__.force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return guarded
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's error answer (``util.write_error``) in the API's JSON shape."""
+    detail = mesg or reason
+    sentence = ERROR_SENTENCES.get(status_int, "{detail}.").format(detail=detail)
+    body = json.dumps({"ok": False, "error": sentence}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class ApiWorker(GeventWorker):
+    """gunicorn's gevent worker with the deadlines and JSON errors of this module."""
+
+    def init_process(self):
+        util.write_error = write_json_error  # its one caller is Worker.handle_error
+        super().init_process()
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.wsgi = with_deadlines(self.wsgi)
