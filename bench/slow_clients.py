@@ -44,8 +44,7 @@ def _scenario(port: int, base: str, name: str, hostile: dict) -> dict:
         "of": ENQUEUES,
         "p50_ms": round(statistics.median(answered) * 1000, 1) if answered else None,
         "slowest_ms": round(max(answered) * 1000, 1) if answered else None,
-        "target_met": len(answered) == ENQUEUES
-        and max(answered) <= TARGET_SLOWEST_SECONDS,
+        "target_met": len(answered) == ENQUEUES and max(answered) <= TARGET_SLOWEST_SECONDS,
     }
 
 

@@ -6,7 +6,8 @@ per connection ran out at 2: docs/operations.md has the figures).  On top of gev
 
   head      a request head must be whole within ``keepalive`` seconds of the connection
             opening or of the previous answer (gunicorn's gevent worker times the head
-            read with it; etc/gunicorn.conf.py sets it)
+            read with it; etc/gunicorn.conf.py sets it); a stopping worker ends these waits
+            at once instead of keeping idle connections open until they time out
   body      a body must arrive at ``BODY_MIN_RATE`` bytes/s after ``BODY_GRACE_SECONDS``,
             or the request answers 408 and the connection is closed
   refusals  an answer carrying ``Connection: close`` (401 before the body is read, 408,
@@ -17,13 +18,16 @@ per connection ran out at 2: docs/operations.md has the figures).  On top of gev
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 
 import gevent
 from gunicorn import util
+from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.workers.ggevent import GeventWorker
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 BODY_GRACE_SECONDS = 10.0  # a body's first bytes may take this long (a slow link, TLS, ...)
 BODY_MIN_RATE = 16 * 1024  # bytes/s a body must keep up after the grace: 25 MiB in ~27 min
@@ -39,12 +43,17 @@ ERROR_SENTENCES = {  # gunicorn's refusals of a malformed request, as sentences
 
 
 class DeadlineInput:
-    """``wsgi.input`` whose every read must finish by the body's deadline, else 408."""
+    """``wsgi.input`` whose every read must finish by the body's deadline, else 408.
+
+    A body that breaks its framing (bad chunk sizes, the client gone) is a 400; either way
+    ``broken`` is set and the connection is closed after the answer.
+    """
 
     def __init__(self, stream, started: float):
         self.stream = stream
         self.started = started
         self.received = 0
+        self.broken = False
 
     def _deadline(self) -> float:
         return self.started + BODY_GRACE_SECONDS + self.received / BODY_MIN_RATE
@@ -57,10 +66,14 @@ class DeadlineInput:
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
+            self.broken = True
             raise RequestTimeout(
                 f"The request body arrived slower than {BODY_MIN_RATE} bytes per second; "
                 "the connection is closed."
             ) from None
+        except (ParseException, NoMoreData) as exc:
+            self.broken = True
+            raise BadRequest(f"The request body is malformed or incomplete ({exc}).") from None
         finally:
             timer.cancel()
         self.received += len(data)
@@ -89,11 +102,11 @@ def with_deadlines(app):
     """The WSGI app with a timed body and ``Connection: close`` honoured by gunicorn."""
 
     def guarded(environ, start_response):
-        environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], time.monotonic())
+        body = environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], time.monotonic())
 
         def start(status, headers, exc_info=None):
             # gunicorn drops hop-by-hop headers an app sets; it closes when told to directly
-            if ("Connection", "close") in headers:
+            if body.broken or ("Connection", "close") in headers:
                 start_response.__self__.force_close()
             return start_response(status, headers, exc_info)
 
@@ -116,6 +129,45 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 class ApiWorker(GeventWorker):
     """gunicorn's gevent worker with the deadlines and JSON errors of this module."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clients: dict = {}  # greenlet -> the client socket it serves
+        self.waiting: set = set()  # greenlets waiting for a request head
+
+    def handle(self, listener, client, addr):
+        me = gevent.getcurrent()
+        self.clients[me] = client
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            del self.clients[me]
+
+    @contextlib.contextmanager
+    def timeout_ctx(self):
+        """The wait for a request head: at most ``keepalive`` s, none once stopping."""
+        me = gevent.getcurrent()
+        self.waiting.add(me)
+        try:
+            if not self.alive:
+                self._hang_up(me)
+            with gevent.Timeout(self.cfg.keepalive, False):
+                yield
+        finally:
+            self.waiting.discard(me)
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        gevent.spawn(self._hang_up_waiting)  # not in the signal handler itself
+
+    def _hang_up_waiting(self) -> None:
+        for greenlet in list(self.waiting):
+            self._hang_up(greenlet)
+
+    def _hang_up(self, greenlet) -> None:
+        """Close a connection between requests: its head wait ends as if the client left."""
+        with contextlib.suppress(OSError, KeyError):
+            self.clients[greenlet].shutdown(socket.SHUT_RDWR)
 
     def init_process(self):
         util.write_error = write_json_error  # its one caller is Worker.handle_error
