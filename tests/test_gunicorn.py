@@ -109,6 +109,10 @@ def test_real_gunicorn_without_token_serves_only_loopback(var_dir):
     with gunicorn(var_dir, host="0.0.0.0") as base:
         local = base.replace("0.0.0.0", "127.0.0.1")
         assert requests.get(local + "/status").status_code == 200
+        rebound = requests.get(local + "/status", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403  # a page whose name was rebound to 127.0.0.1
+        form = requests.post(local + "/commands/suspend", data="x", headers={"Origin": "null"})
+        assert form.status_code == 403
         if address is None:
             pytest.skip("no non-loopback address to reach the server from")
         remote = requests.get(base.replace("0.0.0.0", address) + "/status")
