@@ -10,6 +10,7 @@ refused, so prefer HUP for a reload.
 
 import sys
 
+from common import pids
 from common.config import ConfigError, load_config
 
 # imported in the master on purpose: workers inherit it at fork rather than each paying the
@@ -52,6 +53,21 @@ control_socket = str(_config.run_dir / "gunicorn.ctl")
 preload_app = False
 
 
+def when_ready(server):
+    """The master records its pid once it listens (``common.pids``: one stack per var dir)."""
+    pids.record(_config.run_dir, "web")
+
+
+def on_exit(server):
+    pids.forget(_config.run_dir, "web")
+
+
+def post_fork(server, worker):
+    """Each worker records its pid too: it outlives a killed master by up to a second."""
+    pids.record(_config.run_dir, f"web-worker-{worker.pid}")
+
+
 def child_exit(server, worker):
     """A worker's multiprocess metric files stop counting as live once it has exited."""
     mark_dead(worker.pid)
+    pids.forget(_config.run_dir, f"web-worker-{worker.pid}", worker.pid)
