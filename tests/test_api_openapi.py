@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -17,6 +17,7 @@ from common import enums, models, store
 from common.enums import Next, Outcome
 from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
 from common.store.claims import Attempt, Transition
+from tests.support.openapi import check
 from web import schemas
 from web.app import create_app
 from web.openapi import REF, ROUTES, openapi_document
@@ -96,28 +97,6 @@ def test_model_constraints_are_published():
 
 
 # -- real answers against the document ---------------------------------------------------------
-def check(response, method: str, path: str, body=None, query: str = "") -> None:
-    """The answer's status is documented for the operation and the answer matches its schema."""
-    document = openapi_document()
-    operation = document["paths"][path][method.lower()]
-    documented = operation["responses"].get(str(response.status_code))
-    assert documented, f"{method} {path} answered an undocumented {response.status_code}"
-    ((media_type, content),) = documented["content"].items()
-    assert response.mimetype == media_type
-    if media_type == "application/json":
-        validator(content["schema"]).validate(response.json)
-    names = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
-    assert {name for name, _ in parse_qsl(query)} <= names, "an undocumented query argument"
-    if body is not None and response.status_code == 200 and not response.json.get("rejected"):
-        # a body the server took whole is one the document allows
-        validator(operation["requestBody"]["content"]["application/json"]["schema"]).validate(body)
-
-
-def validator(schema: dict) -> jsonschema.Draft202012Validator:
-    root = {**schema, "components": openapi_document()["components"]}
-    return jsonschema.Draft202012Validator(root)
-
-
 def message(message_id: str, **fields) -> dict:
     return {"id": message_id, "from": "a@b.org", "to": ["c@d.org"], "subject": "s", "body": "b"} | {
         **fields
