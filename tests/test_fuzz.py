@@ -71,7 +71,7 @@ SCALARS = (
 )
 JSON = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=8,
 )
 ATTACHMENT = st.dictionaries(
