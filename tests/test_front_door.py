@@ -76,6 +76,13 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_with_408(var_dir):
     assert json.loads(body)["ok"] is False
 
 
+def test_an_unfinished_request_head_is_dropped(var_dir):
+    with gunicorn_server(var_dir, api_token=TOKEN) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(b"POST /commands/add-messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            assert sock.recv(1) == b""  # closed by the server, without an answer
+
+
 MALFORMED = {  # what gunicorn refuses before the app sees it, and its status
     "request line too long": (b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     "too many header fields": (
