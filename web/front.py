@@ -6,8 +6,9 @@ per connection ran out at 2: docs/operations.md has the figures).  On top of gev
 
   head      a request head must be whole within ``keepalive`` seconds of the connection
             opening or of the previous answer (gunicorn's gevent worker times the head
-            read with it; etc/gunicorn.conf.py sets it); a stopping worker ends these waits
-            at once instead of keeping idle connections open until they time out
+            read with it; etc/gunicorn.conf.py sets it); a stopping worker closes its idle
+            connections at once instead of keeping them open until they time out (one whose
+            next request is already arriving is answered, with ``Connection: close``)
   body      a body must arrive at ``BODY_MIN_RATE`` bytes/s after ``BODY_GRACE_SECONDS``,
             or the request answers 408 and the connection is closed
   refusals  an answer carrying ``Connection: close`` (401 before the body is read, 408,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import time
 
@@ -165,9 +167,15 @@ class ApiWorker(GeventWorker):
             self._hang_up(greenlet)
 
     def _hang_up(self, greenlet) -> None:
-        """Close a connection between requests: its head wait ends as if the client left."""
-        with contextlib.suppress(OSError, KeyError):
-            self.clients[greenlet].shutdown(socket.SHUT_RDWR)
+        """Close an idle connection: its head wait ends as if the client had left.
+
+        One whose next request is already arriving is left alone: it is answered, with
+        ``Connection: close`` since the worker is stopping.
+        """
+        client = self.clients.get(greenlet)
+        with contextlib.suppress(OSError):
+            if client is not None and not select.select([client], [], [], 0)[0]:
+                client.shutdown(socket.SHUT_RDWR)
 
     def init_process(self):
         util.write_error = write_json_error  # its one caller is Worker.handle_error
