@@ -19,6 +19,7 @@ per connection ran out at 2: docs/operations.md has the figures).  On top of gev
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import json
 import select
@@ -175,7 +176,11 @@ class ApiWorker(GeventWorker):
         client = self.clients.get(greenlet)
         with contextlib.suppress(OSError):
             if client is not None and not select.select([client], [], [], 0)[0]:
-                client.shutdown(socket.SHUT_RDWR)
+                # at the kernel: gevent's own shutdown() cancels the waiting read with an
+                # error gunicorn logs as a traceback; this way the read just sees the end
+                kernel_socket = _socket.socket(fileno=client.fileno())
+                kernel_socket.shutdown(socket.SHUT_RDWR)
+                kernel_socket.detach()  # the fd stays the connection's, closed by its owner
 
     def init_process(self):
         util.write_error = write_json_error  # its one caller is Worker.handle_error

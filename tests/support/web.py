@@ -48,6 +48,7 @@ def gunicorn_server(var_dir: Path, **settings) -> Iterator[Server]:
         yield Server(f"http://{settings.get('host', '127.0.0.1')}:{port}", port, proc, log)
     finally:
         assert stop(proc) == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()  # nothing went wrong unseen
 
 
 def _healthy(base: str, proc) -> bool:
