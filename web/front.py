@@ -174,7 +174,8 @@ class ApiWorker(GeventWorker):
         ``Connection: close`` since the worker is stopping.
         """
         client = self.clients.get(greenlet)
-        with contextlib.suppress(OSError):
+        # ValueError: the connection ended and was closed meanwhile (its fileno is -1)
+        with contextlib.suppress(OSError, ValueError):
             if client is not None and not select.select([client], [], [], 0)[0]:
                 # at the kernel: gevent's own shutdown() cancels the waiting read with an
                 # error gunicorn logs as a traceback; this way the read just sees the end
