@@ -180,8 +180,10 @@ class ApiWorker(GeventWorker):
                 # at the kernel: gevent's own shutdown() cancels the waiting read with an
                 # error gunicorn logs as a traceback; this way the read just sees the end
                 kernel_socket = _socket.socket(fileno=client.fileno())
-                kernel_socket.shutdown(socket.SHUT_RDWR)
-                kernel_socket.detach()  # the fd stays the connection's, closed by its owner
+                try:
+                    kernel_socket.shutdown(socket.SHUT_RDWR)
+                finally:  # the fd stays the connection's, closed by its owner, never here
+                    kernel_socket.detach()
 
     def init_process(self):
         util.write_error = write_json_error  # its one caller is Worker.handle_error
