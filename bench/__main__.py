@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss", "replication")
+SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss", "replication", "slow_clients")
 
 
 def run_section(name: str) -> dict:

@@ -6,6 +6,10 @@ heartbeats; then it execs supervisord with the environment ``etc/supervisord.con
 ``ASYNCMAIL_VAR_DIR``, ``ASYNCMAIL_DISPATCHERS`` (the ``dispatchers`` key),
 ``ASYNCMAIL_BOUNCERS`` (1 with a bounce mailbox, else 0) and a ``PATH`` that finds this
 virtualenv's ``gunicorn`` and ``python``.
+
+One stack per var dir: every process of a stack records its pid (``common.pids``), so a
+start refuses while any process of an earlier one lives (a ``kill -9`` of supervisord leaves
+its programs running), and ``shutdown`` stops those leftovers too.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from cli import replication
 from cli.output import OK, UNAVAILABLE, CliError, emit
-from common import store
+from common import pids, store
 from common.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +70,7 @@ def stack_env(config: Config, environ) -> dict:
     """The environment supervisord (and so every program) runs with."""
     env = dict(environ)
     env["ASYNCMAIL_VAR_DIR"] = str(config.var_dir)
+    env[pids.STACK_ENV] = pids.marker(config.var_dir)  # marks every process of this stack
     env["ASYNCMAIL_DISPATCHERS"] = str(config.dispatchers)
     env["ASYNCMAIL_BOUNCERS"] = "1" if config.bounces_enabled else "0"
     if config.config_path is not None:  # programs read the same file the launcher checked
@@ -80,6 +85,13 @@ def cmd_supervisord(config: Config, args) -> int:
     if supervisord_answers(config):
         raise CliError(
             f"supervisord already runs for {config.var_dir} (stop it first: make stop)", 1
+        )
+    leftovers = pids.live(config.run_dir, config.var_dir)
+    if leftovers:
+        raise CliError(
+            f"processes of an earlier start still run for {config.var_dir}: "
+            f"{_named(leftovers)}; stop them first: make stop (asyncmail shutdown)",
+            1,
         )
     prepare(config)
     argv = [str(BIN_DIR / "supervisord"), "-c", str(SUPERVISORD_CONF)]
@@ -124,19 +136,47 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def cmd_shutdown(config: Config, args) -> int:
-    """Stop every program gracefully, then supervisord; return once all of it is gone."""
+def _named(processes: dict[str, int]) -> str:
+    return ", ".join(f"{name} (pid {pid})" for name, pid in processes.items())
+
+
+def _stop_supervisord(config: Config, deadline: float) -> int | None:
+    """TERM supervisord, which stops each program with its stopsignal; its pid, or None."""
     pid = _supervisord_pid(config)
     if pid is None or not pid_alive(pid) or not supervisord_answers(config):
-        emit(args, {"ok": True, "running": False}, "supervisord is not running")
-        return OK
-    os.kill(pid, signal.SIGTERM)  # supervisord stops each program with its stopsignal first
-    deadline = time.monotonic() + args.timeout
+        return None
+    os.kill(pid, signal.SIGTERM)
     while pid_alive(pid):
         if time.monotonic() > deadline:
-            raise CliError(
-                f"supervisord (pid {pid}) still runs after {args.timeout} s", UNAVAILABLE
-            )
+            raise CliError(f"supervisord (pid {pid}) still runs after the timeout", UNAVAILABLE)
         time.sleep(0.1)
-    emit(args, {"ok": True, "running": False, "pid": pid}, f"stopped supervisord (pid {pid})")
+    return pid
+
+
+def _stop_leftovers(config: Config, deadline: float) -> dict[str, int]:
+    """TERM what still runs of this var dir's stack (each stops gracefully); wait for it."""
+    leftovers = pids.live(config.run_dir, config.var_dir)
+    for pid in leftovers.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    while remaining := pids.live(config.run_dir, config.var_dir):
+        if time.monotonic() > deadline:
+            raise CliError(f"still running after the timeout: {_named(remaining)}", UNAVAILABLE)
+        time.sleep(0.1)
+    return leftovers
+
+
+def cmd_shutdown(config: Config, args) -> int:
+    """Stop every program gracefully, then supervisord, then any leftover of an earlier start.
+
+    Returns once nothing of this var dir's stack runs.
+    """
+    deadline = time.monotonic() + args.timeout
+    pid = _stop_supervisord(config, deadline)
+    leftovers = _stop_leftovers(config, deadline)
+    lines = [f"stopped supervisord (pid {pid})"] if pid else []
+    if leftovers:
+        lines.append(f"stopped leftovers of an earlier start: {_named(leftovers)}")
+    answer = {"ok": True, "running": False, "pid": pid, "leftovers": leftovers}
+    emit(args, answer, "\n".join(lines) or "supervisord is not running")
     return OK

@@ -20,6 +20,7 @@ from common.addresses import no_line_breaks
 from common.enums import Priority
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "asyncmail.ini"
+MAX_DB_WAIT = 20.0  # seconds: below gunicorn's worker timeout (30 s), which kills a stuck worker
 
 
 class ConfigError(ValueError):
@@ -196,6 +197,13 @@ def _positive(kind):
     return parse
 
 
+def _db_wait(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= MAX_DB_WAIT:
+        raise ValueError(f"expected seconds above 0 and at most {MAX_DB_WAIT}")
+    return value
+
+
 def _key(section: str, parser=str, **kwargs):
     """A dataclass field that knows its INI section and how to parse its text."""
     return field(metadata={"section": section, "parse": parser}, **kwargs)
@@ -219,6 +227,9 @@ class Config:
     workers: int = _key("server", _positive(_int), default=2)
     max_request_bytes: int = _key("server", _positive(_int), default=25 * 1024 * 1024)
     metrics_public: bool = _key("server", _bool, default=False)
+    # an API request waits this long for a locked database, then answers 503 + Retry-After
+    # (the dispatchers and the reporter wait store.db.BUSY_TIMEOUT_MS: they have no client)
+    db_wait_seconds: float = _key("server", _db_wait, default=3.0)
     # [client]
     client_sync_url: str | None = _key("client", _url, default=None)
     client_sync_user: str | None = _key("client", _optional, default=None)

@@ -8,6 +8,7 @@ Signal handlers only record the signal; the loop acts on it between units of wor
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 import apsw
 
-from common import metrics, store
+from common import metrics, pids, store
 from common.config import Config, ConfigError, load_config
 from common.logs import fields, setup_logging
 
@@ -87,6 +88,8 @@ def open_process(kind: str) -> tuple[Config, str, apsw.Connection]:
         raise SystemExit(2) from None
     name = process_name(kind)
     setup_logging(config.log_level, name)
+    pids.record(config.run_dir, name)  # so a later start or `asyncmail shutdown` finds it
+    atexit.register(pids.forget, config.run_dir, name)
     try:
         conn = store.db.connect(config.database, config.synchronous)
     except (apsw.Error, OSError) as exc:

@@ -10,6 +10,7 @@ refused, so prefer HUP for a reload.
 
 import sys
 
+from common import pids
 from common.config import ConfigError, load_config
 
 # imported in the master on purpose: workers inherit it at fork rather than each paying the
@@ -23,12 +24,18 @@ except ConfigError as exc:  # one line naming the key, not a traceback
 
 bind = f"{_config.host}:{_config.port}"
 workers = _config.workers
-# gthread with one thread: clients keep their connections alive between enqueues (sync
-# workers close every connection), while each worker still serves one request at a time on
-# its one database connection
-worker_class = "gthread"
-threads = 1
-keepalive = 75  # seconds an idle client connection stays open (longer than most LBs' 60 s)
+# gunicorn's gevent worker with deadlines and JSON errors (web/front.py): a connection is a
+# greenlet, so slow or idle clients cannot take the turn of a normal one.  Measured with
+# make bench (slow_clients): 20 slow-header + 20 slow-body clients stopped every enqueue of
+# the gthread worker (2 x 1 thread: 0 of 20 answered; 2 x 32 threads: 20, but 0 of 20 with
+# 300 slow clients); with this worker all 20 are answered, the slowest in tens of ms
+worker_class = "web.front.ApiWorker"
+# connections one worker holds at once; with 2 workers a thousand, and within the usual
+# limit of 1024 open files per process
+worker_connections = 500
+# seconds a request head may take to arrive whole, counted from the connection opening or
+# the previous answer; so also how long an idle kept-alive connection stays open
+keepalive = 10
 proc_name = "asyncmail-web"  # how the master and workers show in ps
 graceful_timeout = 20  # finish in-flight requests on TERM/HUP; below supervisord's stopwaitsecs
 timeout = 30  # a worker stuck this long is killed and replaced
@@ -48,6 +55,21 @@ control_socket = str(_config.run_dir / "gunicorn.ctl")
 preload_app = False
 
 
+def when_ready(server):
+    """The master records its pid once it listens (``common.pids``: one stack per var dir)."""
+    pids.record(_config.run_dir, "web")
+
+
+def on_exit(server):
+    pids.forget(_config.run_dir, "web")
+
+
+def post_fork(server, worker):
+    """Each worker records its pid too: it outlives a killed master by up to a second."""
+    pids.record(_config.run_dir, f"web-worker-{worker.pid}")
+
+
 def child_exit(server, worker):
     """A worker's multiprocess metric files stop counting as live once it has exited."""
     mark_dead(worker.pid)
+    pids.forget(_config.run_dir, f"web-worker-{worker.pid}", worker.pid)

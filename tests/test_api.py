@@ -9,7 +9,6 @@ import pytest
 
 from common import metrics, store, wakeup
 from tests.support.factories import account, message
-from web import db as web_db
 from web.app import create_app
 
 TOKEN = "s3cret-token"
@@ -448,8 +447,8 @@ def test_openapi_is_served(client):
 
 
 # -- failures that are not the client's ------------------------------------------------------------
-def test_locked_database_answers_503_and_stores_nothing(app, client, conn):
-    web_db.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+def test_locked_database_answers_503_and_stores_nothing(app, conn):
+    client = create_app(app.config["ASYNCMAIL"], db_wait_seconds=0.05).test_client()
     conn.execute("BEGIN IMMEDIATE")
     try:
         response = add(client, message())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -18,7 +18,7 @@ from common.enums import Next, Outcome
 from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
 from common.store.bounces import Event, Suppress
 from common.store.claims import Attempt, Transition
-from web import db as web_db
+from tests.support.openapi import check
 from web import schemas
 from web.app import create_app
 from web.openapi import REF, ROUTES, openapi_document
@@ -107,28 +107,6 @@ def test_model_constraints_are_published():
 
 
 # -- real answers against the document ---------------------------------------------------------
-def check(response, method: str, path: str, body=None, query: str = "") -> None:
-    """The answer's status is documented for the operation and the answer matches its schema."""
-    document = openapi_document()
-    operation = document["paths"][path][method.lower()]
-    documented = operation["responses"].get(str(response.status_code))
-    assert documented, f"{method} {path} answered an undocumented {response.status_code}"
-    content = documented["content"].get(response.mimetype)
-    assert content, f"{method} {path} answered an undocumented {response.mimetype}"
-    if response.mimetype == "application/json":
-        validator(content["schema"]).validate(response.json)
-    names = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
-    assert {name for name, _ in parse_qsl(query)} <= names, "an undocumented query argument"
-    if body is not None and response.status_code == 200 and not response.json.get("rejected"):
-        # a body the server took whole is one the document allows
-        validator(operation["requestBody"]["content"]["application/json"]["schema"]).validate(body)
-
-
-def validator(schema: dict) -> jsonschema.Draft202012Validator:
-    root = {**schema, "components": openapi_document()["components"]}
-    return jsonschema.Draft202012Validator(root)
-
-
 def message(message_id: str, **fields) -> dict:
     return {"id": message_id, "from": "a@b.org", "to": ["c@d.org"], "subject": "s", "body": "b"} | {
         **fields
@@ -194,6 +172,7 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
     ),
     "delete-account-unknown": ("DELETE", "/account/{account_id}", "/account/x", None, 404, {}),
     "messages": ("GET", "/messages", "/messages?limit=1&active_only=1", None, 200, {}),
+    "messages-payload": ("GET", "/messages", "/messages?include=payload", None, 200, {}),
     "messages-sent": ("GET", "/messages", "/messages?status=sent&account_id=acme", None, 200, {}),
     "messages-bad": ("GET", "/messages", "/messages?limit=1001", None, 400, {}),
     "message-sent": ("GET", "/messages/{message_id}", "/messages/sent", None, 200, {}),
@@ -294,10 +273,10 @@ def test_answer_of_an_unreachable_database_matches(make_config, tmp_path):
 
 
 def test_answer_of_a_locked_database_matches(app, conn):
-    web_db.connection(app.config["ASYNCMAIL"]).set_busy_timeout(50)
+    impatient = create_app(app.config["ASYNCMAIL"], db_wait_seconds=0.05)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        response = app.test_client().post("/commands/suspend", headers=AUTH)
+        response = impatient.test_client().post("/commands/suspend", headers=AUTH)
     finally:
         conn.execute("ROLLBACK")
     assert response.status_code == 503

@@ -12,8 +12,9 @@ import requests
 
 from common import metrics, store
 from tests.support.factories import message
-from tests.support.procs import free_port, service_env, start, stop, wait_for
+from tests.support.procs import wait_for
 from tests.support.stack import descendants
+from tests.support.web import gunicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -23,44 +24,9 @@ LIMIT = 20_000  # max_request_bytes for these servers: small, so 413 costs littl
 
 @contextlib.contextmanager
 def gunicorn(var_dir, **settings):
-    """gunicorn -c etc/gunicorn.conf.py web.wsgi:app; yields its base URL, then stops it."""
-    with gunicorn_process(var_dir, **settings) as (base, _):
-        yield base
-
-
-@contextlib.contextmanager
-def gunicorn_process(var_dir, **settings):
-    """Like ``gunicorn()``, yielding (base URL, the master's Popen)."""
-    port = free_port()
-    env = service_env(
-        var_dir,
-        port=port,
-        max_request_bytes=LIMIT,
-        smtp_host="127.0.0.1",
-        smtp_port=free_port(),
-        **settings,
-    )
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(var_dir / "metrics")  # as supervisord sets it
-    (var_dir / "metrics").mkdir(exist_ok=True)
-    proc = start(
-        "gunicorn", env, var_dir / "gunicorn.log", "-c", "etc/gunicorn.conf.py", "web.wsgi:app"
-    )
-    base = f"http://{settings.get('host', '127.0.0.1')}:{port}"
-    local = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _healthy(local, proc), message="gunicorn /health")
-        yield base, proc
-    finally:
-        assert stop(proc) == 0, (var_dir / "gunicorn.log").read_text()
-
-
-def _healthy(base: str, proc) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"gunicorn exited with {proc.returncode}")
-    try:
-        return requests.get(base + "/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
+    """The real gunicorn with a small max_request_bytes; yields its base URL."""
+    with gunicorn_server(var_dir, max_request_bytes=LIMIT, **settings) as server:
+        yield server.base
 
 
 def test_real_gunicorn_authenticates_and_enqueues(var_dir):
@@ -143,6 +109,10 @@ def test_real_gunicorn_without_token_serves_only_loopback(var_dir):
     with gunicorn(var_dir, host="0.0.0.0") as base:
         local = base.replace("0.0.0.0", "127.0.0.1")
         assert requests.get(local + "/status").status_code == 200
+        rebound = requests.get(local + "/status", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403  # a page whose name was rebound to 127.0.0.1
+        form = requests.post(local + "/commands/suspend", data="x", headers={"Origin": "null"})
+        assert form.status_code == 403
         if address is None:
             pytest.skip("no non-loopback address to reach the server from")
         remote = requests.get(base.replace("0.0.0.0", address) + "/status")
@@ -157,7 +127,8 @@ def test_sigkilled_workers_lose_no_acknowledged_message(var_dir):
     which is safe: an unclaimed id is replaced, not duplicated.
     """
     acknowledged, kills = [], 0
-    with gunicorn_process(var_dir, api_token=TOKEN) as (base, master):
+    with gunicorn_server(var_dir, max_request_bytes=LIMIT, api_token=TOKEN) as server:
+        base, master = server.base, server.master
         session = requests.Session()
         session.headers["X-API-Token"] = TOKEN
         for i in range(300):

@@ -17,7 +17,7 @@ from flask import Flask, Response, g, jsonify, request
 from common import metrics
 from common.config import Config, load_config
 from common.logs import fields
-from web import accounts, auth, commands, errors, messages, service, suppressions, ui
+from web import accounts, auth, commands, db, errors, messages, service, suppressions, ui
 
 access_logger = logging.getLogger("web.access")
 
@@ -62,6 +62,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     if config.access_log:
         app.after_request(_log_request)
     errors.init_app(app)
+    db.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app

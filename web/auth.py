@@ -1,18 +1,29 @@
 """Who may call the API: the token in ``X-API-Token`` or ``Authorization: Bearer``, compared in
 constant time; without a configured token, loopback clients only.  ``/health`` is open.
-The status page (/ui) authenticates with its session cookie instead (``web.session``)."""
+The status page (/ui) authenticates with its session cookie instead (``web.session``).
+
+Without a token, a loopback client may still be a web page in a local browser (or a page
+whose name was rebound to 127.0.0.1): such requests are refused by their headers, which a
+page cannot choose (a ``Host`` that is not a local name, an ``Origin`` that is not local)
+or can choose only by asking first (a body that is not ``application/json``).  Everything is
+decided from the headers, before any byte of the body is read.
+"""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from urllib.parse import urlsplit
 
 from flask import abort, request
 
+from common.config import Config
 from web import session
 from web.db import get_config
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a token: load balancers probe it
+LOCAL_NAMES = frozenset({"localhost", "localhost."})
+ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # a bind address, never a name to call
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -22,6 +33,40 @@ def _is_loopback(address: str | None) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return (mapped or ip).is_loopback
+
+
+def _is_local_name(name: str | None, config: Config) -> bool:
+    """A host name (no port) a local client uses for this server."""
+    name = (name or "").lower()
+    if name in LOCAL_NAMES or (name == config.host.lower() and name not in ANY_ADDRESS):
+        return True
+    return _is_loopback(name)
+
+
+def _refuse_web_pages(config: Config) -> None:
+    """Without a token: refuse what a web page could send, from the headers alone."""
+    host = urlsplit(f"//{request.host}").hostname
+    if not _is_local_name(host, config):
+        abort(
+            403,
+            f"No api_token is configured, so only requests addressed to a local name "
+            f"(localhost, 127.0.0.1) are served, not to {request.host!r}; "
+            "set [server] api_token to serve other names.",
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _is_local_name(urlsplit(origin).hostname, config):
+        abort(
+            403,
+            f"No api_token is configured, so requests from web pages (Origin {origin!r}) "
+            "are refused; set [server] api_token to serve them.",
+        )
+    has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
+    if (has_body or request.content_type) and request.mimetype != "application/json":
+        abort(
+            415,
+            "No api_token is configured, so a request body must be sent as "
+            "'Content-Type: application/json' (curl: -H 'Content-Type: application/json').",
+        )
 
 
 def presented_token() -> str | None:
@@ -46,6 +91,7 @@ def authenticate():
                 "No api_token is configured, so only loopback clients are served; "
                 "set [server] api_token to accept remote clients.",
             )
+        _refuse_web_pages(config)
         return
     if session.is_ui_path(request.path):
         return session.require_session()

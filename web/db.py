@@ -1,27 +1,30 @@
 """The request's configuration and database connection (the Flask tutorial's ``db.py``).
 
-A connection is opened lazily, once per process: gunicorn forks its workers after loading
-the app, and an SQLite connection must never cross a fork.
+A worker serves many requests at once (gunicorn's gevent worker), and an apsw connection
+must not be used by two of them at a time: each request takes a connection from its
+process's pool and gives it back when it ends.  Connections are opened lazily, after the
+fork: an SQLite connection must never cross one.  They wait ``db_wait_seconds`` for a locked
+database, then the request answers 503 (``web.errors``).
 """
 
 from __future__ import annotations
 
 import os
 
-from flask import current_app
+from flask import Flask, current_app, g
 
 from common import store
 from common.config import Config
 
-_connections: dict[tuple[int, str], object] = {}
+POOL_KEEP = 8  # idle connections a process keeps; a burst opens more and closes them after
+
+_pools: dict[tuple, list] = {}
 
 
-def connection(config: Config):
-    """This process's database connection, opened after fork on first use."""
-    key = (os.getpid(), str(config.database))
-    if key not in _connections:
-        _connections[key] = store.db.open_database(config)
-    return _connections[key]
+def _pool(config: Config) -> list:
+    """This process's idle connections opened with ``config``'s settings."""
+    key = (os.getpid(), str(config.database), config.synchronous, config.db_wait_seconds)
+    return _pools.setdefault(key, [])
 
 
 def get_config() -> Config:
@@ -30,5 +33,25 @@ def get_config() -> Config:
 
 
 def get_conn():
-    """The database connection for the current request."""
-    return connection(get_config())
+    """The current request's own database connection."""
+    if "conn" not in g:
+        config = get_config()
+        pool = _pool(config)
+        g.conn = pool.pop() if pool else store.db.open_database(config, config.db_wait_seconds)
+    return g.conn
+
+
+def _release(exc: BaseException | None = None) -> None:
+    conn = g.pop("conn", None)
+    if conn is None:
+        return
+    pool = _pool(get_config())
+    if conn.in_transaction or len(pool) >= POOL_KEEP:
+        conn.close()  # a transaction left open by a failure must not reach the next request
+    else:
+        pool.append(conn)
+
+
+def init_app(app: Flask) -> None:
+    """Give every request's connection back when the request ends."""
+    app.teardown_appcontext(_release)

@@ -6,7 +6,7 @@ import logging
 
 import apsw
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
 from common.logs import fields
 from web.db import get_config
@@ -14,6 +14,9 @@ from web.db import get_config
 logger = logging.getLogger(__name__)
 
 DRAIN_LIMIT = 32 * 1024 * 1024  # most bytes of a refused body read so the client sees the 413
+# answered before the body was read (or while it was too slow): the rest of it is not read,
+# the connection is closed instead (web.front makes gunicorn honour Connection: close)
+CLOSE_UNREAD = frozenset({401, 403, 408, 415})
 
 
 def error_response(status: int, message: str, **extra) -> Response:
@@ -49,7 +52,13 @@ def _http_error(exc: HTTPException) -> Response:
     if exc.code == 413:
         _drain_body()
         response.headers["Connection"] = "close"  # the connection's framing is not trusted now
+    if exc.code in CLOSE_UNREAD and _has_body():
+        response.headers["Connection"] = "close"
     return response
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
 
 
 def _drain_body() -> None:
@@ -61,7 +70,10 @@ def _drain_body() -> None:
     stream = request.environ.get("wsgi.input")
     remaining = DRAIN_LIMIT
     while stream is not None and remaining > 0:
-        chunk = stream.read(min(65536, remaining))
+        try:
+            chunk = stream.read(min(65536, remaining))
+        except RequestTimeout:  # too slow to be worth waiting for: the connection closes
+            return
         if not chunk:
             return
         remaining -= len(chunk)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
 
 from common import intake, store
 from common.enums import Priority, Status
@@ -17,6 +19,11 @@ blueprint = Blueprint("messages", __name__)
 PAGE_SIZE = 100  # messages per GET /messages page unless ?limit says otherwise
 MAX_PAGE = 1000  # most messages one GET /messages page may carry
 MAX_CURSOR = 2**63 - 1  # cursors are SQLite rowids
+# stored payload bytes one page with include=payload carries (it ends after the message that
+# reaches it, so a single larger message still fits): bounds a page's size, not the memory
+# it takes, since payloads are copied from the database to the client in pieces
+PAGE_BYTES = 8 * 1024 * 1024
+INCLUDE_VALUES = frozenset({"payload"})
 STATUS_VALUES = frozenset(s.value for s in Status)
 STATUS_NAMES = ", ".join(s.value for s in Status)
 
@@ -69,22 +76,50 @@ def delete_messages():
 
 @blueprint.get("/messages")
 def list_messages():
-    """A page of messages in storage order, filtered, with the next page's cursor."""
+    """A page of messages in storage order, filtered, with the next page's cursor.
+
+    Records leave out the message itself unless ``include=payload``; then the page also ends
+    at ``PAGE_BYTES`` of payloads.
+    """
     limit = int_arg("limit", PAGE_SIZE, 1, MAX_PAGE)
     cursor = int_arg("cursor", 0, 0, MAX_CURSOR)
     status_text = request.args.get("status") or None
     if status_text is not None and status_text not in STATUS_VALUES:
         abort(400, f"'status' must be one of {STATUS_NAMES}.")
+    include = request.args.get("include") or None
+    if include is not None and include not in INCLUDE_VALUES:
+        abort(400, "'include' must be 'payload' (or left out).")
+    conn = get_conn()
     rows, next_cursor = store.messages.list_page(
-        get_conn(),
+        conn,
         time.time(),
         status=None if status_text is None else Status(status_text),
         active_only=flag("active_only"),
         account_id=request.args.get("account_id") or None,
         limit=limit,
         cursor=cursor,
+        payloads=False,
+        byte_budget=PAGE_BYTES if include else None,
     )
-    return jsonify(ok=True, messages=rows, next_cursor=next_cursor)
+    if not include:
+        return jsonify(ok=True, messages=rows, next_cursor=next_cursor)
+    page = _page_with_payloads(conn, rows, next_cursor)
+    return Response(stream_with_context(page), mimetype="application/json")
+
+
+def _page_with_payloads(conn, rows: list[dict], next_cursor: int | None) -> Iterator[bytes]:
+    """The page as JSON text, each stored payload copied through in pieces, never parsed."""
+    yield b'{"ok":true,"messages":['
+    separator = b""
+    for row in rows:
+        pieces = store.messages.payload_pieces(conn, row["id"])
+        if pieces is None:  # deleted since the page was read
+            continue
+        yield separator + json.dumps(row)[:-1].encode() + b',"message":'
+        yield from pieces
+        yield b"}"
+        separator = b","
+    yield b'],"next_cursor":' + json.dumps(next_cursor).encode() + b"}"
 
 
 @blueprint.get("/messages/<path:message_id>")

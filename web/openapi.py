@@ -54,9 +54,12 @@ SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # either header; /health nee
 ERRORS = {  # the description of each failure status; the body is always an Error
     400: "The request is invalid; 'error' says why.",
     401: "Missing or wrong token (or a remote client while no api_token is configured).",
+    403: "No api_token is configured and the request names a Host or Origin that is not local.",
     404: "No such resource (message, account or suppressed address).",
+    408: "The body arrived too slowly; the connection is closed.",
     409: "The account still has unsent messages.",
     413: "The body exceeds max_request_bytes.",
+    415: "No api_token is configured and the body is not sent as application/json.",
     500: "A bug; it has been logged.",
     503: "The database is busy or full; nothing was stored, retry in a few seconds.",
 }
@@ -86,7 +89,8 @@ PAGE = html("The page.")
 class Route:
     """One operation: what it takes and what it answers, per status.
 
-    Every route may also answer 500, 503 when it uses the database, and 401 unless public.
+    Every route may also answer 500, 503 when it uses the database, 401 and 403 unless
+    public, 415 when it is a POST, and 408 when it reads a body.
     """
 
     operation_id: str
@@ -139,7 +143,8 @@ ROUTES = (
     Route("deleteAccount", "DELETE", "/account/{account_id}",
           "Delete an account; 409 while it has unsent messages unless ?purge=true.",
           {200: DeleteAccountAnswer, 404: Error, 409: Error}, query=DeleteAccountQuery),
-    Route("listMessages", "GET", "/messages", "A page of messages in storage order.",
+    Route("listMessages", "GET", "/messages",
+          "A page of messages in storage order; their payloads only with include=payload.",
           {200: MessagesPage, 400: Error}, query=MessagesQuery),
     Route("getMessage", "GET", "/messages/{message_id}",
           "One message: the record, its attempts and its status.",
@@ -204,7 +209,11 @@ def _models(route: Route) -> list[type[BaseModel]]:
 def _answers(route: Route) -> dict[int, Answer]:
     common = {500: Error}
     if not route.public:
-        common[401] = Error
+        common.update({401: Error, 403: Error})
+    if route.method == "POST":
+        common[415] = Error
+    if route.body is not None:
+        common[408] = Error
     if route.database:
         common[503] = Error
     return dict(sorted({**common, **route.answers}.items()))

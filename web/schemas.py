@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from common.enums import Outcome, Priority, Status
 from common.models import MAX_BATCH, Message, PriorityValue, omittable
 from common.operations import MAX_SECONDS, STALE_AFTER
-from web.messages import MAX_CURSOR, MAX_PAGE, PAGE_SIZE
+from web.messages import MAX_CURSOR, MAX_PAGE, PAGE_BYTES, PAGE_SIZE
 
 # -- requests ----------------------------------------------------------------------------------
 
@@ -80,6 +80,9 @@ class MessagesQuery(BaseModel):
     account_id: str = omittable("Only this account's messages.")
     limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE, description="Messages per page.")
     cursor: int = Field(0, ge=0, le=MAX_CURSOR, description="next_cursor of the last page.")
+    include: Literal["payload"] = omittable(
+        f"Also return each message as sent; a page then ends at {PAGE_BYTES} payload bytes."
+    )
 
 
 class SuppressionRequest(BaseModel):
@@ -317,13 +320,13 @@ class Attempt(Shape):
 
 
 class MessageRecord(Shape):
-    """A stored message: the payload as sent, its state, and its delivery so far."""
+    """A stored message: its state, its delivery so far, and the payload when asked for."""
 
     id: str
     account_id: str | None
     priority: Priority
     status: Status
-    message: Message = Field(description="The message exactly as it was sent.")
+    message: Message = omittable("The message exactly as it was sent (include=payload).")
     created_at: int = Field(description="Epoch seconds, like every *_ts and *_at field.")
     updated_at: int
     deferred_ts: int | None
@@ -370,9 +373,10 @@ class Bounce(Shape):
 
 
 class MessageDetail(MessageRecord):
-    """One message with its attempt log and its bounces."""
+    """One message with its payload, its attempt log and its bounces."""
 
     ok: Literal[True]
+    message: Message = Field(description="The message exactly as it was sent.")
     attempt_log: list[Attempt]
     bounces: list[Bounce]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,9 @@ BUSY_TIMEOUT_MS = 30_000  # a queue waits for its turn; a dispatcher's write las
 # WAL never gets this long; when it is down, the commit that crosses it checkpoints instead.
 WAL_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB at the default 4 KiB page
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after it restarts
+# seconds between two tries of a caller with a shorter patience (``Patience``): quick at
+# first, since most locks are held for milliseconds, then every 50 ms
+RETRY_STEPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 # Each entry moves the schema from user_version N to N+1.  Never edit a released entry:
 # append a new one.
@@ -189,15 +193,49 @@ def _row_as_dict(cursor: apsw.Cursor, row: tuple) -> dict:
     return {name: value for (name, _), value in zip(cursor.get_description(), row, strict=True)}
 
 
-def connect(path: str | os.PathLike, synchronous: str = "FULL", migrate: bool = True):
-    """Open the database with the pragmas every connection needs; apply pending migrations."""
+class Patience:
+    """A busy handler: retry a locked database for ``seconds``, then let BusyError through.
+
+    It waits with ``time.sleep`` in Python rather than inside SQLite, so under an evented
+    server (gunicorn's gevent worker patches ``time.sleep``) the other requests go on while
+    this one waits.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self.started = now
+        left = self.started + self.seconds - now
+        if left <= 0:
+            return False
+        time.sleep(min(RETRY_STEPS[min(prior_calls, len(RETRY_STEPS) - 1)], left))
+        return True
+
+
+def connect(
+    path: str | os.PathLike,
+    synchronous: str = "FULL",
+    migrate: bool = True,
+    wait_seconds: float | None = None,
+):
+    """Open the database with the pragmas every connection needs; apply pending migrations.
+
+    A locked database is waited for ``BUSY_TIMEOUT_MS``, or ``wait_seconds`` when given.
+    """
     path = Path(path)
     _ensure_private_dir(path.parent)
     existed = path.exists()
     conn = apsw.Connection(str(path))
     if not existed:
         os.chmod(path, 0o600)
-    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    if wait_seconds is None:
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    else:
+        conn.set_busy_handler(Patience(wait_seconds))
     conn.row_trace = _row_as_dict
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
@@ -292,6 +330,6 @@ def migrate_schema(conn: apsw.Connection) -> int:
     return SCHEMA_VERSION
 
 
-def open_database(config) -> apsw.Connection:
+def open_database(config, wait_seconds: float | None = None) -> apsw.Connection:
     """The configured database (``config.database`` at ``config.synchronous``), migrated."""
-    return connect(config.database, config.synchronous)
+    return connect(config.database, config.synchronous, wait_seconds=wait_seconds)

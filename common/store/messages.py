@@ -8,7 +8,7 @@ so tests can pass a fixed clock.  Dispatch-side SQL is in ``claims``, report-sid
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import apsw
@@ -18,11 +18,13 @@ from common.store import bounces
 from common.store.db import write
 from common.store.status import STATUS_CASE_SQL, STATUS_SQL, status_of
 
-MESSAGE_COLUMNS = (
-    "id, account_id, priority, payload, created_at, updated_at, deferred_ts, sent_ts, "
+RECORD_COLUMNS = (
+    "id, account_id, priority, created_at, updated_at, deferred_ts, sent_ts, "
     "error_ts, error, reported_ts, lease_owner, lease_expires, attempts, smtp_code, refused, "
     "possible_duplicate, message_id_header"
 )
+MESSAGE_COLUMNS = f"{RECORD_COLUMNS}, payload"
+PIECE_BYTES = 64 * 1024  # a stored payload is read in pieces this large (payload_pieces)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ EPOCH_FIELDS = (
 
 def _message_out(row: dict, now: float) -> dict:
     row["status"] = status_of(row, now).value
-    row["message"] = json.loads(row.pop("payload"))
+    if "payload" in row:
+        row["message"] = json.loads(row.pop("payload"))
     row["refused"] = json.loads(row["refused"]) if row["refused"] else None
     row["possible_duplicate"] = bool(row["possible_duplicate"])
     for name in EPOCH_FIELDS:
@@ -146,8 +149,15 @@ def list_page(
     account_id: str | None = None,
     limit: int = 100,
     cursor: int = 0,
+    payloads: bool = True,
+    byte_budget: int | None = None,
 ) -> tuple[list[dict], int | None]:
-    """A page of messages in storage order, and the cursor of the next page (or None)."""
+    """A page of messages in storage order, and the cursor of the next page (or None).
+
+    Without ``payloads`` the records leave out ``message``; with ``byte_budget`` the page
+    also ends after the record whose stored payload brings the page to that many bytes
+    (one record at least), for a caller that reads them with ``payload_pieces``.
+    """
     where = ["rowid > :cursor"]
     params = {"cursor": cursor, "now": now, "limit": limit + 1}  # one more: is there a next page?
     if status is not None:
@@ -157,17 +167,44 @@ def list_page(
     if account_id is not None:
         where.append("account_id = :account_id")
         params["account_id"] = account_id
-    rows = conn.execute(
-        f"SELECT rowid AS _rowid, {MESSAGE_COLUMNS} FROM messages "
+    columns = MESSAGE_COLUMNS if payloads else RECORD_COLUMNS
+    rows = conn.execute(  # octet_length reads the stored size, not the payload itself
+        f"SELECT rowid AS _rowid, octet_length(payload) AS _bytes, {columns} FROM messages "
         f"WHERE {' AND '.join(where)} ORDER BY rowid LIMIT :limit",
         params,
     ).fetchall()
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = rows[-1]["_rowid"] if has_more else None
-    for row in rows:
-        del row["_rowid"]
-    return [_message_out(row, now) for row in rows], next_cursor
+    kept = _within_budget(rows[:limit], byte_budget)
+    next_cursor = kept[-1]["_rowid"] if len(kept) < len(rows) else None
+    for row in kept:
+        del row["_rowid"], row["_bytes"]
+    return [_message_out(row, now) for row in kept], next_cursor
+
+
+def _within_budget(rows: list[dict], byte_budget: int | None) -> list[dict]:
+    """The leading rows whose payloads fit ``byte_budget`` (the first always does)."""
+    if byte_budget is None:
+        return rows
+    total = 0
+    for count, row in enumerate(rows, start=1):
+        total += row["_bytes"]
+        if total >= byte_budget:
+            return rows[:count]
+    return rows
+
+
+def payload_pieces(conn, message_id: str) -> Iterator[bytes] | None:
+    """The stored payload (JSON text, UTF-8) in pieces, never whole in memory; None if gone."""
+    row = conn.execute("SELECT rowid AS r FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    blob = conn.blob_open("main", "messages", "payload", row["r"], False)
+
+    def pieces() -> Iterator[bytes]:
+        with blob:
+            while piece := blob.read(PIECE_BYTES):
+                yield piece
+
+    return pieces()
 
 
 def get(conn, message_id: str, now: float) -> dict | None:

@@ -11,6 +11,9 @@
     imap.py         Dovecot (the bounce mailbox), the DSN fixtures, a link-cutting proxy
     procs.py        free_port, service processes started and stopped, their state, wait_for
     stack.py        the whole supervisord stack
+    web.py          the API under the real gunicorn (etc/gunicorn.conf.py)
+    slow.py         hostile HTTP clients (slow heads, slow and stalled bodies)
+    openapi.py      answers checked against /openapi.json
 
 tests/conftest.py loads the fixture modules with ``pytest_plugins``, so a test takes
 ``smtp_server`` or ``conn`` as a parameter and imports only helpers from here; no test module

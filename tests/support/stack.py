@@ -60,6 +60,18 @@ class Stack:
 
     def start(self, expect_running: tuple[str, ...] = ("web",), timeout: float = 30) -> Stack:
         """Launch and wait until the named programs are RUNNING and /health answers."""
+        self.launch()
+        wait_for(
+            lambda: all(self.status().get(n) == "RUNNING" for n in expect_running),
+            timeout,
+            interval=0.2,
+            message=f"{expect_running} RUNNING",
+        )
+        wait_for(self.healthy, timeout, interval=0.1, message="/health")
+        return self
+
+    def launch(self) -> Stack:
+        """``asyncmail supervisord -n`` in the background; returns at once."""
         self.started_at = time.time()
         log = open(self.var_dir.parent / "supervisord.out", "ab")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(
@@ -71,13 +83,6 @@ class Stack:
             start_new_session=True,
         )
         self.proc.log_file = log
-        wait_for(
-            lambda: all(self.status().get(n) == "RUNNING" for n in expect_running),
-            timeout,
-            interval=0.2,
-            message=f"{expect_running} RUNNING",
-        )
-        wait_for(self.healthy, timeout, interval=0.1, message="/health")
         return self
 
     def healthy(self) -> bool:
