@@ -141,7 +141,9 @@ def test_listing_huge_messages_keeps_the_worker_small(var_dir, config):
     """10 stored messages of 24 MiB: listing them, payloads included, stays under 150 MiB."""
     conn = store.db.connect(config.database)
     big = [
-        store.messages.NewMessage(f"big{n}", None, 2, message(f"big{n}", body="x" * 24 * MIB), None)
+        store.messages.NewMessage(
+            f"big{n}", None, 2, message(f"big{n}", body="x" * 24 * MIB), None, f"<big{n}@x.example>"
+        )
         for n in range(10)
     ]
     for item in big:
