@@ -4,6 +4,9 @@ The transaction is driven command by command (MAIL, RCPT, DATA, message, final d
 than through ``SMTP.sendmail`` so the phase that failed is known: a failure before the final
 dot was transmitted is safe to retry; a lost reply *after* it is ambiguous (the server may
 have accepted the message) and is classified ``uncertain``.
+
+Every connection is tracked by the dispatcher's ``Guard`` from before it connects, so the
+deadline of a transaction (``budget``) cuts it wherever it stalls.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ from dataclasses import dataclass, field
 from common import crypto
 from common.config import Config
 from common.enums import Outcome
+from dispatcher.guard import Guard
 
 logger = logging.getLogger(__name__)
 
 NOOP_AFTER_IDLE = 3.0  # seconds: servers drop idle clients; a NOOP proves the link first
 DEFAULT_TTL = 300  # seconds a default-account connection lives ([smtp] has no ttl key)
 DEFAULT_TIMEOUT = 30.0  # seconds per connect and per command for the default account
+# One transaction's deadline: a timeout each for connecting (greeting, EHLO, TLS, AUTH),
+# for the envelope and for the reply to the final dot, plus the time the message takes
+# at MIN_TRANSFER_RATE (25 MiB: 200 s).  Slower links would hold a dispatcher for hours.
+BUDGET_TIMEOUTS = 3
+MIN_TRANSFER_RATE = 128 * 1024  # bytes per second
+DEFAULT_RCPT_PER_TRANSACTION = 100  # RFC 5321 §4.5.3.1.8: every server must take 100
+TOO_MANY_RECIPIENTS = 452  # RFC 5321 §4.5.3.1.10: send the rest in another transaction
 
 
 class Phase(enum.StrEnum):
@@ -89,6 +100,8 @@ class Result:
     detail: str = ""
     refused: dict[str, list] = field(default_factory=dict)  # address -> [code, text]
     lost: bool = False  # the connection is unusable (exception), not merely refused
+    accepted: list[str] = field(default_factory=list)  # recipients the server took
+    pending: list[str] = field(default_factory=list)  # recipients still to send to later
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,11 @@ class Endpoint:
     starttls: bool
     timeout: float
     ttl: float
+    rcpt_per_transaction: int = DEFAULT_RCPT_PER_TRANSACTION
+
+    def budget(self, size: int) -> float:
+        """Seconds one transaction of a ``size``-byte message may take, from connect on."""
+        return BUDGET_TIMEOUTS * self.timeout + size / MIN_TRANSFER_RATE
 
     @classmethod
     def from_account(cls, row: dict, secret_key: str | None) -> Endpoint:
@@ -117,6 +135,9 @@ class Endpoint:
             starttls=bool(row.get("starttls")),
             timeout=float(row.get("timeout") or DEFAULT_TIMEOUT),
             ttl=float(row.get("ttl") or DEFAULT_TTL),
+            rcpt_per_transaction=int(
+                row.get("max_recipients_per_transaction") or DEFAULT_RCPT_PER_TRANSACTION
+            ),
         )
 
     @classmethod
@@ -189,15 +210,16 @@ def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
     lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{rcpt}>" for rcpt in recipients), "DATA"]
     pipelined = smtp.has_extn("pipelining")
     replies = _envelope_replies(smtp, lines, pipelined, progress)
-    refused = {
-        rcpt: [code, reply_text(text)]
-        for rcpt, (code, text) in zip(recipients, replies[1 : 1 + len(recipients)], strict=False)
-        if code not in (250, 251)
-    }
+    refused, accepted = {}, []
+    for rcpt, (code, text) in zip(recipients, replies[1 : 1 + len(recipients)], strict=False):
+        if code in (250, 251):
+            accepted.append(rcpt)
+        else:
+            refused[rcpt] = [code, reply_text(text)]
     if replies[0][0] != 250:
         result = _refused(Phase.MAIL, *replies[0])
     elif len(refused) == len(recipients):
-        result = _all_refused(refused)
+        result = all_refused(refused)
     elif replies[-1][0] != 354:
         result = _refused(Phase.DATA, *replies[-1])
     else:
@@ -205,7 +227,8 @@ def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
         smtp.send(_with_final_dot(data))
         progress.phase = Phase.REPLY
         code, text = smtp.getreply()
-        return Result(classify(Phase.REPLY, code), Phase.REPLY, code, reply_text(text), refused)
+        return Result(classify(Phase.REPLY, code), Phase.REPLY, code, reply_text(text), refused,
+                      accepted=accepted)  # fmt: skip
     if len(replies) == len(lines) and replies[-1][0] == 354:
         smtp.send(".\r\n")  # DATA accepted although the envelope failed: end it empty
         smtp.getreply()
@@ -237,7 +260,7 @@ def _refused(phase: Phase, code: int, text: bytes) -> Result:
     return Result(outcome, phase, code, f"{code} {reply_text(text)}")
 
 
-def _all_refused(refused: dict[str, list]) -> Result:
+def all_refused(refused: dict[str, list]) -> Result:
     """Every recipient refused: any 4xx makes it worth a retry, else it is final."""
     codes = [code for code, _ in refused.values()]
     code = min(codes, key=lambda c: (kind_of(c) != "4xx", c))
@@ -247,18 +270,34 @@ def _all_refused(refused: dict[str, list]) -> Result:
     return Result(classify(Phase.RCPT, code), Phase.RCPT, code, detail, refused)
 
 
-def connect(endpoint: Endpoint, context: ssl.SSLContext, local_hostname: str) -> smtplib.SMTP:
+class _Tracked:
+    """An smtplib client handed to ``track`` before it connects: a stalled greeting is cut."""
+
+    def __init__(self, track: Callable[[object], None], *args, **kwargs):
+        track(self)  # its ``sock`` (None until connected) is what a deadline shuts down
+        super().__init__(*args, **kwargs)
+
+
+class _SMTP(_Tracked, smtplib.SMTP):
+    pass
+
+
+class _SMTPS(_Tracked, smtplib.SMTP_SSL):
+    pass
+
+
+def connect(
+    endpoint: Endpoint,
+    context: ssl.SSLContext,
+    local_hostname: str,
+    track: Callable[[object], None] = lambda smtp: None,
+) -> smtplib.SMTP:
     """Open, greet, secure and authenticate one connection; raises on any failure."""
     if endpoint.implicit_tls:
-        smtp = smtplib.SMTP_SSL(
-            endpoint.host,
-            endpoint.port,
-            local_hostname,
-            timeout=endpoint.timeout,
-            context=context,
-        )
+        smtp = _SMTPS(track, endpoint.host, endpoint.port, local_hostname,
+                      timeout=endpoint.timeout, context=context)  # fmt: skip
     else:
-        smtp = smtplib.SMTP(endpoint.host, endpoint.port, local_hostname, timeout=endpoint.timeout)
+        smtp = _SMTP(track, endpoint.host, endpoint.port, local_hostname, timeout=endpoint.timeout)
     try:
         smtp.ehlo()
         if endpoint.starttls:
@@ -295,21 +334,32 @@ class Pool:
         context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
         local_hostname: str | None = None,
+        guard: Guard | None = None,
     ):
         self.context = context or ssl.create_default_context()
         self.clock = clock
+        self.guard = guard or Guard()
         self.local_hostname = local_hostname or socket.getfqdn()
         self._open: dict[str | None, _Pooled] = {}
 
     def send(
         self, key: str | None, endpoint: Endpoint, sender: str, recipients: list[str], data: bytes
     ) -> Result:
-        """Deliver one message over the account's connection; never raises."""
+        """One transaction over the account's connection, within its budget; never raises."""
+        budget = endpoint.budget(len(data))
+        with self.guard.within(budget, f"SMTP transaction deadline ({budget:.0f} s) passed"):
+            result = self._send(key, endpoint, sender, recipients, data)
+        if self.guard.cut is not None:
+            result.detail = f"{result.detail} (cut: {self.guard.cut})"
+        return result
+
+    def _send(self, key, endpoint: Endpoint, sender, recipients, data) -> Result:
         pooled, reused = self._acquire(key, endpoint)
         if isinstance(pooled, Result):
             return pooled
         result = transaction(pooled.smtp, sender, recipients, data)
-        if reused and result.phase is Phase.MAIL and (result.lost or result.code == 421):
+        stale = result.phase is Phase.MAIL and (result.lost or result.code == 421)
+        if reused and stale and self.guard.cut is None:
             self.discard(key)  # a pooled link that died or was closed while idle: reconnect once
             pooled, _ = self._acquire(key, endpoint)
             if isinstance(pooled, Result):
@@ -326,13 +376,15 @@ class Pool:
         ):
             self.discard(key, polite=True)
             pooled = None
+        if pooled is not None:
+            self.guard.track(pooled.smtp)
         if pooled is not None and now - pooled.used >= NOOP_AFTER_IDLE and not _alive(pooled):
             self.discard(key)
             pooled = None
         if pooled is not None:
             return pooled, True
         try:
-            smtp = connect(endpoint, self.context, self.local_hostname)
+            smtp = connect(endpoint, self.context, self.local_hostname, self.guard.track)
         except (OSError, smtplib.SMTPException) as exc:
             code = getattr(exc, "smtp_code", None)
             outcome = classify(Phase.CONNECT, error=exc)

@@ -204,8 +204,9 @@ def app(make_config, conn):
     attempt = Attempt("sent", "acme", now, Outcome.SENT, 250, "2.0.0 ok", 0.25)
     refused = {"x@y.org": [550, "no such user"]}
     sent = Transition(attempt, Next.SENT, now, refused=refused, possible_duplicate=True)
-    store.claims.record(conn, [sent], "dispatcher-00")
+    store.claims.record(conn, [sent], "dispatcher-00", "dispatcher-00")
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
+    store.circuits.trip(conn, "acme", now, "ConnectionRefusedError", lambda failures: 5.0)
     return app
 
 

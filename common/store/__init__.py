@@ -3,7 +3,8 @@
     db          connections (apsw, WAL, pragmas), write transactions, numbered migrations
     status      a message's status from its columns, in Python and in SQL
     messages    enqueue, delete, list, read and count messages (API and CLI)
-    accounts    SMTP accounts
+    accounts    SMTP accounts (and tombstones of deleted ones)
+    circuits    per-account circuit breaker: accounts whose server is down are not claimed
     settings    persisted switches (active, run-now)
     heartbeats  process liveness
     claims      dispatch: claim under a lease, release, record outcomes
@@ -16,6 +17,7 @@ Programs call ``store.<module>.<function>(conn, ...)``; none of them writes SQL.
 from common.store import (
     accounts,
     attempts,
+    circuits,
     claims,
     db,
     heartbeats,
@@ -28,6 +30,7 @@ from common.store import (
 __all__ = [
     "accounts",
     "attempts",
+    "circuits",
     "claims",
     "db",
     "heartbeats",

@@ -1,0 +1,64 @@
+"""The per-account circuit breaker, shared by every dispatcher through the database.
+
+A connection failure (refused, timed out, TLS, 421, an AUTH refusal) opens the account's
+circuit: no dispatcher claims the account's rows until ``open_until``; then one claim
+probes the server again.  A probe that gets through closes the circuit; one that fails
+opens it again for longer.  The default ``[smtp]`` account's key is ''.  One row per
+account, whatever the queue holds, so an outage costs one attempt row per probe, not one
+per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from common.store.db import write
+
+
+def key(account_id: str | None) -> str:
+    """The circuits row key of an account (None: the default account)."""
+    return account_id or ""
+
+
+def trip(
+    conn, account_id: str | None, now: float, reason: str, backoff: Callable[[int], float]
+) -> float:
+    """Open (or re-open) the account's circuit for ``backoff(failures in a row)`` seconds;
+    returns when it closes again."""
+    with write(conn):
+        row = conn.execute(
+            "SELECT failures, open_until FROM circuits WHERE account = ?", (key(account_id),)
+        ).fetchone()
+        if row is not None and row["open_until"] > now:
+            return row["open_until"]  # another dispatcher tripped it already: one failure
+        failures = 1 if row is None else row["failures"] + 1
+        until = now + backoff(failures)
+        conn.execute(
+            "INSERT INTO circuits(account, open_until, failures, since, reason) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
+            "open_until = excluded.open_until, failures = excluded.failures, "
+            "reason = excluded.reason",
+            (key(account_id), until, failures, now, reason),
+        )
+    return until
+
+
+def close(conn, account_id: str | None) -> None:
+    """The server took a transaction again: forget the account's failures."""
+    with write(conn):
+        conn.execute("DELETE FROM circuits WHERE account = ?", (key(account_id),))
+
+
+def list_all(conn, now: float) -> list[dict]:
+    """Every circuit on record, with whether it is open right now (for /status)."""
+    return [
+        {
+            "account_id": row["account"] or None,
+            "open": row["open_until"] > now,
+            "open_until": int(row["open_until"]),
+            "failures": row["failures"],
+            "since": int(row["since"]),
+            "reason": row["reason"],
+        }
+        for row in conn.execute("SELECT * FROM circuits ORDER BY account")
+    ]
