@@ -78,8 +78,6 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, AttachmentError) and exc.transient
 
 
-
-
 class Fetcher:
     """Turns a message's attachment specs into Parts, or raises AttachmentError."""
 

@@ -25,7 +25,7 @@ import apsw
 
 from common import crypto, metrics, store, wakeup
 from common.config import Config
-from common.enums import FINAL_NEXT, Next, Outcome
+from common.enums import FINAL_NEXT, MAYBE_DELIVERED, Next, Outcome
 from common.logs import fields
 from common.ratelimit import Limits
 from common.store.claims import Attempt, Claim, Transition
@@ -198,7 +198,7 @@ class Dispatcher:
             if transition.attempt.outcome == Outcome.DEFERRED:
                 held[account_id] = transition.ready_at
             elif reached is False:  # the server could not be reached: open the circuit
-                held[account_id] = self._trip(account_id, transition.attempt.detail)
+                held[account_id] = self._trip(account_id, transition.attempt)
             elif reached and store.circuits.key(account_id) in claim.circuits:
                 store.circuits.close(self.conn, account_id)  # a probe got through
                 claim.circuits.pop(store.circuits.key(account_id))
@@ -213,17 +213,20 @@ class Dispatcher:
             self.guard.every(self.leases.period, self.leases.renew)
             self._renewing = True
 
-    def _release(self, ids: list[str], ready_at: float | None = None) -> None:
-        """Give rows back unsent (SENDING -> QUEUED), ready at ``ready_at`` at the earliest."""
-        store.claims.release(self.conn, ids, self.owner, self.clock(), ready_at=ready_at)
+    def _release(self, ids: list[str], ready_at: float | None = None, sent: bool = False) -> None:
+        """Give rows back unsent (SENDING -> QUEUED), ready at ``ready_at`` at the earliest;
+        ``sent``: a copy may be with the server, so the resend is flagged."""
+        store.claims.release(self.conn, ids, self.owner, self.clock(), ready_at, sent)
         self.leases.drop(ids)
 
-    def _trip(self, account_id: str | None, reason: str) -> float:
+    def _trip(self, account_id: str | None, attempt: Attempt) -> float:
         """Open the account's circuit; when its rows may be claimed again."""
-        until = store.circuits.trip(self.conn, account_id, self.clock(), reason, self._backoff)
+        now = self.clock()
+        until = store.circuits.trip(self.conn, account_id, now, attempt.ts, attempt.detail,
+                                    self._backoff)  # fmt: skip
         metrics.CIRCUIT_OPENED.labels(_label(account_id)).inc()
         logger.warning(fields(event="circuit_open", account=_label(account_id),
-                              seconds=round(until - self.clock(), 1), reason=reason))  # fmt: skip
+                              seconds=round(until - now, 1), reason=attempt.detail))  # fmt: skip
         return until
 
     def _backoff(self, failures: int) -> float:
@@ -272,7 +275,8 @@ class Dispatcher:
             except apsw.Error as exc:
                 logger.error(fields(event="record_failed", id=t.attempt.message_id,
                                     outcome=t.attempt.outcome, reason=repr(exc)))  # fmt: skip
-                self._release([t.attempt.message_id])  # raises if the database is gone
+                sent = t.attempt.outcome in MAYBE_DELIVERED
+                self._release([t.attempt.message_id], sent=sent)  # raises if the db is gone
         return stale
 
     def _durable(self, due: bool) -> str | None:
@@ -425,6 +429,4 @@ def _label(account_id: str | None) -> str:
 def _reached(result: Result) -> bool:
     """Did the server take part in a transaction?  Not when connecting failed (refused,
     timed out, TLS, a 554 greeting), nor on 421 (closing) or an account code (AUTH)."""
-    return not (
-        result.phase is Phase.CONNECT or result.code == 421 or result.code in ACCOUNT_CODES
-    )
+    return not (result.phase is Phase.CONNECT or result.code == 421 or result.code in ACCOUNT_CODES)

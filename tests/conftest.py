@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.support.smtp",
     "tests.support.upstream",
     "tests.support.s3",
+    "tests.support.hostile",
 ]

@@ -206,7 +206,7 @@ def app(make_config, conn):
     sent = Transition(attempt, Next.SENT, now, refused=refused, possible_duplicate=True)
     store.claims.record(conn, [sent], "dispatcher-00", "dispatcher-00")
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
-    store.circuits.trip(conn, "acme", now, "ConnectionRefusedError", lambda failures: 5.0)
+    store.circuits.trip(conn, "acme", now, now - 1, "ConnectionRefusedError", lambda n: 5.0)
     return app
 
 

@@ -85,9 +85,12 @@ def delete(conn, account_id: str, purge: bool, now: float) -> Deletion:
     tombstone, so every report still reaches the client.
     """
     with write(conn):
-        if conn.execute(
-            f"SELECT 1 FROM accounts WHERE id = ? AND {_LIVE}", (account_id,)
-        ).fetchone() is None:
+        if (
+            conn.execute(
+                f"SELECT 1 FROM accounts WHERE id = ? AND {_LIVE}", (account_id,)
+            ).fetchone()
+            is None
+        ):
             return Deletion(found=False)
         unsent = conn.execute(f"SELECT count(*) AS n FROM messages WHERE {_UNSENT}",
                               (account_id,)).fetchone()["n"]  # fmt: skip

@@ -1,11 +1,13 @@
 """The per-account circuit breaker, shared by every dispatcher through the database.
 
 A connection failure (refused, timed out, TLS, 421, an AUTH refusal) opens the account's
-circuit: no dispatcher claims the account's rows until ``open_until``; then one claim
-probes the server again.  A probe that gets through closes the circuit; one that fails
-opens it again for longer.  The default ``[smtp]`` account's key is ''.  One row per
-account, whatever the queue holds, so an outage costs one attempt row per probe, not one
-per message.
+circuit: no dispatcher claims the account's rows until ``open_until``.  Then the circuit is
+half-open: the first claim takes one row of the account, the probe, and holds the circuit
+for a lease (``claims.claim``), so only one dispatcher probes.  A probe that gets through
+closes the circuit; one that fails opens it again for longer.  Failures of attempts that
+began before the circuit last opened (other dispatchers' attempts of the same round) do not
+count again.  The default ``[smtp]`` account's key is ''.  One row per account, whatever
+the queue holds, so an outage costs one attempt row per probe, not one per message.
 """
 
 from __future__ import annotations
@@ -21,24 +23,30 @@ def key(account_id: str | None) -> str:
 
 
 def trip(
-    conn, account_id: str | None, now: float, reason: str, backoff: Callable[[int], float]
+    conn,
+    account_id: str | None,
+    now: float,
+    started: float,
+    reason: str,
+    backoff: Callable[[int], float],
 ) -> float:
-    """Open (or re-open) the account's circuit for ``backoff(failures in a row)`` seconds;
-    returns when it closes again."""
+    """Open (or re-open) the account's circuit for ``backoff(failures in a row)`` seconds
+    after an attempt begun at ``started`` failed to connect; when it may be probed again."""
     with write(conn):
         row = conn.execute(
-            "SELECT failures, open_until FROM circuits WHERE account = ?", (key(account_id),)
+            "SELECT failures, open_until, opened_at FROM circuits WHERE account = ?",
+            (key(account_id),),
         ).fetchone()
-        if row is not None and row["open_until"] > now:
-            return row["open_until"]  # another dispatcher tripped it already: one failure
+        if row is not None and row["opened_at"] >= started:
+            return row["open_until"]  # the same round: another dispatcher counted it
         failures = 1 if row is None else row["failures"] + 1
         until = now + backoff(failures)
         conn.execute(
-            "INSERT INTO circuits(account, open_until, failures, since, reason) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
+            "INSERT INTO circuits(account, open_until, failures, since, opened_at, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
             "open_until = excluded.open_until, failures = excluded.failures, "
-            "reason = excluded.reason",
-            (key(account_id), until, failures, now, reason),
+            "opened_at = excluded.opened_at, reason = excluded.reason",
+            (key(account_id), until, failures, now, now, reason),
         )
     return until
 

@@ -18,7 +18,8 @@ the attempt row and, when a copy may have reached the server, ``possible_duplica
 A dispatcher does one attempt at a time and a takeover always writes another owner, so
 the owner (name:pid) is the fencing token; no generation number is needed.
 
-Accounts whose circuit is open (``circuits``) are not claimed at all until ``open_until``.
+Accounts whose circuit is open (``circuits``) are not claimed at all until ``open_until``;
+then one claim takes a single row, the probe, and holds the circuit for its lease.
 
 ``maybe_sent`` makes crash resends visible: the holder sets it, in the transactions it commits
 anyway, on the rows it may send before its next commit; outcomes and releases clear it.  A
@@ -118,8 +119,14 @@ def claim(
             batches.append((None, default_batch))
         for account_id, limit in batches:
             circuit = circuits.get(account_id or "")
-            if circuit is None or circuit["open_until"] <= now:
+            if circuit is None:
                 rows.extend(_ready_rows(conn, account_id, now, limit))
+            elif circuit["open_until"] <= now:  # half-open: one probe, and no other prober
+                rows.extend(_ready_rows(conn, account_id, now, 1))
+                conn.execute(
+                    "UPDATE circuits SET open_until = ? WHERE account = ?",
+                    (expires, circuit["account"]),
+                )
         rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
         conn.executemany(
             _LEASE,
@@ -180,17 +187,33 @@ def extend_lease(conn, ids: list[str], owner: str, expires: float) -> list[str]:
     return lost
 
 
-def release(conn, ids: list[str], owner: str, now: float, ready_at: float | None = None) -> None:
-    """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts)."""
+def release(
+    conn,
+    ids: list[str],
+    owner: str,
+    now: float,
+    ready_at: float | None = None,
+    possible_duplicate: bool = False,
+) -> None:
+    """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts).
+
+    ``possible_duplicate``: a copy may have reached the server (its outcome could not be
+    recorded), so the resend is flagged.
+    """
     if not ids:
         return
     with write(conn):
         conn.executemany(
             "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, maybe_sent = 0, "
+            "possible_duplicate = max(possible_duplicate, :dup), "
             "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
             "WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL",
-            [{"id": i, "owner": owner, "now": now, "ready_at": ready_at} for i in ids],
-        )
+            [
+                {"id": i, "owner": owner, "now": now, "ready_at": ready_at,
+                 "dup": int(possible_duplicate)}
+                for i in ids
+            ],
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

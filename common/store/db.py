@@ -124,6 +124,7 @@ MIGRATIONS: list[str] = [
         open_until  REAL NOT NULL,      -- no dispatcher claims the account's rows before this
         failures    INTEGER NOT NULL,   -- connection failures in a row
         since       REAL NOT NULL,      -- the first of them
+        opened_at   REAL NOT NULL,      -- the last of them (attempts begun earlier: same round)
         reason      TEXT
     );
     """,
