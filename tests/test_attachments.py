@@ -297,8 +297,8 @@ def test_a_dripping_attachment_defers_its_message(conn, make_config, smtp_server
 
 def stored_s3_message(conn, bucket: str) -> None:
     """An S3 attachment stored as if enqueued before the configuration changed."""
-    item = message("m1", "acct", attachments=[{"filename": "r.pdf",
-                                               "s3": {"bucket": bucket, "key": "docs/report.pdf"}}])  # fmt: skip
+    s3 = {"bucket": bucket, "key": "docs/report.pdf"}
+    item = message("m1", "acct", attachments=[{"filename": "r.pdf", "s3": s3}])
     store.messages.enqueue(conn, [store.messages.NewMessage("m1", "acct", 2, item, None)], T0)
 
 

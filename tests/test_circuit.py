@@ -74,5 +74,11 @@ def test_a_mute_server_costs_one_timeout_per_backoff(conn, config, silent_server
 def test_status_shows_the_open_circuit(conn, config):
     store.circuits.trip(conn, None, T0, T0 - 1, "ConnectionRefusedError", lambda n: 30.0)
     [shown] = operations.status(conn, config, T0)["circuits"]
-    assert shown == {"account_id": None, "open": True, "open_until": int(T0 + 30),
-                     "failures": 1, "since": int(T0), "reason": "ConnectionRefusedError"}  # fmt: skip
+    assert shown == {
+        "account_id": None,
+        "open": True,
+        "open_until": int(T0 + 30),
+        "failures": 1,
+        "since": int(T0),
+        "reason": "ConnectionRefusedError",
+    }

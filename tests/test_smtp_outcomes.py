@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from dispatcher.smtp import Outcome, Phase, all_refused, _with_final_dot, classify, kind_of
+from dispatcher.smtp import Outcome, Phase, _with_final_dot, all_refused, classify, kind_of
 
 SENT, TEMP, PERM, UNSURE = Outcome.SENT, Outcome.TEMPORARY, Outcome.PERMANENT, Outcome.UNCERTAIN
 
