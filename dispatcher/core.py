@@ -199,12 +199,19 @@ class Dispatcher:
                 held[account_id] = transition.ready_at
             elif reached is False:  # the server could not be reached: open the circuit
                 held[account_id] = self._trip(account_id, transition.attempt)
-            elif reached and store.circuits.key(account_id) in claim.circuits:
-                store.circuits.close(self.conn, account_id)  # a probe got through
-                claim.circuits.pop(store.circuits.key(account_id))
+            if reached is not False and store.circuits.key(account_id) in claim.circuits:
+                self._probed(account_id, reached)
+                del claim.circuits[store.circuits.key(account_id)]
         self._commit()
         for account_id, ids in skipped.items():
             self._release(ids, held[account_id])
+
+    def _probed(self, account_id: str | None, reached: bool | None) -> None:
+        """A half-open circuit's probe is over: closed if it got through, else probe again."""
+        if reached:
+            store.circuits.close(self.conn, account_id)
+        else:
+            store.circuits.unprobed(self.conn, account_id, self.clock())
 
     def _hold(self, claim: Claim) -> None:
         """Tell the lease renewal what this claim holds (started on the first claim)."""
@@ -220,7 +227,8 @@ class Dispatcher:
         self.leases.drop(ids)
 
     def _trip(self, account_id: str | None, attempt: Attempt) -> float:
-        """Open the account's circuit; when its rows may be claimed again."""
+        """Record the failed attempt, open the account's circuit; when its rows may go."""
+        self._commit()
         now = self.clock()
         until = store.circuits.trip(self.conn, account_id, now, attempt.ts, attempt.detail,
                                     self._backoff)  # fmt: skip

@@ -51,6 +51,16 @@ def trip(
     return until
 
 
+def unprobed(conn, account_id: str | None, now: float) -> None:
+    """The probe never reached the server (its attachment failed, the rate limit held it):
+    half-open again at once, for the next claim's probe."""
+    with write(conn):
+        conn.execute(
+            "UPDATE circuits SET open_until = min(open_until, ?) WHERE account = ?",
+            (now, key(account_id)),
+        )
+
+
 def close(conn, account_id: str | None) -> None:
     """The server took a transaction again: forget the account's failures."""
     with write(conn):

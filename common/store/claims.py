@@ -119,7 +119,7 @@ def claim(
             batches.append((None, default_batch))
         for account_id, limit in batches:
             circuit = circuits.get(account_id or "")
-            if circuit is None:
+            if circuit is None or accounts.get(account_id, {}).get("deleted_at"):
                 rows.extend(_ready_rows(conn, account_id, now, limit))
             elif circuit["open_until"] <= now:  # half-open: one probe, and no other prober
                 rows.extend(_ready_rows(conn, account_id, now, 1))
