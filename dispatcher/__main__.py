@@ -11,7 +11,7 @@ from common.ratelimit import Ledger
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher, Jammed
 from dispatcher.guard import Guard
-from dispatcher.smtp import Pool
+from dispatcher.pool import Pool
 
 logger = logging.getLogger("dispatcher")
 

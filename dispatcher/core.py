@@ -31,11 +31,13 @@ from common.ratelimit import Limits
 from common.store.claims import Attempt, Claim, Transition
 from dispatcher import mime, payload
 from dispatcher.attachments import AttachmentError
+from dispatcher.circuit import Breaker, reached
 from dispatcher.guard import Guard
 from dispatcher.leases import Leases
-from dispatcher.outcomes import Judge, still_to_send
+from dispatcher.outcomes import Judge, count, still_to_send
+from dispatcher.pool import Endpoint
 from dispatcher.recipients import deliver
-from dispatcher.smtp import ACCOUNT_CODES, Endpoint, Phase, Result
+from dispatcher.smtp import Phase, Result
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +53,6 @@ OUTCOME_GROUP_SECONDS = 0.01
 # this often, and the last of every claim, makes every earlier one durable too.
 OUTCOME_SYNC_EVERY = 0.05
 RELAXED_LEVELS = {"FULL", "EXTRA"}  # levels above NORMAL, which outcome commits may relax
-# Circuit backoff: 5 s after the first connection failure in a row, doubling up to a
-# minute: an outage costs one probe per minute per account, a blip costs seconds.
-CIRCUIT_FIRST = 5.0
-CIRCUIT_MAX = 60.0
-CIRCUIT_JITTER = 0.2  # so the dispatchers of a host do not probe in lockstep
 MAX_FAILED_TURNS = 3  # turns in a row whose database writes fail: then exit, and be restarted
 
 
@@ -87,6 +84,7 @@ class Dispatcher:
         self.clock, self.rng = clock, rng or random.Random()
         self.should_stop, self.heartbeat = should_stop, heartbeat  # checked between messages
         self.judge = Judge(config, self.rng)
+        self.breaker = Breaker(conn, clock, self.rng)
         self.guard = guard or pool.guard  # the pool's and the fetcher's, in the process
         self.leases = Leases(self._connect, self.owner, config.lease_seconds,
                              self.guard.interrupt, clock)  # fmt: skip
@@ -194,24 +192,18 @@ class Dispatcher:
             self._commit(only_if_due=True, upcoming=(claim.messages[index:], held))
             transition, reached = self._attempt(row, claim.accounts.get(account_id))
             self._pending.append(transition)
-            self._count(row, transition)
+            count(row, transition, self.config.delivery_activity)
             if transition.attempt.outcome == Outcome.DEFERRED:
                 held[account_id] = transition.ready_at
             elif reached is False:  # the server could not be reached: open the circuit
-                held[account_id] = self._trip(account_id, transition.attempt)
+                self._commit()  # the failed attempt first, then the circuit it opened
+                held[account_id] = self.breaker.trip(account_id, transition.attempt)
             if reached is not False and store.circuits.key(account_id) in claim.circuits:
-                self._probed(account_id, reached)
+                self.breaker.probed(account_id, reached)
                 del claim.circuits[store.circuits.key(account_id)]
         self._commit()
         for account_id, ids in skipped.items():
             self._release(ids, held[account_id])
-
-    def _probed(self, account_id: str | None, reached: bool | None) -> None:
-        """A half-open circuit's probe is over: closed if it got through, else probe again."""
-        if reached:
-            store.circuits.close(self.conn, account_id)
-        else:
-            store.circuits.unprobed(self.conn, account_id, self.clock())
 
     def _hold(self, claim: Claim) -> None:
         """Tell the lease renewal what this claim holds (started on the first claim)."""
@@ -225,22 +217,6 @@ class Dispatcher:
         ``sent``: a copy may be with the server, so the resend is flagged."""
         store.claims.release(self.conn, ids, self.owner, self.clock(), ready_at, sent)
         self.leases.drop(ids)
-
-    def _trip(self, account_id: str | None, attempt: Attempt) -> float:
-        """Record the failed attempt, open the account's circuit; when its rows may go."""
-        self._commit()
-        now = self.clock()
-        until = store.circuits.trip(self.conn, account_id, now, attempt.ts, attempt.detail,
-                                    self._backoff)  # fmt: skip
-        metrics.CIRCUIT_OPENED.labels(_label(account_id)).inc()
-        logger.warning(fields(event="circuit_open", account=_label(account_id),
-                              seconds=round(until - now, 1), reason=attempt.detail))  # fmt: skip
-        return until
-
-    def _backoff(self, failures: int) -> float:
-        """Seconds a circuit stays open after ``failures`` connection failures in a row."""
-        seconds = min(CIRCUIT_MAX, CIRCUIT_FIRST * 2 ** (failures - 1))
-        return seconds * self.rng.uniform(1 - CIRCUIT_JITTER, 1 + CIRCUIT_JITTER)
 
     def _commit(self, only_if_due: bool = False, upcoming: tuple | None = None) -> None:
         """Record pending outcomes in one transaction; with only_if_due, once the group is full.
@@ -369,7 +345,7 @@ class Dispatcher:
             result = Result(Outcome.UNCERTAIN, Phase.REPLY, None, f"internal error: {exc!r}")
         duration = self.clock() - start
         metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
-        return self.judge.after(row, result, start, self.clock(), duration), _reached(result)
+        return self.judge.after(row, result, start, self.clock(), duration), reached(result)
 
     def _held_back(self, row: dict, account: dict, free_at: float) -> Transition:
         now = self.clock()
@@ -389,33 +365,6 @@ class Dispatcher:
         return Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
 
     # -- bookkeeping --------------------------------------------------------------------------
-    def _count(self, row: dict, transition: Transition) -> None:
-        account, attempt = _label(row["account_id"]), transition.attempt
-        metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
-        if transition.state is Next.SENT:
-            metrics.SENT.labels(account).inc()
-            metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
-                max(0.0, transition.now - row["enqueued_at"])
-            )
-        elif transition.state is Next.ERROR:
-            metrics.ERRORS.labels(account).inc()
-        else:
-            metrics.DEFERRED.labels(account).inc()
-        if self.config.delivery_activity:
-            logger.info(
-                fields(
-                    event="attempt",
-                    id=row["id"],
-                    account=account,
-                    outcome=attempt.outcome,
-                    state=transition.state,
-                    code=attempt.smtp_code or "",
-                    attempt=row["attempts"] + 1,
-                    duration=f"{attempt.duration or 0:.4f}",
-                    detail=attempt.detail,
-                )
-            )
-
     def _nudge_reporter(self, force: bool = False) -> None:
         """Wake the reporter after terminal outcomes, at most every REPORT_NUDGE_EVERY."""
         now = self.clock()
@@ -432,9 +381,3 @@ class Dispatcher:
 
 def _label(account_id: str | None) -> str:
     return "default" if account_id is None else account_id
-
-
-def _reached(result: Result) -> bool:
-    """Did the server take part in a transaction?  Not when connecting failed (refused,
-    timed out, TLS, a 554 greeting), nor on 421 (closing) or an account code (AUTH)."""
-    return not (result.phase is Phase.CONNECT or result.code == 421 or result.code in ACCOUNT_CODES)

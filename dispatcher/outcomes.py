@@ -11,12 +11,17 @@ recipients and runs out of retries for the rest ends ``sent``, the rest listed i
 from __future__ import annotations
 
 import json
+import logging
 import random
 
+from common import metrics
 from common.config import Config
 from common.enums import Next, Outcome
+from common.logs import fields
 from common.store.claims import Attempt, Transition
 from dispatcher.smtp import Result
+
+logger = logging.getLogger(__name__)
 
 JITTER = 0.10  # retry delays vary ±10 % so a burst of failures does not retry in lockstep
 
@@ -91,3 +96,35 @@ class Judge:
         # SENDING -> ERROR
         return Transition(attempt, Next.ERROR, now, error=error, refused=refused or None,
                           possible_duplicate=uncertain)  # fmt: skip
+
+
+def count(row: dict, transition: Transition, log_activity: bool) -> None:
+    """Metrics of one attempt, and its log line with ``delivery_activity``."""
+    account, attempt = (
+        "default" if row["account_id"] is None else row["account_id"],
+        transition.attempt,
+    )
+    metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
+    if transition.state is Next.SENT:
+        metrics.SENT.labels(account).inc()
+        metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
+            max(0.0, transition.now - row["enqueued_at"])
+        )
+    elif transition.state is Next.ERROR:
+        metrics.ERRORS.labels(account).inc()
+    else:
+        metrics.DEFERRED.labels(account).inc()
+    if log_activity:
+        logger.info(
+            fields(
+                event="attempt",
+                id=row["id"],
+                account=account,
+                outcome=attempt.outcome,
+                state=transition.state,
+                code=attempt.smtp_code or "",
+                attempt=row["attempts"] + 1,
+                duration=f"{attempt.duration or 0:.4f}",
+                detail=attempt.detail,
+            )
+        )

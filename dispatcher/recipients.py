@@ -14,7 +14,8 @@ another 4xx while others were accepted is listed in ``refused``; nobody accepted
 from __future__ import annotations
 
 from common.enums import Outcome
-from dispatcher.smtp import TOO_MANY_RECIPIENTS, Endpoint, Phase, Result, all_refused
+from dispatcher.pool import Endpoint
+from dispatcher.smtp import TOO_MANY_RECIPIENTS, Phase, Result, all_refused
 
 
 def deliver(

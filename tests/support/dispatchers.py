@@ -13,7 +13,7 @@ from common.ratelimit import Ledger
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
 from dispatcher.guard import Guard
-from dispatcher.smtp import Pool
+from dispatcher.pool import Pool
 from tests.support import procs
 from tests.support.factories import Clock
 
