@@ -334,6 +334,9 @@ class Dispatcher:
 
     def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint):
         start = self.clock()
+        if self.leases.taken(row["id"]):  # lost while it was being built: not sent by us
+            lost = Result(Outcome.TEMPORARY, Phase.CONNECT, None, "lease taken over before sending")
+            return self.judge.after(row, lost, start, start), None
         recipients = still_to_send(row, envelope.recipients)
         delivered = bool(row["rcpt_done"])  # an earlier attempt reached some recipients
         try:

@@ -44,6 +44,7 @@ class Guard:
         self._task_due = 0.0
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._wakes_at: float | None = None  # when the thread's sleep ends (None: untimed)
         self._closed = False
 
     # -- the main thread's side ---------------------------------------------------------------
@@ -58,7 +59,7 @@ class Guard:
             self._deadlines.append(
                 (deadline, reason) if outer is None or deadline < outer[0] else outer
             )
-            self._wake()
+            self._wake(deadline)
         try:
             yield
         finally:
@@ -85,7 +86,7 @@ class Guard:
         with self._lock:
             self._task, self._every = task, seconds
             self._task_due = self.clock() + seconds
-            self._wake()
+            self._wake(self._task_due)
 
     def interrupt(self, reason: str) -> None:
         """Cut the tracked connections now (from the task: the lease is lost)."""
@@ -102,17 +103,21 @@ class Guard:
             self._thread.join()
 
     # -- the watchdog thread ------------------------------------------------------------------
-    def _wake(self) -> None:
-        """Start the thread on first use; wake it if it sleeps without a timeout."""
+    def _wake(self, due: float) -> None:
+        """Start the thread on first use; wake it if it would sleep past ``due`` (a notify
+        per message would cost a thread switch per message: most find it ticking anyway)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="guard", daemon=True)
             self._thread.start()
-        self._lock.notify()
+        if self._wakes_at is None or self._wakes_at > due:
+            self._lock.notify()
 
     def _run(self) -> None:
         with self._lock:
             while not self._closed:
-                self._lock.wait(self._sleep())
+                sleep = self._sleep()
+                self._wakes_at = None if sleep is None else self.clock() + sleep
+                self._lock.wait(sleep)
                 now = self.clock()
                 if self._deadlines and self.cut is None and now >= self._deadlines[-1][0]:
                     self._cut(self._deadlines[-1][1])

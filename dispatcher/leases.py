@@ -42,6 +42,7 @@ class Leases:
         self.expires = 0.0  # the lease of every held row runs at least until this time
         self.current: str | None = None  # the message in hand, while its I/O runs
         self._held: set[str] = set()
+        self._taken: set[str] = set()  # held rows a renewal found taken over
         self._lock = threading.Lock()
         self._conn = None
 
@@ -60,6 +61,12 @@ class Leases:
         """These rows' outcomes or releases are committed: no longer ours to renew."""
         with self._lock:
             self._held.difference_update(ids)
+            self._taken.difference_update(ids)
+
+    def taken(self, message_id: str) -> bool:
+        """True once a renewal found this held row taken over (do not start sending it)."""
+        with self._lock:
+            return message_id in self._taken
 
     def fresh(self) -> bool:
         """True while more than a renewal period of the lease is left (safe to start I/O)."""
@@ -81,6 +88,7 @@ class Leases:
             return
         with self._lock:
             self.expires = expires
+            self._taken.update(lost)
         if current is not None and current in lost and current == self.current:
             logger.warning(fields(event="lease_lost", id=current))
             self.interrupt("the lease was taken over by another dispatcher")
