@@ -198,7 +198,11 @@ class Dispatcher:
             elif reached is False:  # the server could not be reached: open the circuit
                 self._commit()  # the failed attempt first, then the circuit it opened
                 held[account_id] = self.breaker.trip(account_id, transition.attempt)
-            if reached is not False and store.circuits.key(account_id) in claim.circuits:
+            if (
+                claim.circuits
+                and reached is not False
+                and (store.circuits.key(account_id) in claim.circuits)
+            ):
                 self.breaker.probed(account_id, reached)
                 del claim.circuits[store.circuits.key(account_id)]
         self._commit()

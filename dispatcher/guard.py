@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from common.logs import fields
 
@@ -42,16 +42,19 @@ class Guard:
         self._task: Callable[[], None] | None = None
         self._every = 0.0
         self._task_due = 0.0
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()  # a plain lock: taken twice for every message sent
+        self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._wakes_at: float | None = None  # when the thread's sleep ends (None: untimed)
         self._closed = False
 
     # -- the main thread's side ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def within(self, seconds: float, reason: str) -> Iterator[None]:
-        """Run the block under a deadline ``seconds`` from now (an outer one may be sooner)."""
-        deadline = self.clock() + seconds
+    def within(self, seconds: float, reason: str) -> _Deadline:
+        """A context: its block runs under a deadline ``seconds`` from now (an outer one in
+        force may be sooner)."""
+        return _Deadline(self, self.clock() + seconds, reason)
+
+    def _enter(self, deadline: float, reason: str) -> None:
         with self._lock:
             if not self._deadlines:
                 self.cut, self._tracked = None, []
@@ -60,13 +63,12 @@ class Guard:
                 (deadline, reason) if outer is None or deadline < outer[0] else outer
             )
             self._wake(deadline)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._deadlines.pop()
-                if not self._deadlines:
-                    self._tracked = []
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._deadlines.pop()
+            if not self._deadlines:
+                self._tracked = []
 
     def remaining(self) -> float | None:
         """Seconds left under the deadline in force (None: no deadline)."""
@@ -98,7 +100,7 @@ class Guard:
         """Stop the thread (shutdown)."""
         with self._lock:
             self._closed = True
-            self._lock.notify()
+            self._changed.notify()
         if self._thread is not None:
             self._thread.join()
 
@@ -110,14 +112,14 @@ class Guard:
             self._thread = threading.Thread(target=self._run, name="guard", daemon=True)
             self._thread.start()
         if self._wakes_at is None or self._wakes_at > due:
-            self._lock.notify()
+            self._changed.notify()
 
     def _run(self) -> None:
         with self._lock:
             while not self._closed:
                 sleep = self._sleep()
                 self._wakes_at = None if sleep is None else self.clock() + sleep
-                self._lock.wait(sleep)
+                self._changed.wait(sleep)
                 now = self.clock()
                 if self._deadlines and self.cut is None and now >= self._deadlines[-1][0]:
                     self._cut(self._deadlines[-1][1])
@@ -148,6 +150,21 @@ class Guard:
         logger.warning(fields(event="attempt_cut", reason=reason))
         for connection in self._tracked:
             _shut(connection)
+
+
+class _Deadline:
+    """``Guard.within``'s context (a class: it is entered for every message sent)."""
+
+    __slots__ = ("guard", "deadline", "reason")
+
+    def __init__(self, guard: Guard, deadline: float, reason: str):
+        self.guard, self.deadline, self.reason = guard, deadline, reason
+
+    def __enter__(self) -> None:
+        self.guard._enter(self.deadline, self.reason)
+
+    def __exit__(self, *exc) -> None:
+        self.guard._exit()
 
 
 def _shut(connection) -> None:

@@ -65,8 +65,7 @@ class Leases:
 
     def taken(self, message_id: str) -> bool:
         """True once a renewal found this held row taken over (do not start sending it)."""
-        with self._lock:
-            return message_id in self._taken
+        return message_id in self._taken  # one atomic read: no lock on the per-message path
 
     def fresh(self) -> bool:
         """True while more than a renewal period of the lease is left (safe to start I/O)."""

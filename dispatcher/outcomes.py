@@ -35,6 +35,8 @@ def progress(row: dict) -> tuple[list[str], dict[str, list]]:
 
 def still_to_send(row: dict, recipients: list[str]) -> list[str]:
     """The envelope recipients this attempt sends to."""
+    if not (row["rcpt_done"] or row["refused"]):  # the common case: a first attempt
+        return recipients
     done, refused = progress(row)
     skip = set(done) | {addr for addr, (code, _) in refused.items() if code >= 500}
     return [addr for addr in recipients if addr not in skip]
@@ -62,8 +64,10 @@ class Judge:
         attempt = Attempt(row["id"], row["account_id"], start, result.outcome, result.code,
                           result.detail, duration)  # fmt: skip
         done, earlier = progress(row)
-        done = done + result.accepted
-        refused = {a: v for a, v in {**earlier, **result.refused}.items() if a not in done}
+        done = done + result.accepted if done else result.accepted
+        refused = result.refused
+        if earlier:
+            refused = {a: v for a, v in {**earlier, **refused}.items() if a not in done}
         if result.outcome is Outcome.SENT:  # SENDING -> SENT
             return Transition(attempt, Next.SENT, now, refused=refused or None)
         if result.outcome is Outcome.PERMANENT:  # SENDING -> ERROR

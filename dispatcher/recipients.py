@@ -26,13 +26,18 @@ def deliver(
 
     The result's ``accepted``, ``refused`` and ``pending`` cover this attempt's recipients.
     """
-    pending, limit = list(recipients), endpoint.rcpt_per_transaction
+    if not recipients:  # earlier attempts reached or finally refused every one of them
+        outcome = Outcome.SENT if delivered else Outcome.PERMANENT
+        return Result(outcome, Phase.RCPT, None, "no recipient left to send to")
+    pending, limit = recipients, endpoint.rcpt_per_transaction
     accepted: list[str] = []
     refused: dict[str, list] = {}
     result = None
     while pending:
         chunk, pending = pending[:limit], pending[limit:]
         result = pool.send(key, endpoint, sender, chunk, data)
+        if result.outcome is Outcome.SENT and not (result.refused or pending or accepted):
+            return result  # the common case: one transaction, everyone accepted
         if result.phase is not Phase.RCPT and result.outcome is not Outcome.SENT:
             return _failed(result, chunk + pending, accepted, refused, delivered)
         again = [r for r in chunk if result.refused.get(r, [0])[0] == TOO_MANY_RECIPIENTS]

@@ -339,12 +339,12 @@ def _apply(conn, t: Transition, process: str, owner: str) -> bool:
     if not applied and a.outcome in MAYBE_DELIVERED:  # a stale holder's copy went out
         conn.execute("UPDATE messages SET possible_duplicate = 1 WHERE id = ?", (a.message_id,))
     # the attempt happened, so it is recorded (the rate-limit ledger counts it) while the
-    # message exists: a message deleted under a stale holder leaves nothing to attach it to
-    conn.execute(
-        "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
-        "duration, process) SELECT ?, ?, ?, ?, ?, ?, ?, ? "
-        "WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?)",
-        (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
-         process, a.message_id),
-    )  # fmt: skip
+    # message exists: one deleted under a stale holder leaves nothing to attach it to
+    if applied or conn.execute("SELECT 1 FROM messages WHERE id = ?", (a.message_id,)).fetchone():
+        conn.execute(
+            "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
+            "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
+             process),
+        )  # fmt: skip
     return applied
