@@ -7,8 +7,9 @@ the end of DATA after 2 s, one for a server that takes 20 recipients per transac
 recipients), one for a server that never greets, and now and then one whose attachment
 drips a byte a second.  When the traffic stops, the mute server's account is pointed at a
 working server (the outage ends).  Then every acknowledged message must end sent or failed
-with a reason, every outcome must be reported, the messages delivered more than once must
-be no more than the kills and every one of them flagged ``possible_duplicate``.
+with a reason, every outcome must be reported, and every message delivered more than once
+must be flagged ``possible_duplicate``: at most the message in hand and the outcome group
+not yet committed (OUTCOME_GROUP) per kill.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 import requests
 
 from common import store
+from dispatcher.core import OUTCOME_GROUP
 from tests.support.factories import message
 from tests.support.hostile import DrippingSource
 from tests.support.procs import free_port, wait_for
@@ -180,5 +182,6 @@ def test_mixed_traffic_with_killed_dispatchers(var_dir, tmp_path, smtp_server, s
     assert set(failed) <= {"drip", "mute"}  # the others all reached their servers
     drips = [rows[i]["error"] for i in ids if traffic.accepted[i] == "drip"]
     assert all("not fetched within" in error for error in drips)
-    assert summary["unflagged_duplicates"] == []
-    assert len(twice) <= len(killer.kills)
+    assert summary["unflagged_duplicates"] == []  # every second copy is flagged
+    # a SIGKILL may cost the message in hand and the group not yet committed (docs/dispatch.md)
+    assert len(twice) <= len(killer.kills) * (OUTCOME_GROUP + 1)

@@ -122,10 +122,11 @@ def claim(
             if circuit is None or accounts.get(account_id, {}).get("deleted_at"):
                 rows.extend(_ready_rows(conn, account_id, now, limit))
             elif circuit["open_until"] <= now:  # half-open: one probe, and no other prober
-                rows.extend(_ready_rows(conn, account_id, now, 1))
-                conn.execute(
+                probe = _ready_rows(conn, account_id, now, 1)
+                rows.extend(probe)
+                conn.executemany(
                     "UPDATE circuits SET open_until = ? WHERE account = ?",
-                    (expires, circuit["account"]),
+                    [(expires, circuit["account"])] if probe else [],
                 )
         rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
         conn.executemany(
