@@ -1,7 +1,8 @@
 # async-mail-service — operator and developer entry points.
 #   make run      build .venv if needed, then supervisord in the foreground (Ctrl-C stops all)
 #   make start    the same, daemonised;  make stop / status / restart / reload / logs
-#   make test     build .venv if needed, then the whole test suite (test-fast: skip slow ones)
+#   make test     build .venv if needed, then the whole test suite (test-fast: skip slow ones;
+#                 test-soak: the 10-minute soak, never part of make test)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ export ASYNCMAIL_VAR_DIR ?= $(CURDIR)/var
 STAMP := $(VENV)/.installed
 ASYNCMAIL := $(BIN)/asyncmail
 
-.PHONY: run install start stop restart reload status logs test test-fast bench lint format clean venv-check
+.PHONY: run install start stop restart reload status logs test test-fast test-soak bench lint format clean venv-check
 
 venv-check:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -56,6 +57,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# 10 minutes of mixed traffic against slow and hostile peers, dispatchers killed every 30 s
+# (docs/reliability.md); not part of make test
+test-soak: $(STAMP)
+	$(BIN)/python -m pytest -q --soak -m soak -p no:cacheprovider tests/test_soak.py
 
 bench: $(STAMP)  # stdout is one JSON document (progress goes to stderr)
 	@$(BIN)/python -m bench

@@ -28,6 +28,7 @@ ACCOUNT_FLAGS = (
     "limit_per_day",
     "limit_behavior",
     "batch_size",
+    "max_recipients_per_transaction",
 )
 
 
@@ -98,15 +99,19 @@ def cmd_accounts_show(config: Config, args) -> int:
 
 def cmd_accounts_delete(config: Config, args) -> int:
     """Delete an account; refused while it has unsent messages unless --purge."""
+    conn = store.db.open_database(config)
     try:
-        unsent = operations.delete_account(store.db.open_database(config), args.id, args.purge)
+        done = operations.delete_account(conn, args.id, args.purge, time.time())
     except operations.Refused as exc:
         raise CliError(str(exc), REFUSED) from None
-    emit(
-        args,
-        {"ok": True, "removed": args.id, "purged_messages": unsent},
-        f"deleted account {args.id} ({unsent} unsent messages purged)",
-    )
+    human = f"deleted account {args.id} ({done.purged} unsent messages purged)"
+    if done.in_flight:
+        human += f"; {len(done.in_flight)} being sent right now were left to finish"
+    if done.awaiting_report:
+        human += f"; {done.awaiting_report} kept until their delivery reports are out"
+    answer = {"ok": True, "removed": args.id, "purged_messages": done.purged,
+              "in_flight": done.in_flight, "awaiting_report": done.awaiting_report}  # fmt: skip
+    emit(args, answer, human)
     return OK
 
 

@@ -80,6 +80,8 @@ def _accounts(sub, common) -> None:
         add.add_argument(f"--limit-per-{unit}", type=int, metavar="N")
     add.add_argument("--limit-behavior", choices=["defer", "reject"])
     add.add_argument("--batch-size", type=int, help="most messages per claim for this account")
+    add.add_argument("--max-recipients-per-transaction", type=int, metavar="N",
+                     help="RCPTs per SMTP transaction (100)")  # fmt: skip
     _command(group, "list", accounts.cmd_accounts_list, common)
     _command(group, "show", accounts.cmd_accounts_show, common).add_argument("id")
     delete = _command(group, "delete", accounts.cmd_accounts_delete, common)

@@ -15,12 +15,25 @@ ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-
 SIMPLE_NAMED = re.compile(r"^([^\"<>@,;:\\()\[\]]*?)\s*<([^<>\s]+)>$")  # Name <addr>
 
 
+# What no header line may hold besides CR and LF: the other C0 controls but tab, DEL, the C1
+# controls (U+0085 NEL among them) and the Unicode line and paragraph separators.  The MIME
+# builder refuses some; an SMTP server or a mail client would break the line at others.
+UNSENDABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def no_line_breaks(value: str) -> str:
-    """The value unchanged; raises when it could inject a header (CR, LF) or holds NUL."""
+    """The value unchanged; raises when it could inject a header (CR, LF) or holds a
+    character no header can carry (control characters but tab, Unicode line separators)."""
     if "\r" in value or "\n" in value:
         raise ValueError("must not contain CR or LF (header injection)")
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    bad = UNSENDABLE.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"must not contain the character U+{ord(bad.group()):04X} (control characters "
+            "other than tab and Unicode line separators cannot be sent in a header)"
+        )
     return value
 
 

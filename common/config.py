@@ -81,6 +81,10 @@ def _delays(text: str) -> tuple[int, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
+
+
 def _priority(text: str) -> int:
     try:
         return int(Priority.parse(text))
@@ -253,6 +257,7 @@ class Config:
     report_batch_size: int = _key("delivery", _positive(_int), default=500)
     message_id_domain: str | None = _key("delivery", _domain, default=None)
     suppression: bool = _key("delivery", _bool, default=False)  # skip suppressed recipients
+    max_recipients_per_message: int = _key("delivery", _positive(_int), default=1000)
     # [attachments]
     attachment_timeout_seconds: float = _key("attachments", _positive(_float), default=30.0)
     attachment_max_bytes: int = _key("attachments", _positive(_int), default=25 * 1024 * 1024)
@@ -261,6 +266,7 @@ class Config:
     s3_region: str | None = _key("attachments", _optional, default=None)
     s3_access_key_id: str | None = _key("attachments", _optional, default=None)
     s3_secret_access_key: str | None = _key("attachments", _optional, default=None, repr=False)
+    s3_allowed_buckets: tuple[str, ...] = _key("attachments", _names, default=())
     # [smtp] the implicit "default" account
     smtp_host: str | None = _key("smtp", _optional, default=None)
     smtp_port: int | None = _key("smtp", _port, default=None)
@@ -331,6 +337,21 @@ class Config:
     def reports_enabled(self) -> bool:
         """Delivery reports are posted (a client_sync_url is set)."""
         return self.client_sync_url is not None
+
+    def s3_refusal(self, bucket: str) -> str | None:
+        """Why an attachment from this S3 bucket is refused, or None.
+
+        S3 needs explicit keys and an allow-list: without them a client could have any
+        object the host's own cloud credentials can read mailed to it.
+        """
+        if not (self.s3_access_key_id and self.s3_secret_access_key and self.s3_allowed_buckets):
+            return (
+                "S3 attachments are not enabled here (the service needs s3_access_key_id, "
+                "s3_secret_access_key and s3_allowed_buckets configured)"
+            )
+        if bucket not in self.s3_allowed_buckets:
+            return f"bucket {bucket!r} is not in s3_allowed_buckets"
+        return None
 
 
 # The [smtp] section's keys are spelled plainly in the INI file (host, port, ...) but would

@@ -36,6 +36,9 @@ class Outcome(enum.StrEnum):
 
 # Outcomes of attempts that began an SMTP transaction, and so reserved a rate-limit slot.
 SEND_OUTCOMES = frozenset({Outcome.SENT, Outcome.TEMPORARY, Outcome.PERMANENT, Outcome.UNCERTAIN})
+# Outcomes after which a copy may be with the server: a stale holder's such outcome still
+# marks the message possible_duplicate.
+MAYBE_DELIVERED = frozenset({Outcome.SENT, Outcome.UNCERTAIN})
 # Outcomes that do not count as an attempt at the server (attempts column unchanged).
 UNCOUNTED_OUTCOMES = frozenset({Outcome.DEFERRED, Outcome.REJECTED, Outcome.SUPPRESSED})
 

@@ -35,6 +35,17 @@ def _refusal(model: Message, seen: set[str], accounts: set[str], config: Config)
         return "no account_id given and no default [smtp] account is configured"
     if model.account_id is not None and model.account_id not in accounts:
         return f"unknown account_id {model.account_id!r}; create it with POST /account"
+    recipients = len(set(model.recipients()))
+    if recipients > config.max_recipients_per_message:
+        return (
+            f"{recipients} recipients (to, cc and bcc); at most "
+            f"{config.max_recipients_per_message} are allowed per message "
+            "(max_recipients_per_message): split it into several messages"
+        )
+    for index, attachment in enumerate(model.attachments or []):
+        refusal = attachment.s3 and config.s3_refusal(attachment.s3.bucket)
+        if refusal:
+            return f"field 'attachments.{index}.s3' {refusal}"
     return None
 
 

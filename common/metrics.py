@@ -77,6 +77,11 @@ ENQUEUE_TO_SENT_SECONDS = Histogram(
     ["account_id"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
 )
+CIRCUIT_OPENED = Counter(
+    "asyncmail_circuit_opened",
+    "Account circuits opened by a connection failure (claims of it pause for a backoff).",
+    ["account_id"],
+)
 REPORT_BATCHES = Counter("asyncmail_report_batches", "proxy_sync requests by result.", ["result"])
 REPORT_RESULTS = ("ok", "failed")
 REPORT_ITEMS = Counter("asyncmail_report_items", "Delivery report items acknowledged.")

@@ -43,9 +43,11 @@ MAX_TTL = 86400  # seconds an SMTP connection may be kept: a day is already gene
 MAX_TIMEOUT = 600  # seconds one SMTP command may take; longer only hides a dead server
 MAX_LIMIT = 10**9  # beyond any real rate or batch; keeps values inside SQLite integers
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: later values cannot be a real send time
+MAX_DEPTH = 32  # nesting of objects and lists in one message; ours need 4, clients' extras more
 # Published in the JSON schema (ECMA-262 reads $ as the end of the text; Python's $ also
 # matches before a final newline, so these are checked after CR and LF are refused, or whole).
-ONE_LINE = r"^[^\r\n\x00]*$"  # header text: no CR or LF (injection), no NUL
+# header text: no CR or LF (injection), no other control but tab, no Unicode line separator
+ONE_LINE = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]*$"
 HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 HTTP_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/]+"
 MIME_TYPE = r"^[\w.+-]+/[\w.+-]+$"
@@ -285,10 +287,24 @@ def explain(error: ValidationError) -> str:
     return f"field '{loc}'{separator}{message}"
 
 
+def _depth_over(item: Any, limit: int) -> bool:
+    """True when objects and lists nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(item, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def validate_message(item: Any) -> tuple[Message | None, dict | None, str | None]:
     """(model, stored payload, None) for a good item, (None, None, reason) for a bad one."""
     if not isinstance(item, dict):
         return None, None, "each message must be a JSON object"
+    if _depth_over(item, MAX_DEPTH):
+        return None, None, f"the message nests objects or lists more than {MAX_DEPTH} levels deep"
     try:
         model = Message.model_validate(item)
     except ValidationError as exc:
@@ -323,6 +339,12 @@ class Account(BaseModel):
         "defer", description="Over a limit: defer waits for a free slot, reject fails."
     )
     batch_size: Limit | None = Field(None, description="Messages sent per connection.")
+    max_recipients_per_transaction: StrictInt = Field(
+        100,
+        ge=1,
+        le=MAX_LIMIT,
+        description="RCPTs per SMTP transaction; more recipients take several transactions.",
+    )
 
     @field_validator("id", "host", "user", "password")
     @classmethod

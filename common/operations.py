@@ -57,6 +57,7 @@ def status(conn, config: Config, now: float) -> dict:
         "oldest_ready_age_seconds": round(store.messages.oldest_ready_age(conn, now), 3),
         "processes": heartbeats(conn, now),
         "replication": replication.state(config, now),
+        "circuits": store.circuits.list_all(conn, now),
     }
 
 
@@ -274,14 +275,18 @@ def save_account(conn, config: Config, account: Account, now: float) -> dict:
     return store.accounts.get(conn, account.id)
 
 
-def delete_account(conn, account_id: str, purge: bool) -> int:
-    """Delete an account (and with ``purge`` its unsent messages); the number purged."""
-    deleted, unsent = store.accounts.delete(conn, account_id, purge)
-    if deleted:
-        return unsent
-    if unsent:
+def delete_account(conn, account_id: str, purge: bool, now: float) -> store.accounts.Deletion:
+    """Delete an account (with ``purge`` its unsent messages no dispatcher holds right now).
+
+    Messages whose delivery report is not out yet outlive the account (see
+    ``store.accounts``), so the client still hears of every one of them.
+    """
+    done = store.accounts.delete(conn, account_id, purge, now)
+    if done.deleted:
+        return done
+    if done.found:
         raise Refused(
-            f"Account {account_id!r} has {unsent} unsent messages; delete them first, or "
+            f"Account {account_id!r} has {done.unsent} unsent messages; delete them first, or "
             "purge them with the account (?purge=true, or asyncmail accounts delete --purge).",
             Refusal.CONFLICT,
         )

@@ -9,8 +9,9 @@ from common.logs import fields
 from common.process import Heartbeat, Signals, open_process, run_forever
 from common.ratelimit import Ledger
 from dispatcher.attachments import Fetcher
-from dispatcher.core import Dispatcher
-from dispatcher.smtp import Pool
+from dispatcher.core import Dispatcher, Jammed
+from dispatcher.guard import Guard
+from dispatcher.pool import Pool
 
 logger = logging.getLogger("dispatcher")
 
@@ -23,14 +24,19 @@ def main() -> int:
     waiter = wakeup.Waiter(config.run_dir, wakeup.DISPATCHER, name)
     ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
     beat = Heartbeat(conn, name, wakeup.DISPATCHER)
-    dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(), fetcher=Fetcher(config),
-                            name=name, should_stop=lambda: signals.stop,
-                            heartbeat=beat)  # fmt: skip
+    guard = Guard()  # one watchdog thread: deadlines of SMTP and fetches, lease renewal
+    dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(guard=guard),
+                            fetcher=Fetcher(config, guard=guard), name=name,
+                            should_stop=lambda: signals.stop, heartbeat=beat,
+                            guard=guard)  # fmt: skip
 
     logger.info(fields(event="started", database=config.database))
     try:
         return run_forever(dispatcher.turn, waiter.wait, dispatcher.idle_seconds, signals,
-                           dispatcher.reconfigure, beat)  # fmt: skip
+                           dispatcher.reconfigure, dispatcher.beat)  # fmt: skip
+    except Jammed as exc:  # supervisord restarts it with a fresh connection
+        logger.error(fields(event="jammed", reason=exc))
+        return 1
     finally:
         dispatcher.close()
         waiter.close()

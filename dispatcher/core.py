@@ -5,6 +5,12 @@ Everything with a side effect (database, SMTP pool, attachment fetcher, rate-lim
 clock, randomness) enters through the constructor, so tests step the loop with real peers.
 Whatever goes wrong with one message becomes that message's recorded outcome; the batch
 goes on with the next one.
+
+While a claim is held the guard's thread renews its leases (``dispatcher.leases``) and cuts
+any exchange that outlives its deadline (``dispatcher.guard``).  A connection failure
+opens the account's circuit (``store.circuits``): the rest of its claim goes back at once,
+without another connection attempt or attempt row per message, and no dispatcher claims
+the account again before the circuit's backoff has passed.
 """
 
 from __future__ import annotations
@@ -19,17 +25,22 @@ import apsw
 
 from common import crypto, metrics, store, wakeup
 from common.config import Config
-from common.enums import FINAL_NEXT, Next, Outcome
+from common.enums import FINAL_NEXT, MAYBE_DELIVERED, Next, Outcome
 from common.logs import fields
 from common.ratelimit import Limits
 from common.store.claims import Attempt, Claim, Transition
 from dispatcher import bounces, mime, payload
 from dispatcher.attachments import AttachmentError
-from dispatcher.smtp import Endpoint, Phase, Result
+from dispatcher.circuit import Breaker, reached
+from dispatcher.guard import Guard
+from dispatcher.leases import Leases
+from dispatcher.outcomes import AccountHealth, Judge, count, still_to_send
+from dispatcher.pool import Endpoint
+from dispatcher.recipients import deliver
+from dispatcher.smtp import Phase, Result
 
 logger = logging.getLogger(__name__)
 
-JITTER = 0.10  # retry delays vary ±10 % so a burst of failures does not retry in lockstep
 REPORT_NUDGE_EVERY = 0.02  # seconds: wake the reporter at most this often within a batch
 # Outcomes are committed in groups of up to OUTCOME_GROUP spanning at most
 # OUTCOME_GROUP_SECONDS of sending, and always at the end of a claim: a commit per message
@@ -42,10 +53,11 @@ OUTCOME_GROUP_SECONDS = 0.01
 # this often, and the last of every claim, makes every earlier one durable too.
 OUTCOME_SYNC_EVERY = 0.05
 RELAXED_LEVELS = {"FULL", "EXTRA"}  # levels above NORMAL, which outcome commits may relax
-# consecutive temporary failures of one account before it is logged as failing: a greylisted
-# message is not an outage, a refused connection for every message is
-FAILING_AFTER = 3
-TRANSIENT = frozenset({Outcome.TEMPORARY, Outcome.UNCERTAIN})
+MAX_FAILED_TURNS = 3  # turns in a row whose database writes fail: then exit, and be restarted
+
+
+class Jammed(Exception):
+    """The database refuses this process's writes turn after turn: exit for a restart."""
 
 
 class Dispatcher:
@@ -64,38 +76,64 @@ class Dispatcher:
         rng: random.Random | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         heartbeat: Callable[[], None] = lambda: None,
+        guard: Guard | None = None,
     ):
         self.conn, self.config = conn, config
         self.ledger, self.pool, self.fetcher = ledger, pool, fetcher
         self.name, self.owner = name, f"{name}:{os.getpid()}"
         self.clock, self.rng = clock, rng or random.Random()
         self.should_stop, self.heartbeat = should_stop, heartbeat  # checked between messages
+        self.judge = Judge(config, self.rng)
+        self.breaker = Breaker(conn, clock, self.rng)
+        self.guard = guard or pool.guard  # the pool's and the fetcher's, in the process
+        self.leases = Leases(self._connect, self.owner, config.lease_seconds,
+                             self.guard.interrupt, clock)  # fmt: skip
+        self._renewing = False  # the guard runs the renewal from the first claim on
+        self.failed_turns = 0
         self.next_ready: float | None = None
         self.run_now_seen = store.settings.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
         self._pending: list[Transition] = []  # outcomes not yet committed
         self._accounts: dict[str | None, tuple] = {}  # id -> (row snapshot, Endpoint, Limits)
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
-        self._failures: dict[str, int] = {}  # account label -> temporary failures in a row
         self._nudged = self._synced = 0.0
+        self.health = AccountHealth()
         if config.synchronous in RELAXED_LEVELS:
             store.db.set_synchronous(conn, "NORMAL")
         conn.set_busy_handler(store.claims.BusyWait())
 
+    def _connect(self):
+        """The lease renewal's own connection (opened in the guard's thread)."""
+        return store.db.connect(self.config.database, self.config.synchronous, migrate=False)
+
     def reconfigure(self, config: Config) -> None:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""
-        self.config = config
+        self.config = self.judge.config = config
         self.fetcher.config = config
+        self.leases.lease_seconds = config.lease_seconds
+        if self._renewing:
+            self.guard.every(self.leases.period, self.leases.renew)
         self._accounts.clear()  # the default account comes from [smtp]
 
     # -- the iteration ------------------------------------------------------------------------
     def turn(self) -> bool:
-        """``run_once`` now; a database error (disk full, locked too long) is logged, then sleep."""
+        """``run_once`` now; a database error (disk full, locked too long) is logged, then
+        sleep; MAX_FAILED_TURNS in a row raise Jammed (the process exits, is restarted)."""
         try:
-            return self.run_once(self.clock())
+            busy = self.run_once(self.clock())
         except apsw.Error:
             logger.exception(fields(event="turn_failed"))
+            self.failed_turns += 1
+            if self.failed_turns >= MAX_FAILED_TURNS:
+                raise Jammed(f"{self.failed_turns} turns in a row failed") from None
             return False
+        self.failed_turns = 0
+        return busy
+
+    def beat(self) -> None:
+        """The process heartbeat, only while turns succeed: a jammed loop must look dead."""
+        if not self.failed_turns:
+            self.heartbeat()
 
     def run_once(self, now: float) -> bool:
         """Claim and deliver one batch; False when nothing was ready (the caller may sleep)."""
@@ -137,32 +175,54 @@ class Dispatcher:
         return self.draining
 
     def _deliver_claim(self, claim: Claim) -> None:
-        held: dict[str | None, float] = {}  # rate-limited account -> when a slot frees
+        held: dict[str | None, float] = {}  # account -> when its rows may go (limit, circuit)
         skipped: dict[str | None, list[str]] = {}
-        lease_expires = claim.lease_expires
+        self._hold(claim)
         for index, row in enumerate(claim.messages):
-            if self.should_stop():  # SIGTERM: the message in hand is done; give back the rest
+            # SIGTERM, or a lease that could not be renewed: the message in hand is done;
+            # give back the rest
+            if self.should_stop() or not self.leases.fresh():
                 self._commit()
-                rest = [r["id"] for r in claim.messages[index:]]
-                store.claims.release(self.conn, rest, self.owner, self.clock())
-                return
+                self._release([r["id"] for r in claim.messages[index:]])
+                break
             self.heartbeat()  # a long batch to a slow server must not look like a dead process
             account_id = row["account_id"]
             if account_id in held:
                 skipped.setdefault(account_id, []).append(row["id"])
                 continue
             self._commit(only_if_due=True, upcoming=(claim.messages[index:], held))
-            lease_expires = self._keep_lease(claim.messages[index:], lease_expires)
-            transition = self._attempt(row, claim.accounts.get(account_id))
+            transition, reached = self._attempt(row, claim.accounts.get(account_id))
             self._pending.append(transition)
-            self._count(row, transition)
+            count(row, transition, self.config.delivery_activity)
+            self.health.note(_label(account_id), transition.attempt)
             if transition.attempt.outcome == Outcome.DEFERRED:
                 held[account_id] = transition.ready_at
+            elif reached is False:  # the server could not be reached: open the circuit
+                self._commit()  # the failed attempt first, then the circuit it opened
+                held[account_id] = self.breaker.trip(account_id, transition.attempt)
+            if (
+                claim.circuits
+                and reached is not False
+                and (store.circuits.key(account_id) in claim.circuits)
+            ):
+                self.breaker.probed(account_id, reached)
+                del claim.circuits[store.circuits.key(account_id)]
         self._commit()
         for account_id, ids in skipped.items():
-            store.claims.release(
-                self.conn, ids, self.owner, self.clock(), ready_at=held[account_id]
-            )
+            self._release(ids, held[account_id])
+
+    def _hold(self, claim: Claim) -> None:
+        """Tell the lease renewal what this claim holds (started on the first claim)."""
+        self.leases.hold([r["id"] for r in claim.messages], claim.lease_expires)
+        if not self._renewing:
+            self.guard.every(self.leases.period, self.leases.renew)
+            self._renewing = True
+
+    def _release(self, ids: list[str], ready_at: float | None = None, sent: bool = False) -> None:
+        """Give rows back unsent (SENDING -> QUEUED), ready at ``ready_at`` at the earliest;
+        ``sent``: a copy may be with the server, so the resend is flagged."""
+        store.claims.release(self.conn, ids, self.owner, self.clock(), ready_at, sent)
+        self.leases.drop(ids)
 
     def _commit(self, only_if_due: bool = False, upcoming: tuple | None = None) -> None:
         """Record pending outcomes in one transaction; with only_if_due, once the group is full.
@@ -181,14 +241,33 @@ class Dispatcher:
         ahead = None
         if upcoming is not None:
             rows, held = upcoming
-            ids = [r["id"] for r in rows if r["account_id"] not in held][:OUTCOME_GROUP]
-            ahead = (self.owner, ids)
-        store.claims.record(
-            self.conn, self._pending, self.name, self._durable(sync_due), sending_next=ahead
-        )
-        self._unreported += sum(t.state in FINAL_NEXT for t in self._pending)
-        self._pending = []
+            ahead = [r["id"] for r in rows if r["account_id"] not in held][:OUTCOME_GROUP]
+        pending, self._pending = self._pending, []
+        try:
+            stale = store.claims.record(self.conn, pending, self.name, self.owner,
+                                        self._durable(sync_due), sending_next=ahead)  # fmt: skip
+        except apsw.Error:
+            stale = self._record_one_by_one(pending)
+        self.leases.drop([t.attempt.message_id for t in pending])
+        for t in stale:
+            logger.warning(fields(event="stale_outcome", id=t.attempt.message_id,
+                                  outcome=t.attempt.outcome, detail=t.attempt.detail))  # fmt: skip
+        self._unreported += sum(t.state in FINAL_NEXT for t in pending if t not in stale)
         self._nudge_reporter(force=not only_if_due)
+
+    def _record_one_by_one(self, pending: list[Transition]) -> list[Transition]:
+        """A group commit failed: record each outcome alone; one that still fails is logged
+        and its message released (its lease, if even that fails, simply runs out)."""
+        stale = []
+        for t in pending:
+            try:
+                stale += store.claims.record(self.conn, [t], self.name, self.owner)
+            except apsw.Error as exc:
+                logger.error(fields(event="record_failed", id=t.attempt.message_id,
+                                    outcome=t.attempt.outcome, reason=repr(exc)))  # fmt: skip
+                sent = t.attempt.outcome in MAYBE_DELIVERED
+                self._release([t.attempt.message_id], sent=sent)  # raises if the db is gone
+        return stale
 
     def _durable(self, due: bool) -> str | None:
         """The synchronous level for a commit that makes every earlier one durable, or None."""
@@ -197,51 +276,53 @@ class Dispatcher:
         self._synced = self.clock()
         return self.config.synchronous
 
-    def _keep_lease(self, remaining: list[dict], lease_expires: float) -> float:
-        """Extend the lease of the rows still to send once half of it has run out."""
-        now = self.clock()
-        if now < lease_expires - self.config.lease_seconds / 2:
-            return lease_expires
-        expires = now + self.config.lease_seconds
-        store.claims.extend_lease(self.conn, [r["id"] for r in remaining], self.owner, expires)
-        return expires
-
     # -- one message --------------------------------------------------------------------------
-    def _attempt(self, row: dict, account: dict | None) -> Transition:
-        """Build, reserve, send; every failure becomes the message's transition."""
+    def _attempt(self, row: dict, account: dict | None) -> tuple[Transition, bool | None]:
+        """Build, reserve, send: the message's transition, and whether its server could be
+        reached (None: no SMTP was tried); every failure becomes the transition."""
+        self.leases.current = row["id"]
+        try:
+            return self._try(row, account)
+        finally:
+            self.leases.current = None
+
+    def _try(self, row: dict, account: dict | None) -> tuple[Transition, bool | None]:
         started = self.clock()
         try:
             envelope, endpoint, limits = self._prepare(row, account)
         except AttachmentError as exc:
             outcome = Outcome.PERMANENT if exc.final else Outcome.TEMPORARY
-            return self._after(
-                row, Result(outcome, Phase.CONNECT, None, f"attachment {exc}"), started, None
-            )
+            return self._before_smtp(row, outcome, f"attachment {exc}", started), None
         except (mime.BuildError, crypto.SecretError) as exc:
             outcome = Outcome.PERMANENT if isinstance(exc, mime.BuildError) else Outcome.TEMPORARY
-            return self._after(row, Result(outcome, Phase.CONNECT, None, str(exc)), started, None)
+            return self._before_smtp(row, outcome, str(exc), started), None
         except Exception as exc:
             logger.exception(fields(event="build_failed", id=row["id"]))
-            result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"internal error: {exc!r}")
-            return self._after(row, result, started, None)
+            detail = f"internal error: {type(exc).__name__}"  # no payload text in the record
+            return self._before_smtp(row, Outcome.TEMPORARY, detail, started), None
         envelope, suppressed = bounces.screen(self.conn, envelope, self.config)
-        if not envelope.recipients:
-            return bounces.all_suppressed(row, suppressed, self.clock())
+        if not envelope.recipients:  # every recipient suppressed: no slot, no connection
+            return bounces.all_suppressed(row, suppressed, self.clock()), None
         try:
             free_at = (
                 self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
             )
         except Exception as exc:  # the ledger file cannot be used: never send unmetered
             logger.exception(fields(event="ledger_failed", account=_label(row["account_id"])))
-            result = Result(Outcome.TEMPORARY, Phase.CONNECT, None, f"rate-limit ledger: {exc!r}")
-            return self._after(row, result, started, None)
+            detail = f"rate-limit ledger: {exc!r}"
+            return self._before_smtp(row, Outcome.TEMPORARY, detail, started), None
         if free_at is not None:
-            return self._held_back(row, account, free_at)
+            return self._held_back(row, account, free_at), None
         return self._send(row, envelope, endpoint, suppressed)
+
+    def _before_smtp(self, row: dict, outcome: Outcome, detail: str, started: float):
+        """The transition of a failure before any SMTP (attachments, building, the ledger)."""
+        return self.judge.after(row, Result(outcome, Phase.CONNECT, None, detail), started,
+                                self.clock())  # fmt: skip
 
     def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint, Limits]:
         if account is None and row["account_id"] is not None:
-            raise mime.BuildError(f"account {row['account_id']!r} no longer exists")
+            raise mime.BuildError(f"account {row['account_id']!r} was deleted")
         endpoint, limits = self._account(row["account_id"], account)
         msg = payload.load(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
@@ -261,14 +342,16 @@ class Dispatcher:
             self._accounts[account_id] = cached
         return cached[1], cached[2]
 
-    def _send(
-        self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]
-    ) -> Transition:
+    def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]):
         start = self.clock()
+        if self.leases.taken(row["id"]):  # lost while it was being built: not sent by us
+            lost = Result(Outcome.TEMPORARY, Phase.CONNECT, None, "lease taken over before sending")
+            return self.judge.after(row, lost, start, start), None
+        recipients = still_to_send(row, envelope.recipients)
+        delivered = bool(row["rcpt_done"])  # an earlier attempt reached some recipients
         try:
-            result = self.pool.send(
-                row["account_id"], endpoint, envelope.sender, envelope.recipients, envelope.data
-            )
+            result = deliver(self.pool, row["account_id"], endpoint, envelope.sender,
+                             recipients, envelope.data, delivered)  # fmt: skip
         except Exception as exc:  # a bug, not a server answer: the link's state is unknown
             logger.exception(fields(event="send_failed", id=row["id"]))
             self.pool.discard(row["account_id"])
@@ -276,7 +359,7 @@ class Dispatcher:
         duration = self.clock() - start
         metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
         result = bounces.after_send(self.conn, row, result, suppressed, self.config, self.clock())
-        return self._after(row, result, start, duration)
+        return self.judge.after(row, result, start, self.clock(), duration), reached(result)
 
     def _held_back(self, row: dict, account: dict, free_at: float) -> Transition:
         now = self.clock()
@@ -288,93 +371,14 @@ class Dispatcher:
         attempt = self._attempt_row(row, now, Outcome.DEFERRED, None, detail)
         return Transition(attempt, Next.DEFERRED, now, ready_at=free_at)
 
-    def _after(self, row: dict, result: Result, start: float, duration: float | None):
-        """The transition an SMTP result (or a failure before SMTP) leads to."""
-        now = self.clock()
-        attempt = self._attempt_row(
-            row, start, result.outcome, result.code, result.detail, duration
-        )
-        if result.outcome is Outcome.SENT:  # SENDING -> SENT
-            return Transition(attempt, Next.SENT, now, refused=result.refused or None)
-        if result.outcome is Outcome.PERMANENT:  # SENDING -> ERROR
-            return Transition(attempt, Next.ERROR, now, error=result.detail)
-        uncertain = result.outcome is Outcome.UNCERTAIN
-        done = row["attempts"] + 1
-        if done > self.config.max_retries:  # SENDING -> ERROR: retries exhausted
-            error = f"{result.detail} (gave up after {done} attempts)"
-            return Transition(attempt, Next.ERROR, now, error=error, possible_duplicate=uncertain)
-        # SENDING -> DEFERRED: retry later; an uncertain send waits at least the 2nd delay
-        ready_at = now + self.retry_delay(done, uncertain)
-        return Transition(
-            attempt,
-            Next.RETRY,
-            now,
-            ready_at=ready_at,
-            error=result.detail,
-            possible_duplicate=uncertain,
-        )
-
     def retry_delay(self, attempts_done: int, uncertain: bool = False) -> float:
         """Seconds before the next try after ``attempts_done`` attempts (last delay repeats)."""
-        delays = self.config.retry_delays
-        delay = delays[min(attempts_done, len(delays)) - 1] * self.rng.uniform(
-            1 - JITTER, 1 + JITTER
-        )
-        if uncertain:  # it may have been delivered: never sooner than the second delay
-            delay = max(delay, delays[min(1, len(delays) - 1)])
-        return delay
+        return self.judge.retry_delay(attempts_done, uncertain)
 
     def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> Attempt:
         return Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
 
     # -- bookkeeping --------------------------------------------------------------------------
-    def _count(self, row: dict, transition: Transition) -> None:
-        account, attempt = _label(row["account_id"]), transition.attempt
-        metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
-        if transition.state is Next.SENT:
-            metrics.SENT.labels(account).inc()
-            metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
-                max(0.0, transition.now - row["enqueued_at"])
-            )
-        elif transition.state is Next.ERROR:
-            metrics.ERRORS.labels(account).inc()
-        else:
-            metrics.DEFERRED.labels(account).inc()
-        self._note_health(account, attempt)
-        if self.config.delivery_activity:
-            logger.info(
-                fields(
-                    event="attempt",
-                    id=row["id"],
-                    account=account,
-                    outcome=attempt.outcome,
-                    state=transition.state,
-                    code=attempt.smtp_code or "",
-                    attempt=row["attempts"] + 1,
-                    duration=f"{attempt.duration or 0:.4f}",
-                    detail=attempt.detail,
-                )
-            )
-
-    def _note_health(self, account: str, attempt: Attempt) -> None:
-        """One line when an account starts failing temporarily, one when it sends again."""
-        if attempt.outcome in TRANSIENT:
-            failures = self._failures[account] = self._failures.get(account, 0) + 1
-            if failures == FAILING_AFTER:  # OK -> FAILING
-                logger.warning(
-                    fields(
-                        event="account_failing",
-                        account=account,
-                        failures=failures,
-                        code=attempt.smtp_code or "",
-                        detail=attempt.detail,
-                    )
-                )
-        elif attempt.outcome is Outcome.SENT:
-            failures = self._failures.pop(account, 0)
-            if failures >= FAILING_AFTER:  # FAILING -> OK
-                logger.info(fields(event="account_recovered", account=account, failures=failures))
-
     def _nudge_reporter(self, force: bool = False) -> None:
         """Wake the reporter after terminal outcomes, at most every REPORT_NUDGE_EVERY."""
         now = self.clock()
@@ -383,8 +387,10 @@ class Dispatcher:
             self._unreported, self._nudged = 0, now
 
     def close(self) -> None:
-        """Close pooled SMTP connections (shutdown)."""
+        """Close pooled SMTP connections, stop the guard's thread (shutdown)."""
         self.pool.close()
+        self.guard.close()
+        self.leases.close()
 
 
 def _label(account_id: str | None) -> str:

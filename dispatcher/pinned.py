@@ -2,14 +2,18 @@
 
 Only ``Fetcher`` imports this module, on the first URL attachment: requests and urllib3 cost
 each dispatcher ~5 MiB of resident memory (measured), and most messages carry no URL.
+Every connection the session opens is handed to ``track`` before it connects, so the
+fetch deadline can cut it (a source that drips its headers or body).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class PinnedAdapter(HTTPAdapter):
@@ -18,6 +22,18 @@ class PinnedAdapter(HTTPAdapter):
     The URL carries the address the SSRF check approved; the Host header carries the name,
     which becomes the TLS server name (SNI) and the name the certificate must match.
     """
+
+    def __init__(self, track: Callable[[object], None]):
+        self.track = track  # set first: HTTPAdapter.__init__ builds the pool manager
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        """requests' pool manager, whose pools hand every new connection to ``track``."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _tracking(HTTPConnectionPool, self.track),
+            "https": _tracking(HTTPSConnectionPool, self.track),
+        }
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
         """requests' pool key, plus the TLS server name taken from the Host header."""
@@ -30,9 +46,24 @@ class PinnedAdapter(HTTPAdapter):
         return host_params, pool_kwargs
 
 
-def pinned_session(session: requests.Session | None = None) -> requests.Session:
+def _tracking(pool_class: type, track: Callable[[object], None]) -> type:
+    """A urllib3 pool class whose new connections go to ``track`` (their ``sock`` is cut)."""
+
+    class TrackingPool(pool_class):
+        def _new_conn(self):
+            connection = super()._new_conn()
+            track(connection)
+            return connection
+
+    return TrackingPool
+
+
+def pinned_session(
+    session: requests.Session | None = None,
+    track: Callable[[object], None] = lambda connection: None,
+) -> requests.Session:
     """``session`` (a new one by default) with PinnedAdapter for http and https."""
     session = session or requests.Session()
     for scheme in ("http://", "https://"):
-        session.mount(scheme, PinnedAdapter())
+        session.mount(scheme, PinnedAdapter(track))
     return session

@@ -1,32 +1,23 @@
-"""SMTP delivery with smtplib: pooled connections and a table that classifies outcomes.
+"""One SMTP transaction with smtplib, and the table that classifies how it ended.
 
 The transaction is driven command by command (MAIL, RCPT, DATA, message, final dot) rather
 than through ``SMTP.sendmail`` so the phase that failed is known: a failure before the final
 dot was transmitted is safe to retry; a lost reply *after* it is ambiguous (the server may
 have accepted the message) and is classified ``uncertain``.
+
+Connections, their pool and their deadlines are in ``dispatcher.pool``.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 import re
 import smtplib
-import socket
-import ssl
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common import crypto
-from common.config import Config
 from common.enums import Outcome
 
-logger = logging.getLogger(__name__)
-
-NOOP_AFTER_IDLE = 3.0  # seconds: servers drop idle clients; a NOOP proves the link first
-DEFAULT_TTL = 300  # seconds a default-account connection lives ([smtp] has no ttl key)
-DEFAULT_TIMEOUT = 30.0  # seconds per connect and per command for the default account
+TOO_MANY_RECIPIENTS = 452  # RFC 5321 §4.5.3.1.10: send the rest in another transaction
 
 
 class Phase(enum.StrEnum):
@@ -89,53 +80,8 @@ class Result:
     detail: str = ""
     refused: dict[str, list] = field(default_factory=dict)  # address -> [code, text]
     lost: bool = False  # the connection is unusable (exception), not merely refused
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where and how to connect for one account; equality decides whether to reconnect."""
-
-    host: str
-    port: int
-    user: str | None
-    password: str | None = field(repr=False)
-    implicit_tls: bool
-    starttls: bool
-    timeout: float
-    ttl: float
-
-    @classmethod
-    def from_account(cls, row: dict, secret_key: str | None) -> Endpoint:
-        """From an ``accounts`` row (password in stored form)."""
-        use_tls = row.get("use_tls")
-        return cls(
-            host=row["host"],
-            port=row["port"],
-            user=row.get("user"),
-            password=crypto.unseal(row.get("password"), secret_key),
-            implicit_tls=row["port"] == 465 if use_tls is None else bool(use_tls),
-            starttls=bool(row.get("starttls")),
-            timeout=float(row.get("timeout") or DEFAULT_TIMEOUT),
-            ttl=float(row.get("ttl") or DEFAULT_TTL),
-        )
-
-    @classmethod
-    def from_config(cls, config: Config) -> Endpoint:
-        """The implicit default account of the ``[smtp]`` section."""
-        port = config.smtp_port or (
-            465 if config.smtp_use_tls else 587 if config.smtp_starttls else 25
-        )
-        use_tls = config.smtp_use_tls
-        return cls(
-            host=config.smtp_host,
-            port=port,
-            user=config.smtp_user,
-            password=crypto.unseal(config.smtp_password, config.secret_key),
-            implicit_tls=port == 465 if use_tls is None else use_tls,
-            starttls=config.smtp_starttls,
-            timeout=DEFAULT_TIMEOUT,
-            ttl=DEFAULT_TTL,
-        )
+    accepted: list[str] = field(default_factory=list)  # recipients the server took
+    pending: list[str] = field(default_factory=list)  # recipients still to send to later
 
 
 def reply_text(text: bytes | str) -> str:
@@ -145,7 +91,7 @@ def reply_text(text: bytes | str) -> str:
     return " ".join(text.split())
 
 
-def _error_text(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
     if isinstance(error, smtplib.SMTPResponseException):
         return f"{error.smtp_code} {reply_text(error.smtp_error)}"
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -180,7 +126,7 @@ def transaction(smtp: smtplib.SMTP, sender: str, recipients: list[str], data: by
     except (OSError, smtplib.SMTPException) as exc:
         code = getattr(exc, "smtp_code", None)
         phase = progress.phase
-        return Result(classify(phase, error=exc), phase, code, _error_text(exc), lost=True)
+        return Result(classify(phase, error=exc), phase, code, error_text(exc), lost=True)
 
 
 def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
@@ -189,15 +135,16 @@ def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
     lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{rcpt}>" for rcpt in recipients), "DATA"]
     pipelined = smtp.has_extn("pipelining")
     replies = _envelope_replies(smtp, lines, pipelined, progress)
-    refused = {
-        rcpt: [code, reply_text(text)]
-        for rcpt, (code, text) in zip(recipients, replies[1 : 1 + len(recipients)], strict=False)
-        if code not in (250, 251)
-    }
+    refused, accepted = {}, []
+    for rcpt, (code, text) in zip(recipients, replies[1 : 1 + len(recipients)], strict=False):
+        if code in (250, 251):
+            accepted.append(rcpt)
+        else:
+            refused[rcpt] = [code, reply_text(text)]
     if replies[0][0] != 250:
         result = _refused(Phase.MAIL, *replies[0])
     elif len(refused) == len(recipients):
-        result = _all_refused(refused)
+        result = all_refused(refused)
     elif replies[-1][0] != 354:
         result = _refused(Phase.DATA, *replies[-1])
     else:
@@ -205,7 +152,8 @@ def _transaction(smtp, sender, recipients, data, progress: _Progress) -> Result:
         smtp.send(_with_final_dot(data))
         progress.phase = Phase.REPLY
         code, text = smtp.getreply()
-        return Result(classify(Phase.REPLY, code), Phase.REPLY, code, reply_text(text), refused)
+        return Result(classify(Phase.REPLY, code), Phase.REPLY, code, reply_text(text), refused,
+                      accepted=accepted)  # fmt: skip
     if len(replies) == len(lines) and replies[-1][0] == 354:
         smtp.send(".\r\n")  # DATA accepted although the envelope failed: end it empty
         smtp.getreply()
@@ -237,7 +185,7 @@ def _refused(phase: Phase, code: int, text: bytes) -> Result:
     return Result(outcome, phase, code, f"{code} {reply_text(text)}")
 
 
-def _all_refused(refused: dict[str, list]) -> Result:
+def all_refused(refused: dict[str, list]) -> Result:
     """Every recipient refused: any 4xx makes it worth a retry, else it is final."""
     codes = [code for code, _ in refused.values()]
     code = min(codes, key=lambda c: (kind_of(c) != "4xx", c))
@@ -245,133 +193,3 @@ def _all_refused(refused: dict[str, list]) -> Result:
         f"{addr}: {c} {text}" for addr, (c, text) in refused.items()
     )
     return Result(classify(Phase.RCPT, code), Phase.RCPT, code, detail, refused)
-
-
-def connect(endpoint: Endpoint, context: ssl.SSLContext, local_hostname: str) -> smtplib.SMTP:
-    """Open, greet, secure and authenticate one connection; raises on any failure."""
-    if endpoint.implicit_tls:
-        smtp = smtplib.SMTP_SSL(
-            endpoint.host,
-            endpoint.port,
-            local_hostname,
-            timeout=endpoint.timeout,
-            context=context,
-        )
-    else:
-        smtp = smtplib.SMTP(endpoint.host, endpoint.port, local_hostname, timeout=endpoint.timeout)
-    try:
-        smtp.ehlo()
-        if endpoint.starttls:
-            smtp.starttls(context=context)
-            smtp.ehlo()
-        if endpoint.user:
-            smtp.login(endpoint.user, endpoint.password or "")
-    except BaseException:
-        smtp.close()
-        raise
-    return smtp
-
-
-@dataclass
-class _Pooled:
-    smtp: smtplib.SMTP
-    endpoint: Endpoint
-    opened: float
-    used: float
-
-
-class Pool:
-    """One open connection per account, reused across messages.
-
-    A connection older than the account's ``ttl`` is closed; one idle longer than
-    NOOP_AFTER_IDLE is checked with NOOP; one that turns out dead before anything was sent
-    on it is replaced once, silently.  RSET follows a transaction that did not complete
-    (after a completed DATA the server has already reset, RFC 5321 §4.1.1.4, so an RSET
-    there would only cost a round trip per message).
-    """
-
-    def __init__(
-        self,
-        context: ssl.SSLContext | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        local_hostname: str | None = None,
-    ):
-        self.context = context or ssl.create_default_context()
-        self.clock = clock
-        self.local_hostname = local_hostname or socket.getfqdn()
-        self._open: dict[str | None, _Pooled] = {}
-
-    def send(
-        self, key: str | None, endpoint: Endpoint, sender: str, recipients: list[str], data: bytes
-    ) -> Result:
-        """Deliver one message over the account's connection; never raises."""
-        pooled, reused = self._acquire(key, endpoint)
-        if isinstance(pooled, Result):
-            return pooled
-        result = transaction(pooled.smtp, sender, recipients, data)
-        if reused and result.phase is Phase.MAIL and (result.lost or result.code == 421):
-            self.discard(key)  # a pooled link that died or was closed while idle: reconnect once
-            pooled, _ = self._acquire(key, endpoint)
-            if isinstance(pooled, Result):
-                return pooled
-            result = transaction(pooled.smtp, sender, recipients, data)
-        self._after(key, pooled, result)
-        return result
-
-    def _acquire(self, key, endpoint: Endpoint) -> tuple[_Pooled | Result, bool]:
-        now = self.clock()
-        pooled = self._open.get(key)
-        if pooled is not None and (
-            pooled.endpoint != endpoint or now - pooled.opened >= endpoint.ttl
-        ):
-            self.discard(key, polite=True)
-            pooled = None
-        if pooled is not None and now - pooled.used >= NOOP_AFTER_IDLE and not _alive(pooled):
-            self.discard(key)
-            pooled = None
-        if pooled is not None:
-            return pooled, True
-        try:
-            smtp = connect(endpoint, self.context, self.local_hostname)
-        except (OSError, smtplib.SMTPException) as exc:
-            code = getattr(exc, "smtp_code", None)
-            outcome = classify(Phase.CONNECT, error=exc)
-            return Result(outcome, Phase.CONNECT, code, _error_text(exc), lost=True), False
-        pooled = _Pooled(smtp, endpoint, now, now)
-        self._open[key] = pooled
-        return pooled, False
-
-    def _after(self, key, pooled: _Pooled, result: Result) -> None:
-        pooled.used = self.clock()
-        if result.lost:
-            self.discard(key)
-        elif result.outcome is not Outcome.SENT:
-            try:
-                pooled.smtp.rset()
-            except (OSError, smtplib.SMTPException):
-                self.discard(key)
-
-    def discard(self, key, polite: bool = False) -> None:
-        """Forget an account's connection; QUIT first when it is believed healthy."""
-        pooled = self._open.pop(key, None)
-        if pooled is None:
-            return
-        try:
-            if polite:
-                pooled.smtp.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
-        finally:
-            pooled.smtp.close()
-
-    def close(self) -> None:
-        """QUIT and close every connection (shutdown)."""
-        for key in list(self._open):
-            self.discard(key, polite=True)
-
-
-def _alive(pooled: _Pooled) -> bool:
-    try:
-        return pooled.smtp.noop()[0] == 250
-    except (OSError, smtplib.SMTPException):
-        return False

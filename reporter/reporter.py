@@ -190,6 +190,9 @@ class Reporter:
         )
         if removed:
             logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
+        dropped = store.accounts.drop_tombstones(self.conn)
+        if dropped:
+            logger.info(fields(event="accounts_dropped", accounts=dropped))
 
     def close(self) -> None:
         """The loop is over: drop the upstream connection."""

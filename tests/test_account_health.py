@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from common import store
-from dispatcher.core import FAILING_AFTER
+from dispatcher.outcomes import FAILING_AFTER
 from tests.support.db import enqueue
 from tests.support.dispatchers import make_dispatcher
 from tests.support.factories import T0, Clock, message

@@ -221,11 +221,12 @@ def app(make_config, conn):
     attempt = Attempt("sent", "acme", now, Outcome.SENT, 250, "2.0.0 ok", 0.25)
     refused = {"x@y.org": [550, "no such user"]}
     sent = Transition(attempt, Next.SENT, now, refused=refused, possible_duplicate=True)
-    store.claims.record(conn, [sent], "dispatcher-00")
+    store.claims.record(conn, [sent], "dispatcher-00", "dispatcher-00")
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
     bounce = Event("sent", "c@d.org", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 unknown")
     gone = Suppress("gone@x.org", "hard_bounce", "5.1.1", "smtp; 550 5.1.1 unknown")
     store.bounces.record_mail(conn, "<dsn@mx>", "processed", "rfc3464", [bounce], [gone], now)
+    store.circuits.trip(conn, "acme", now, now - 1, "ConnectionRefusedError", lambda n: 5.0)
     return app
 
 

@@ -192,7 +192,45 @@ BAD_ITEMS = {
     "body lone surrogate": (message(body="\ud800"), "not valid Unicode"),
     "NUL in subject": (message(subject="a\x00b"), "NUL"),
     "item not an object": ("just a string", "JSON object"),
+    "deeply nested unknown field": (
+        message(extra=json.loads("[" * 250 + "]" * 250)),
+        "more than 32 levels deep",
+    ),
+    "S3 attachment without S3 configured": (
+        message(attachments=[{"filename": "a", "s3": {"bucket": "b", "key": "k"}}]),
+        "S3 attachments are not enabled",
+    ),
+    "more recipients than a message may have": (
+        message(bcc=[f"r{i}@example.com" for i in range(1001)]),
+        "at most 1000",
+    ),
 }
+
+# Characters the MIME builder or an SMTP server would choke on, in every header-bound field.
+UNSENDABLE = {"U+2028": "\u2028", "U+2029": "\u2029", "U+0085": "\x85", "U+000B": "\x0b",
+              "U+000C": "\x0c", "U+001C": "\x1c", "U+001B": "\x1b", "U+007F": "\x7f",
+              "U+009B": "\x9b"}  # fmt: skip
+HEADER_FIELDS = {
+    "subject": lambda c: message(subject=f"a{c}b"),
+    "header value": lambda c: message(headers={"X-A": f"a{c}b"}),
+    "message_id": lambda c: {**message(), "message_id": f"<a{c}b@x.org>"},
+    "from_name": lambda c: message(from_name=f"Shop{c}"),
+    "display name in to": lambda c: message(to=f"Bob{c} <b@x.org>"),
+    "filename": lambda c: message(attachments=[{"filename": f"a{c}.txt", "content": "aGk="}]),
+    "content_id": lambda c: message(
+        attachments=[{"filename": "a.png", "content": "aGk=", "content_id": f"c{c}1"}]
+    ),
+}
+
+
+@pytest.mark.parametrize("code, char", UNSENDABLE.items(), ids=UNSENDABLE.keys())
+def test_characters_no_header_can_carry_are_refused_in_every_field(client, stored, code, char):
+    items = [{**make(char), "id": field} for field, make in HEADER_FIELDS.items()]
+    body = assert_error(client.post(URL, json={"messages": items}, headers=AUTH), 400)
+    reasons = {r["id"]: r["reason"] for r in body["rejected"]}
+    assert set(reasons) == set(HEADER_FIELDS)
+    assert all(f"the character {code}" in reason for reason in reasons.values()), reasons
+    assert stored() == 0
 
 
 @pytest.mark.parametrize("item, reason", BAD_ITEMS.values(), ids=BAD_ITEMS.keys())
@@ -206,6 +244,7 @@ def test_bad_item_is_rejected_with_a_reason(client, stored, item, reason):
 
 @pytest.mark.parametrize("item, reason", BAD_ITEMS.values(), ids=BAD_ITEMS.keys())
 def test_bad_item_does_not_stop_a_good_one(client, stored, item, reason):
+    """The same items beside a good one: it is queued, they are rejected with the reason."""
     response = client.post(URL, json={"messages": [message("good"), item]}, headers=AUTH)
     assert response.status_code == 200
     assert response.json["queued"] == 1

@@ -11,10 +11,12 @@ import pytest
 
 from common import store
 from common.models import Attachment
-from dispatcher.attachments import MAX_REDIRECTS, AttachmentError, Fetcher
+from dispatcher.attachments import MAX_REDIRECTS, AttachmentError, Fetcher, _is_public
+from tests.support import procs
 from tests.support.db import attempts, enqueue, row
 from tests.support.dispatchers import make_dispatcher
 from tests.support.factories import T0, message
+from tests.support.hostile import DrippingSource, MetadataStandIn
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB of every byte value
 
@@ -241,3 +243,102 @@ def test_refused_url_fails_at_once(conn, config, smtp_server, http_base):
     failed = row(conn, "m1")
     assert failed["error_ts"] == int(T0) and "allow_private_attachment_urls" in failed["error"]
     assert peer.handler.attempted == []
+
+
+# -- slow and hostile sources -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64 (RFC 8215)
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of the metadata endpoint 169.254.169.254
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+    ],
+)
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(config, address):
+    fetcher = Fetcher(config, resolve=lambda host, port: [address])
+    with pytest.raises(AttachmentError, match="non-public") as caught:
+        fetcher.fetch(Attachment(filename="f", url="http://files.example.com/x"))
+    assert caught.value.final
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "8.8.8.8"])
+def test_public_addresses_in_any_form_pass_the_check(address):
+    assert _is_public(address)  # 8.8.8.8 as itself, through NAT64 and through 6to4
+
+
+def test_a_dripping_source_is_cut_at_the_fetch_deadline(make_config, hostile):
+    drip = hostile(DrippingSource, interval=0.2)
+    config = make_config(allow_private_attachment_urls=True, attachment_timeout_seconds=1)
+    with pytest.raises(AttachmentError, match="not fetched within 1 s") as caught:
+        fetch(config, url=drip.url)
+    assert not caught.value.final  # temporary: the message is retried later
+    assert drip.requests == 1  # the retry inside the attempt does not start the drip again
+    procs.wait_for(lambda: drip.cut == 1, message="the source saw the connection cut")
+
+
+def test_a_dripping_attachment_defers_its_message(conn, make_config, smtp_server, hostile):
+    drip = hostile(DrippingSource, interval=0.2)
+    config = make_config(allow_private_attachment_urls=True, attachment_timeout_seconds=1)
+    peer = smtp_server()
+    store.accounts.upsert(conn, peer.account(), int(T0))
+    slow = [{"filename": "slow.bin", "url": drip.url}]
+    enqueue(conn, config, message("slow", "acct", attachments=slow), message("next", "acct"))
+    make_dispatcher(conn, config).run_once(T0)
+    assert peer.subjects() == ["next"]
+    deferred = row(conn, "slow")
+    assert deferred["error_ts"] is None and deferred["ready_at"] >= T0 + 54  # retry delay
+    assert "not fetched within 1 s" in deferred["error"]
+
+
+def stored_s3_message(conn, bucket: str) -> None:
+    """An S3 attachment stored as if enqueued before the configuration changed."""
+    s3 = {"bucket": bucket, "key": "docs/report.pdf"}
+    item = message("m1", "acct", attachments=[{"filename": "r.pdf", "s3": s3}])
+    store.messages.enqueue(
+        conn, [store.messages.NewMessage("m1", "acct", 2, item, None, "<m1@x.example>")], T0
+    )
+
+
+@pytest.fixture
+def metadata(hostile, monkeypatch):
+    """The instance-metadata stand-in, where botocore would look for credentials."""
+    stand_in = hostile(MetadataStandIn)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", stand_in.url)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    return stand_in
+
+
+def test_s3_without_keys_never_asks_the_metadata_endpoint(conn, config, smtp_server, metadata):
+    peer = smtp_server()
+    store.accounts.upsert(conn, peer.account(), int(T0))
+    stored_s3_message(conn, "mail")
+    make_dispatcher(conn, config).run_once(T0)
+    failed = row(conn, "m1")
+    assert failed["error_ts"] == int(T0) and "S3 attachments are not enabled" in failed["error"]
+    assert metadata.requests == [] and peer.handler.attempted == []
+
+
+def test_s3_outside_the_allowed_buckets_is_refused(conn, make_config, smtp_server, s3, metadata):
+    config = make_config(**s3.settings(buckets=("invoices",)))
+    peer = smtp_server()
+    store.accounts.upsert(conn, peer.account(), int(T0))
+    stored_s3_message(conn, "mail")
+    make_dispatcher(conn, config).run_once(T0)
+    assert "not in s3_allowed_buckets" in row(conn, "m1")["error"]
+    allowed = make_config(**s3.settings())
+    assert (
+        Fetcher(allowed)
+        .fetch(Attachment(filename="f", s3={"bucket": "mail", "key": "docs/report.pdf"}))
+        .data
+        == PAYLOAD[::-1]
+    )
+    assert metadata.requests == []  # explicit keys and region: nothing looked up

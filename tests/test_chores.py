@@ -51,7 +51,9 @@ def outcome(conn, message_id, state: Next, now: float, ready_at=None, result=Out
     account_id = next(r["account_id"] for r in claim.messages if r["id"] == message_id)
     attempt = Attempt(message_id, account_id, now, result, 451, "4.3.0 try later", 0.01)
     error = "4.3.0 try later" if state is not Next.SENT else None
-    store.claims.record(conn, [Transition(attempt, state, now, ready_at, error=error)], "d-00")
+    store.claims.record(
+        conn, [Transition(attempt, state, now, ready_at, error=error)], "d-00", "d-00"
+    )
 
 
 def row(conn, message_id) -> dict:

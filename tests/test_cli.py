@@ -202,6 +202,16 @@ def test_account_show_and_delete(run, conn):
     assert store.messages.get(conn, "m1", time.time()) is None
 
 
+def test_account_recipients_per_transaction_and_delete_answer(run, conn):
+    args = ("accounts", "add", "big", "--host", "h", "--port", "25")
+    assert run(*args, "--max-recipients-per-transaction", "500")[0] == 0
+    assert store.accounts.get(conn, "big")["max_recipients_per_transaction"] == 500
+    assert run(*args, "--max-recipients-per-transaction", "0")[0] == 2
+    code, out, _ = run("accounts", "delete", "big", "--json")
+    assert code == 0 and json.loads(out) == {"ok": True, "removed": "big", "purged_messages": 0,
+                                             "in_flight": [], "awaiting_report": 0}  # fmt: skip
+
+
 # -- send ---------------------------------------------------------------------------------------
 def test_send_from_flags(run, conn, tmp_path):
     attachment = tmp_path / "report.pdf"

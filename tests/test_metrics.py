@@ -259,7 +259,7 @@ def test_a_deleted_account_loses_its_series(multiprocess, conn):
     add_account(conn, "gone")
     python(TOUCH_EVERY_METRIC, env, "gone", "dispatcher-00", "100")  # it sent, in another process
     assert account_series(render(), "gone")['asyncmail_sent_total{account_id="gone"}'] == 1
-    store.accounts.delete(conn, "gone", purge=True)
+    store.accounts.delete(conn, "gone", purge=True, now=time.time())
     assert account_series(render(), "gone") == {}
 
 

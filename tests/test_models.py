@@ -181,7 +181,7 @@ SAMPLES = [None, True, 0, 1, 3, 4, -1, 1.5, 65535, 65536, 86400, 86401, 10**9, 1
            ["a@b.org"], ["a@b.org\n"], {}, {"X-A": "v"}, {"X A": "v"}, {"X-A\n": "v"},
            {"X-A": "v\n"}, {"X-A": 1}, "plain", "html", "defer", "text/plain", "text",
            "https://x.org/a", "ftp://x.org", "aGk=", "%%%", {"bucket": "b", "key": "k"},
-           {"bucket": "b"}]  # fmt: skip
+           {"bucket": "b"}, "a\u2028b", "a\x0bb", "a\x85b", "a\tb", "a\x7fb"]  # fmt: skip
 BASES = {
     Message: {"id": "m", "from": "a@b.org", "to": "c@d.org", "subject": "s", "body": "b"},
     Attachment: {"filename": "f", "content": "aGk="},

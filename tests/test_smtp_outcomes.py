@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from dispatcher.smtp import Outcome, Phase, _all_refused, _with_final_dot, classify, kind_of
+from dispatcher.smtp import Outcome, Phase, _with_final_dot, all_refused, classify, kind_of
 
 SENT, TEMP, PERM, UNSURE = Outcome.SENT, Outcome.TEMPORARY, Outcome.PERMANENT, Outcome.UNCERTAIN
 
@@ -70,9 +70,9 @@ def test_odd_codes_are_lost_replies(code):
 
 
 def test_all_refused_retries_when_any_refusal_is_temporary():
-    mixed = _all_refused({"a@x.org": [550, "no"], "b@x.org": [451, "later"]})
+    mixed = all_refused({"a@x.org": [550, "no"], "b@x.org": [451, "later"]})
     assert (mixed.outcome, mixed.code) == (TEMP, 451)
-    final = _all_refused({"a@x.org": [550, "no"], "b@x.org": [553, "bad"]})
+    final = all_refused({"a@x.org": [550, "no"], "b@x.org": [553, "bad"]})
     assert (final.outcome, final.code) == (PERM, 550)
     assert "a@x.org: 550 no" in final.detail
 

@@ -67,6 +67,7 @@ def live_data(conn, cfg) -> None:
         conn,
         [Transition(sent, Next.SENT, now - 5), Transition(failed, Next.ERROR, now - 4, error="x")],
         "dispatcher-00",
+        "dispatcher-00",
     )
     store.claims.release(conn, ["q"], "dispatcher-00", now)
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 11, now)

@@ -38,10 +38,11 @@ def accounts():
 def delete_account(account_id: str):
     """Delete an account; 409 while it has unsent messages unless ?purge=true."""
     try:
-        purged = operations.delete_account(get_conn(), account_id, flag("purge"))
+        done = operations.delete_account(get_conn(), account_id, flag("purge"), time.time())
     except operations.Refused as exc:
         abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
-    return jsonify(ok=True, removed=account_id, purged_messages=purged)
+    return jsonify(ok=True, removed=account_id, purged_messages=done.purged,
+                   in_flight=done.in_flight, awaiting_report=done.awaiting_report)  # fmt: skip
 
 
 @blueprint.get("/accounts/<path:account_id>/usage")

@@ -167,6 +167,17 @@ class Heartbeat(Shape):
     stale: bool = Field(description=f"Silent for more than {STALE_AFTER:.0f} s: stuck or gone.")
 
 
+class Circuit(Shape):
+    """An account whose SMTP server failed to connect; its messages wait while it is open."""
+
+    account_id: str | None = Field(description="null: the [smtp] default account.")
+    open: bool = Field(description="true: no message of the account is tried before open_until.")
+    open_until: int = Field(description="Epoch seconds: the next probe of the server.")
+    failures: int = Field(description="Connection failures in a row.")
+    since: int = Field(description="Epoch seconds: the first of them.")
+    reason: str | None = Field(description="The last failure.")
+
+
 StatusCounts = create_model(
     "StatusCounts",
     __base__=Shape,
@@ -201,6 +212,10 @@ class ServiceStatus(Answer):
     oldest_ready_age_seconds: float = Field(description="0 when no message is ready.")
     processes: list[Heartbeat]
     replication: Replication
+    circuits: list[Circuit] = Field(
+        description="Accounts whose server failed to connect lately (closed again once a "
+        "probe gets through)."
+    )
 
 
 class AddMessagesAnswer(Answer):
@@ -266,6 +281,7 @@ class StoredAccount(Shape):
     limit_per_day: int | None
     limit_behavior: Literal["defer", "reject"]
     batch_size: int | None
+    max_recipients_per_transaction: int
     created_at: int = Field(description="Epoch seconds.")
     updated_at: int = Field(description="Epoch seconds.")
 
@@ -305,7 +321,15 @@ class DeleteAccountAnswer(Answer):
     """The account is gone."""
 
     removed: str = Field(description="The account id.")
-    purged_messages: int
+    purged_messages: int = Field(description="Unsent messages deleted with the account.")
+    in_flight: list[str] = Field(
+        description="Unsent messages a dispatcher was sending: not deleted; if that attempt "
+        "does not end them, they fail with 'account deleted' (and are reported)."
+    )
+    awaiting_report: int = Field(
+        description="Sent or failed messages whose delivery report is not out yet: kept "
+        "until it is, and reported with this account id."
+    )
 
 
 class Attempt(Shape):

@@ -3,7 +3,8 @@
     db          connections (apsw, WAL, pragmas), write transactions, numbered migrations
     status      a message's status from its columns, in Python and in SQL
     messages    enqueue, delete, list, read and count messages (API and CLI)
-    accounts    SMTP accounts
+    accounts    SMTP accounts (and tombstones of deleted ones)
+    circuits    per-account circuit breaker: accounts whose server is down are not claimed
     settings    persisted switches (active, run-now)
     heartbeats  process liveness
     claims      dispatch: claim under a lease, release, record outcomes
@@ -21,6 +22,7 @@ from common.store import (
     attempts,
     backup,
     bounces,
+    circuits,
     claims,
     db,
     heartbeats,
@@ -36,6 +38,7 @@ __all__ = [
     "attempts",
     "backup",
     "bounces",
+    "circuits",
     "claims",
     "db",
     "heartbeats",

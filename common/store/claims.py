@@ -11,6 +11,16 @@ claim query is a range scan of the ``messages_claim`` index:
     SENDING -> QUEUED            release(): lease cleared, ready_at = max(now, deferred_ts)
     SENDING (expired) -> SENDING another dispatcher's claim once lease_expires has passed
 
+Fencing: an outcome, a release or a lease extension applies only while ``lease_owner`` is
+still the writer.  A holder whose lease ran out and was taken over is stale: ``record``
+refuses its outcome (returned to the caller, which logs it) and only keeps what it proves,
+the attempt row and, when a copy may have reached the server, ``possible_duplicate``.
+A dispatcher does one attempt at a time and a takeover always writes another owner, so
+the owner (name:pid) is the fencing token; no generation number is needed.
+
+Accounts whose circuit is open (``circuits``) are not claimed at all until ``open_until``;
+then one claim takes a single row, the probe, and holds the circuit for its lease.
+
 ``maybe_sent`` makes crash resends visible: the holder sets it, in the transactions it commits
 anyway, on the rows it may send before its next commit; outcomes and releases clear it.  A
 claim that still finds it set took the row from a holder that died mid-batch, and marks the
@@ -26,7 +36,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.enums import PRIORITIES, UNCOUNTED_OUTCOMES, Next, Outcome
+from common.enums import MAYBE_DELIVERED, PRIORITIES, UNCOUNTED_OUTCOMES, Next, Outcome
 from common.store.db import BUSY_TIMEOUT_MS, set_synchronous, write
 
 # SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ... while a dispatcher's write holds
@@ -36,7 +46,7 @@ BUSY_MAX_WAIT = 0.005
 
 _READY = """
 SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at,
-       message_id_header, verp_token
+       message_id_header, verp_token, refused, rcpt_done
 FROM messages INDEXED BY messages_claim
 WHERE account_id IS :account_id AND priority = :priority
   AND sent_ts IS NULL AND error_ts IS NULL AND ready_at <= :now
@@ -70,11 +80,13 @@ class BusyWait:
 
 @dataclass
 class Claim:
-    """What one claim took: messages in sending order, and every account row, read fresh."""
+    """What one claim took: messages in sending order, every live account row (read fresh),
+    and the circuits on record (account key -> failures; '' is the default account)."""
 
     messages: list[dict]
     accounts: dict[str, dict] = field(default_factory=dict)
     lease_expires: float = 0.0
+    circuits: dict[str, int] = field(default_factory=dict)
 
 
 _LEASE = """
@@ -101,11 +113,21 @@ def claim(
     rows: list[dict] = []
     with write(conn):
         accounts = {a["id"]: a for a in conn.execute("SELECT * FROM accounts ORDER BY id")}
+        circuits = {c["account"]: c for c in conn.execute("SELECT * FROM circuits")}
         batches = [(a_id, a["batch_size"] or default_batch) for a_id, a in accounts.items()]
         if include_default:
             batches.append((None, default_batch))
         for account_id, limit in batches:
-            rows.extend(_ready_rows(conn, account_id, now, limit))
+            circuit = circuits.get(account_id or "")
+            if circuit is None or accounts.get(account_id, {}).get("deleted_at"):
+                rows.extend(_ready_rows(conn, account_id, now, limit))
+            elif circuit["open_until"] <= now:  # half-open: one probe, and no other prober
+                probe = _ready_rows(conn, account_id, now, 1)
+                rows.extend(probe)
+                conn.executemany(
+                    "UPDATE circuits SET open_until = ? WHERE account = ?",
+                    [(expires, circuit["account"])] if probe else [],
+                )
         rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
         conn.executemany(
             _LEASE,
@@ -114,7 +136,8 @@ def claim(
                 for n, row in enumerate(rows)
             ],
         )
-    return Claim(rows, accounts, expires)
+    live = {a_id: a for a_id, a in accounts.items() if a["deleted_at"] is None}
+    return Claim(rows, live, expires, {k: c["failures"] for k, c in circuits.items()})
 
 
 def _ready_rows(conn, account_id: str | None, now: float, limit: int) -> list[dict]:
@@ -133,39 +156,65 @@ def _ready_rows(conn, account_id: str | None, now: float, limit: int) -> list[di
 
 
 def next_ready_at(conn, account_ids: list[str | None]) -> float | None:
-    """The earliest ready_at of any unsent message of these accounts (None: nothing queued)."""
+    """When a message of these accounts may next be claimed (None: nothing queued): the
+    earliest ready_at, or for an account whose circuit is open, the circuit's open_until."""
+    circuits = {c["account"]: c["open_until"] for c in conn.execute("SELECT * FROM circuits")}
     earliest = None
     for account_id in account_ids:
         for priority in PRIORITIES:
             row = conn.execute(
                 _NEXT_READY, {"account_id": account_id, "priority": priority}
             ).fetchone()
-            if row is not None and (earliest is None or row["ready_at"] < earliest):
-                earliest = row["ready_at"]
+            if row is None:
+                continue
+            due = max(row["ready_at"], circuits.get(account_id or "", 0.0))
+            if earliest is None or due < earliest:
+                earliest = due
     return earliest
 
 
-def extend_lease(conn, ids: list[str], owner: str, expires: float) -> None:
-    """Push the lease of rows still held forward (a long batch must not lose its rows)."""
+def extend_lease(conn, ids: list[str], owner: str, expires: float) -> list[str]:
+    """Push the lease of rows still held forward; the ids no longer held (taken over)."""
+    lost = []
     with write(conn):
-        conn.executemany(
-            "UPDATE messages SET lease_expires = ?, ready_at = ? "
-            "WHERE id = ? AND lease_owner = ? AND sent_ts IS NULL AND error_ts IS NULL",
-            [(expires, expires, message_id, owner) for message_id in ids],
-        )
+        for message_id in ids:
+            conn.execute(
+                "UPDATE messages SET lease_expires = ?, ready_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND sent_ts IS NULL AND error_ts IS NULL",
+                (expires, expires, message_id, owner),
+            )
+            if not conn.changes():
+                lost.append(message_id)
+    return lost
 
 
-def release(conn, ids: list[str], owner: str, now: float, ready_at: float | None = None) -> None:
-    """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts)."""
+def release(
+    conn,
+    ids: list[str],
+    owner: str,
+    now: float,
+    ready_at: float | None = None,
+    possible_duplicate: bool = False,
+) -> None:
+    """Give rows back unsent: SENDING -> QUEUED (ready at ``ready_at`` or their deferred_ts).
+
+    ``possible_duplicate``: a copy may have reached the server (its outcome could not be
+    recorded), so the resend is flagged.
+    """
     if not ids:
         return
     with write(conn):
         conn.executemany(
             "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, maybe_sent = 0, "
+            "possible_duplicate = max(possible_duplicate, :dup), "
             "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
             "WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL",
-            [{"id": i, "owner": owner, "now": now, "ready_at": ready_at} for i in ids],
-        )
+            [
+                {"id": i, "owner": owner, "now": now, "ready_at": ready_at,
+                 "dup": int(possible_duplicate)}
+                for i in ids
+            ],
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -190,8 +239,9 @@ class Transition:
     now: float
     ready_at: float | None = None  # retry and deferred: when the row may be claimed again
     error: str | None = None
-    refused: dict | None = None
+    refused: dict | None = None  # address -> [code, text]: every refusal so far
     possible_duplicate: bool = False
+    rcpt_done: list[str] | None = None  # recipients accepted so far (some still to go)
 
 
 _SENT = """
@@ -199,22 +249,24 @@ UPDATE messages SET sent_ts = :now_s, outcome_at = :now, updated_at = :now_s,
     error = NULL, smtp_code = :code, refused = :refused, attempts = attempts + 1,
     possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
 """
 _ERROR = """
 UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
-    error = :error, smtp_code = coalesce(:code, smtp_code), refused = :refused,
+    error = :error, smtp_code = coalesce(:code, smtp_code),
+    refused = coalesce(:refused, refused),
     attempts = attempts + :counted, possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
 """
 _RETRY = """
 UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at = :now_s,
     error = coalesce(:error, error), smtp_code = coalesce(:code, smtp_code),
+    refused = coalesce(:refused, refused), rcpt_done = coalesce(:rcpt_done, rcpt_done),
     attempts = attempts + :counted,
     possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND sent_ts IS NULL AND error_ts IS NULL
+WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
 """
 _STATEMENTS = {Next.SENT: _SENT, Next.ERROR: _ERROR, Next.RETRY: _RETRY, Next.DEFERRED: _RETRY}
 
@@ -241,31 +293,37 @@ def record(
     conn,
     transitions: list[Transition],
     process: str,
+    owner: str,
     durable: str | None = None,
-    sending_next: tuple[str, list[str]] | None = None,
-) -> None:
-    """Apply outcomes and write their attempts rows, all in one short transaction.
+    sending_next: list[str] | None = None,
+) -> list[Transition]:
+    """Apply the owner's outcomes and write their attempts rows, in one short transaction.
 
-    ``sending_next`` = (owner, ids): rows the owner may send before its next commit
-    (``maybe_sent``).
+    Returns the stale transitions: rows ``owner`` no longer holds, left as they are (see
+    the module docstring).  ``sending_next``: rows the owner may send before its next
+    commit (``maybe_sent``).
     """
+    stale = []
     with _synchronous(conn, durable), write(conn):
         for t in transitions:
-            _apply(conn, t, process)
+            if not _apply(conn, t, process, owner):
+                stale.append(t)
         if sending_next:
-            owner, ids = sending_next
             conn.executemany(
                 "UPDATE messages SET maybe_sent = 1 WHERE id = ? AND lease_owner = ?",
-                [(message_id, owner) for message_id in ids],
+                [(message_id, owner) for message_id in sending_next],
             )
+    return stale
 
 
-def _apply(conn, t: Transition, process: str) -> None:
+def _apply(conn, t: Transition, process: str, owner: str) -> bool:
+    """Apply one transition; False when the row is not the owner's any more."""
     a = t.attempt
     conn.execute(
         _STATEMENTS[t.state],
         {
             "id": a.message_id,
+            "owner": owner,
             "now": t.now,
             "now_s": int(t.now),
             "code": a.smtp_code,
@@ -273,16 +331,24 @@ def _apply(conn, t: Transition, process: str) -> None:
             "counted": 0 if a.outcome in UNCOUNTED_OUTCOMES else 1,
             "dup": int(t.possible_duplicate),
             "refused": json.dumps(t.refused) if t.refused else None,
+            "rcpt_done": json.dumps(t.rcpt_done) if t.rcpt_done else None,
             "ready_at": t.ready_at,
             "deferred_ts": None if t.ready_at is None else math.ceil(t.ready_at),
         },
     )
-    conn.execute(
-        "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
-        "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
-         process),
-    )  # fmt: skip
+    applied = conn.changes() > 0
+    if not applied and a.outcome in MAYBE_DELIVERED:  # a stale holder's copy went out
+        conn.execute("UPDATE messages SET possible_duplicate = 1 WHERE id = ?", (a.message_id,))
+    # the attempt happened, so it is recorded (the rate-limit ledger counts it) while the
+    # message exists: one deleted under a stale holder leaves nothing to attach it to
+    if applied or conn.execute("SELECT 1 FROM messages WHERE id = ?", (a.message_id,)).fetchone():
+        conn.execute(
+            "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
+            "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
+             process),
+        )  # fmt: skip
+    return applied
 
 
 def suspect_after_restore(conn, now: float) -> int:

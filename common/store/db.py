@@ -184,6 +184,28 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX bounce_mails_ts ON bounce_mails(ts);
     """,
+    # 5: slow and hostile peers.
+    #  accounts.deleted_at: an account deleted while some of its messages still owe a delivery
+    #    report (or are in a dispatcher's hands) stays as a tombstone, without its password,
+    #    until the reporter's purge finds none left; messages.account_id keeps its foreign key.
+    #  accounts.max_recipients_per_transaction: RCPTs per SMTP transaction (RFC 5321 §4.5.3.1.8
+    #    requires servers to take at least 100).
+    #  messages.rcpt_done: JSON list of recipients a server already accepted in an earlier
+    #    transaction of the message (452 or a 4xx for some recipients): never sent to again.
+    #  circuits: the per-account circuit breaker, shared by every dispatcher ('' = [smtp]).
+    """
+    ALTER TABLE accounts ADD COLUMN deleted_at INTEGER;
+    ALTER TABLE accounts ADD COLUMN max_recipients_per_transaction INTEGER NOT NULL DEFAULT 100;
+    ALTER TABLE messages ADD COLUMN rcpt_done TEXT;
+    CREATE TABLE circuits (
+        account     TEXT PRIMARY KEY,   -- accounts.id, or '' for the [smtp] default account
+        open_until  REAL NOT NULL,      -- no dispatcher claims the account's rows before this
+        failures    INTEGER NOT NULL,   -- connection failures in a row
+        since       REAL NOT NULL,      -- the first of them
+        opened_at   REAL NOT NULL,      -- the last of them (attempts begun earlier: same round)
+        reason      TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

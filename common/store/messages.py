@@ -57,7 +57,8 @@ ON CONFLICT(id) DO UPDATE SET
     deferred_ts = excluded.deferred_ts, ready_at = excluded.ready_at,
     enqueued_at = excluded.enqueued_at,
     error_ts = NULL, error = NULL, reported_ts = NULL, outcome_at = NULL,
-    lease_owner = NULL, lease_expires = NULL, attempts = 0, smtp_code = NULL, refused = NULL
+    lease_owner = NULL, lease_expires = NULL, attempts = 0, smtp_code = NULL, refused = NULL,
+    rcpt_done = NULL
 WHERE sent_ts IS NULL AND (lease_expires IS NULL OR lease_expires <= :now)
 """
 

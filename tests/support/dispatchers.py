@@ -12,7 +12,8 @@ from common import store, wakeup
 from common.ratelimit import Ledger
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
-from dispatcher.smtp import Pool
+from dispatcher.guard import Guard
+from dispatcher.pool import Pool
 from tests.support import procs
 from tests.support.db import enqueue
 from tests.support.factories import T0, Clock
@@ -27,10 +28,11 @@ def make_dispatcher(
     """
     clock = clock or Clock()
     ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
-    pool = Pool(context=cert.client_context() if cert else None, clock=clock)
+    guard = Guard()  # deadlines run on the real monotonic clock, whatever ``clock`` says
+    pool = Pool(context=cert.client_context() if cert else None, clock=clock, guard=guard)
     return Dispatcher(
-        conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config), name=name,
-        clock=clock, rng=random.Random(seed), **kwargs,
+        conn, config, ledger=ledger, pool=pool, fetcher=Fetcher(config, guard=guard),
+        name=name, clock=clock, rng=random.Random(seed), guard=guard, **kwargs,
     )  # fmt: skip
 
 

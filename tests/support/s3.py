@@ -20,13 +20,15 @@ class S3:
     url: str
     client: object  # a boto3 S3 client bound to ``url``
 
-    def settings(self) -> dict:
-        """Config overrides that point the service at this server: make_config(**settings())."""
+    def settings(self, buckets: tuple[str, ...] = ("mail",)) -> dict:
+        """Config overrides that point the service at this server, allowing ``buckets``:
+        make_config(**settings())."""
         return {
             "s3_endpoint_url": self.url,
             "s3_region": REGION,
             "s3_access_key_id": KEYS["aws_access_key_id"],
             "s3_secret_access_key": KEYS["aws_secret_access_key"],
+            "s3_allowed_buckets": buckets,
         }
 
     def put(self, bucket: str, key: str, body: bytes) -> None:

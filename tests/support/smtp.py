@@ -13,6 +13,10 @@ Kinds: ``plain``, ``starttls`` (STARTTLS required before MAIL), ``tls`` (implici
 servers can test it too).  ``Behavior`` scripts replies per recipient, the end-of-DATA
 reply, dropping the connection after the message arrived, or delaying the reply.
 ``silent_server`` accepts TCP connections and never says a word (connect timeouts).
+``Behavior(max_rcpt=N)`` answers 452 after N recipients per transaction; ``Behavior(gate=Gate())``
+holds every end-of-DATA reply until the test opens the gate.  More hostile peers (a server
+that greets with 421, a dripping HTTP source, an instance-metadata stand-in) are in
+``tests/support/hostile.py``.
 Every server records ``Received`` items with the time the message arrived.
 """
 
@@ -67,6 +71,8 @@ class Behavior:
     data_delay:  seconds to wait before replying to the end of DATA (3600: never, in effect)
     pipelining:  advertise PIPELINING (RFC 2920); aiosmtpd reads commands in order anyway
     messages_per_connection: after this many messages a connection answers MAIL with 421
+    max_rcpt:    recipients per transaction; the next ones get 452 (too many recipients)
+    gate:        a Gate: each end-of-DATA reply waits until the test lets one through
     """
 
     rcpt: dict[str, str] = field(default_factory=dict)
@@ -75,6 +81,46 @@ class Behavior:
     data_delay: float = 0.0
     pipelining: bool = False
     messages_per_connection: int = 0
+    max_rcpt: int = 0
+    gate: Gate | None = None
+
+
+class Gate:
+    """Holds each end-of-DATA reply until the test opens it: ``open(0)`` lets the reply to
+    the first message that arrived go, ``open(1)`` the second's (before or after it came)."""
+
+    HOLD_LIMIT = 120.0  # seconds a reply is held at most, so no test waits forever
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._events: list[threading.Event] = []
+        self._arrived = 0
+        self._all_open = False
+
+    def _event(self, index: int) -> threading.Event:
+        with self._lock:
+            while len(self._events) <= index:
+                self._events.append(threading.Event())
+                if self._all_open:
+                    self._events[-1].set()
+            return self._events[index]
+
+    def open(self, index: int) -> None:
+        """Let the reply to the ``index``-th message (0: the first to arrive) go."""
+        self._event(index).set()
+
+    def open_all(self) -> None:
+        """Let every held and future reply go (teardown)."""
+        with self._lock:
+            self._all_open = True
+            for event in self._events:
+                event.set()
+
+    async def wait(self) -> None:
+        with self._lock:
+            index, self._arrived = self._arrived, self._arrived + 1
+        event = self._event(index)
+        await asyncio.get_running_loop().run_in_executor(None, event.wait, self.HOLD_LIMIT)
 
 
 class RecordingHandler:
@@ -106,6 +152,8 @@ class RecordingHandler:
         reply = self.behavior.rcpt.get(address)
         if reply is not None:
             return reply
+        if self.behavior.max_rcpt and len(envelope.rcpt_tos) >= self.behavior.max_rcpt:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -123,6 +171,8 @@ class RecordingHandler:
             return "250 never seen"
         if self.behavior.data_delay:
             await asyncio.sleep(self.behavior.data_delay)
+        if self.behavior.gate is not None:
+            await self.behavior.gate.wait()
         if self.behavior.data_reply.startswith("2"):
             self.received.append(item)
         return self.behavior.data_reply
@@ -152,7 +202,9 @@ class Peer:
         return row
 
     def stop(self) -> None:
-        """Stop the server (idempotent)."""
+        """Stop the server (idempotent); held replies go first."""
+        if self.handler.behavior.gate is not None:
+            self.handler.behavior.gate.open_all()
         with contextlib.suppress(Exception):
             self.controller.stop()
 
