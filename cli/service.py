@@ -138,8 +138,9 @@ def cmd_run_now(config: Config, args) -> int:
     data = {"ok": True, "woken": done.woken}
     human = f"woke {done.woken} processes"
     if args.flush:
-        data["flushed"] = done.flushed
+        data["flushed"], data["probing"] = done.flushed, done.probing
         human += f"; {done.flushed} messages waiting for a retry are ready now"
+        human += f", {done.probing} failing accounts are probed now"
     emit(args, data, human)
     return OK
 

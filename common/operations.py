@@ -110,20 +110,23 @@ def replication_problems(state: dict, supervisor_runs: bool) -> list[str]:
 class RunNow:
     woken: int
     flushed: int | None = None  # with flush: messages pulled forward from a retry wait
+    probing: int | None = None  # with flush: accounts whose open circuit is probed at once
 
 
 def run_now(conn, config: Config, now: float, flush: bool = False) -> RunNow:
     """Record the request and wake every dispatcher and the reporter.
 
     With ``flush``, messages waiting for a retry become ready first (``retry`` of every
-    deferred message, attempts kept), so a server back from an outage gets them now.
+    deferred message, attempts kept) and every open circuit is probed at once, so a server
+    back from an outage gets them now.
     """
-    flushed = None
+    flushed = probing = None
     if flush:
         flushed = retry(conn, config, now, status=Status.DEFERRED.value).requeued
+        probing = store.circuits.probe_now(conn, now)
     store.settings.record_run_now(conn, now)
     woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
-    return RunNow(woken + wakeup.notify(config.run_dir, wakeup.REPORTER), flushed)
+    return RunNow(woken + wakeup.notify(config.run_dir, wakeup.REPORTER), flushed, probing)
 
 
 @dataclass(frozen=True)

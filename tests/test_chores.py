@@ -163,7 +163,7 @@ def test_run_now_flush_pulls_retries_forward(conn, cfg, client, run):
     enqueue(conn, cfg, message("w1"), message("w2"))
     outcome(conn, "w1", Next.RETRY, now, ready_at=now + 3600)
     answer = client.post("/commands/run-now", json={"flush": True}, headers=AUTH).json
-    assert answer == {"ok": True, "woken": 0, "flushed": 1}
+    assert answer == {"ok": True, "woken": 0, "flushed": 1, "probing": 0}
     assert row(conn, "w1")["status"] == "queued" and row(conn, "w1")["attempts"] == 1
     assert client.post("/commands/run-now", headers=AUTH).json == {"ok": True, "woken": 0}
     outcome(conn, "w2", Next.RETRY, now, ready_at=now + 3600)

@@ -51,6 +51,7 @@ def run_now():
     answer = {"ok": True, "woken": done.woken}
     if flush:
         answer["flushed"] = done.flushed
+        answer["probing"] = done.probing
     return jsonify(answer)
 
 

@@ -245,6 +245,10 @@ class RunNowAnswer(Answer):
 
     woken: int
     flushed: int = omittable("With flush: messages made ready from a retry wait.")
+    probing: int = omittable(
+        "With flush: accounts whose open circuit (a server that failed to connect) is probed "
+        "at once instead of at the end of its backoff."
+    )
 
 
 class RetryAnswer(Answer):

@@ -67,6 +67,14 @@ def close(conn, account_id: str | None) -> None:
         conn.execute("DELETE FROM circuits WHERE account = ?", (key(account_id),))
 
 
+def probe_now(conn, now: float) -> int:
+    """Make every open circuit half-open now (run-now --flush: the operator says the servers
+    are back); one probe per account still goes first.  How many were open."""
+    with write(conn):
+        conn.execute("UPDATE circuits SET open_until = ? WHERE open_until > ?", (now, now))
+        return conn.changes()
+
+
 def list_all(conn, now: float) -> list[dict]:
     """Every circuit on record, with whether it is open right now (for /status)."""
     return [
