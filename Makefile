@@ -61,7 +61,7 @@ test-fast: $(STAMP)
 # 10 minutes of mixed traffic against slow and hostile peers, dispatchers killed every 30 s
 # (docs/reliability.md); not part of make test
 test-soak: $(STAMP)
-	$(BIN)/python -m pytest -q --soak -m soak -p no:cacheprovider tests/test_soak.py
+	$(BIN)/python -m pytest -q -s --soak -m soak -p no:cacheprovider tests/test_soak.py  # -s: its summary
 
 bench: $(STAMP)  # stdout is one JSON document (progress goes to stderr)
 	@$(BIN)/python -m bench

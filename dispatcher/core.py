@@ -33,6 +33,7 @@ from dispatcher import bounces, mime, payload
 from dispatcher.attachments import AttachmentError
 from dispatcher.circuit import Breaker, reached
 from dispatcher.guard import Guard
+from dispatcher.journal import Journal, recover
 from dispatcher.leases import Leases
 from dispatcher.outcomes import AccountHealth, Judge, count, still_to_send
 from dispatcher.pool import Endpoint
@@ -53,6 +54,8 @@ OUTCOME_GROUP_SECONDS = 0.01
 # this often, and the last of every claim, makes every earlier one durable too.
 OUTCOME_SYNC_EVERY = 0.05
 RELAXED_LEVELS = {"FULL", "EXTRA"}  # levels above NORMAL, which outcome commits may relax
+RECOVER_EVERY = 0.2  # seconds between looks for the journals of dead dispatchers: well inside
+# the time their leases take to expire, so their sends are recorded before a takeover
 MAX_FAILED_TURNS = 3  # turns in a row whose database writes fail: then exit, and be restarted
 
 
@@ -98,6 +101,8 @@ class Dispatcher:
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
         self._nudged = self._synced = 0.0
         self.health = AccountHealth()
+        self.journal = Journal(config.run_dir / "journal", self.owner)
+        self._recovered = 0.0  # when the journals of dead dispatchers were last looked at
         if config.synchronous in RELAXED_LEVELS:
             store.db.set_synchronous(conn, "NORMAL")
         conn.set_busy_handler(store.claims.BusyWait())
@@ -140,6 +145,7 @@ class Dispatcher:
         if not self._may_claim():
             self.next_ready = None
             return False
+        self._replay_journals(now)
         claim = store.claims.claim(
             self.conn,
             self.owner,
@@ -156,6 +162,12 @@ class Dispatcher:
             return False
         self._deliver_claim(claim)
         return True
+
+    def _replay_journals(self, now: float) -> None:
+        """Record what dead dispatchers sent but never committed, before anyone takes it."""
+        if now - self._recovered >= RECOVER_EVERY:
+            self._recovered = now
+            recover(self.conn, self.journal.path.parent, self.name)
 
     def idle_seconds(self) -> float:
         """How long to sleep when idle: the poll interval, or less if a row is due sooner."""
@@ -193,6 +205,7 @@ class Dispatcher:
             self._commit(only_if_due=True, upcoming=(claim.messages[index:], held))
             transition, reached = self._attempt(row, claim.accounts.get(account_id))
             self._pending.append(transition)
+            self.journal.note(transition)  # before the next send: a kill must not lose it
             count(row, transition, self.config.delivery_activity)
             self.health.note(_label(account_id), transition.attempt)
             if transition.attempt.outcome == Outcome.DEFERRED:
@@ -248,6 +261,7 @@ class Dispatcher:
                                         self._durable(sync_due), sending_next=ahead)  # fmt: skip
         except apsw.Error:
             stale = self._record_one_by_one(pending)
+        self.journal.clear()
         self.leases.drop([t.attempt.message_id for t in pending])
         for t in stale:
             logger.warning(fields(event="stale_outcome", id=t.attempt.message_id,
@@ -391,6 +405,8 @@ class Dispatcher:
         self.pool.close()
         self.guard.close()
         self.leases.close()
+        if not self._pending:  # else the journal stays for another dispatcher to replay
+            self.journal.close()
 
 
 def _label(account_id: str | None) -> str:

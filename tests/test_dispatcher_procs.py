@@ -12,7 +12,7 @@ from tests.support import procs
 from tests.support.db import enqueue
 from tests.support.dispatchers import start_dispatcher
 from tests.support.factories import message
-from tests.support.smtp import Behavior
+from tests.support.smtp import Behavior, Gate
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +81,30 @@ def test_killed_dispatcher_loses_nothing(conn, config, start, smtp_server):
     twice = {i for i in ids if delivered.count(i) > 1}
     assert twice <= flagged  # every resend is visible
     assert len(flagged) <= 8  # and the flag is bounded by the in-flight window
+
+
+def test_what_a_killed_dispatcher_sent_is_not_sent_again(conn, config, start, smtp_server):
+    """Killed with five messages accepted but their outcomes not committed yet (they go in
+    groups): its journal records them, so only the message in hand may go twice."""
+    gate = Gate()
+    peer = smtp_server(behavior=Behavior(gate=gate))
+    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    for index in range(5):
+        gate.open(index)  # the sixth message's reply is held: it is in hand when the kill comes
+    [victim] = start(1, lease_seconds=2)
+    ids = queue(conn, config, 8)
+    procs.wait_for(lambda: len(peer.handler.attempted) == 6, message="the sixth in hand")
+    procs.stop(victim, signal.SIGKILL)
+    in_hand = peer.handler.attempted[5].message()["Subject"]
+    gate.open_all()
+    start(1, lease_seconds=2)
+    procs.wait_for(lambda: unsent(conn) == 0, timeout=30, message="taken over")
+    delivered = peer.subjects()
+    assert set(delivered) == set(ids)
+    twice = {i for i in ids if delivered.count(i) > 1}
+    assert twice <= {in_hand}  # without the journal, the five accepted ones would go again
+    flagged = {r["id"] for r in conn.execute("SELECT id FROM messages WHERE possible_duplicate")}
+    assert twice <= flagged
 
 
 def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(
