@@ -78,13 +78,17 @@ class Waiter:
         """Sleep up to ``timeout`` seconds; True when woken (or signalled).  Drains wake-ups."""
         # A signal ends the wait too: Python retries an interrupted recv (PEP 475), so without
         # the wake-up fd a TERM or USR1 would only be seen when the timeout ran out.
-        sockets = [self.sock, *self.signal_pair[:1]]
-        readable, _, _ = select.select(sockets, [], [], max(timeout, 0.0))
-        for sock in readable:
+        # poll, not select: select() cannot watch a descriptor numbered 1024 or above
+        sockets = {sock.fileno(): sock for sock in [self.sock, *self.signal_pair[:1]]}
+        poller = select.poll()
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
+        ready = poller.poll(max(timeout, 0.0) * 1000)
+        for fd, _ in ready:
             with contextlib.suppress(BlockingIOError):
-                while sock.recv(64):
+                while sockets[fd].recv(64):
                     pass
-        return bool(readable)
+        return bool(ready)
 
     def close(self) -> None:
         if self.signal_pair:

@@ -405,8 +405,7 @@ class Dispatcher:
         self.pool.close()
         self.guard.close()
         self.leases.close()
-        if not self._pending:  # else the journal stays for another dispatcher to replay
-            self.journal.close()
+        self.journal.close(keep=bool(self._pending))  # uncommitted: another dispatcher replays
 
 
 def _label(account_id: str | None) -> str:

@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 
 from common import store
@@ -69,6 +70,8 @@ class Journal:
         fcntl.flock(self.fd, fcntl.LOCK_EX)  # ours until the process is gone, however it goes
         os.rename(staged, self.path)
         self.dirty = False
+        # an object dropped without close() (tests) still gives its descriptor back
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
 
     def note(self, transition: Transition) -> None:
         """Keep a transition that may have delivered a copy until its commit."""
@@ -82,10 +85,12 @@ class Journal:
             os.ftruncate(self.fd, 0)  # O_APPEND: the next line goes at the start again
             self.dirty = False
 
-    def close(self) -> None:
-        """A clean exit: nothing is pending, so the journal goes."""
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
+    def close(self, keep: bool = False) -> None:
+        """Exit: the journal goes, unless ``keep`` (outcomes it holds were never committed:
+        another dispatcher replays it once this process is gone)."""
+        if not keep:
+            self.path.unlink(missing_ok=True)
+        self._finalizer()
 
 
 def _decoded(line: bytes) -> Transition | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from common import store
 from common.enums import Next, Outcome
 from common.store.claims import Attempt, Transition
@@ -55,7 +53,7 @@ def test_a_dead_holders_sends_are_recorded_and_a_live_ones_left(conn, make_confi
     store.claims.claim(conn, "d:3", T0 + 61, 60, 10, True)  # the leases ran out: d:3 took them
     with store.db.write(conn):  # ... except m0, still leased to d:1 (say it was renewed)
         conn.execute("UPDATE messages SET lease_owner = 'd:1' WHERE id = 'm0'")
-    os.close(dead.fd)  # d:1 is killed: its lock goes with it, its journal stays
+    dead.close(keep=True)  # d:1 dies with outcomes uncommitted: its lock goes, its journal stays
 
     assert journal.recover(conn, tmp_path, "d-3") == 1
     assert row(conn, "m0")["sent_ts"] is not None and row(conn, "m0")["lease_owner"] is None
