@@ -52,6 +52,16 @@ def _release(exc: BaseException | None = None) -> None:
         pool.append(conn)
 
 
+def close_idle() -> int:
+    """Close this process's idle pooled connections (a test's databases are gone after it)."""
+    closed = 0
+    for pool in _pools.values():
+        while pool:
+            pool.pop().close()
+            closed += 1
+    return closed
+
+
 def init_app(app: Flask) -> None:
     """Give every request's connection back when the request ends."""
     app.teardown_appcontext(_release)

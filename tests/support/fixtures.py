@@ -8,6 +8,7 @@ import pytest
 
 from common import store
 from common.config import load_config
+from web import db as web_db
 
 
 @pytest.fixture
@@ -19,7 +20,8 @@ def var_dir(tmp_path, monkeypatch):
     path = tmp_path / "var"
     path.mkdir()
     monkeypatch.setenv("ASYNCMAIL_VAR_DIR", str(path))
-    return path
+    yield path
+    web_db.close_idle()  # the API's pooled connections to this test's database
 
 
 @pytest.fixture
