@@ -152,14 +152,17 @@ class Reporter:
         store.db.checkpoint(self.conn)
 
     def _purge_if_due(self, now: float) -> None:
-        retention = self.config.delivery_report_retention_seconds
-        if not retention or now - self.last_purge_at < PURGE_EVERY:
+        """The retention purge (a retention of 0 keeps everything), then the tombstones of
+        deleted accounts and tenants whose last messages are gone."""
+        if now - self.last_purge_at < PURGE_EVERY:
             return
         self.last_purge_at = now
-        silent = store.tenants.without_upstream(self.conn, self.config.reports_enabled)
-        removed = store.reports.purge_finished(self.conn, now - retention, silent)
-        if removed:
-            logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
+        retention = self.config.delivery_report_retention_seconds
+        if retention:
+            silent = store.tenants.without_upstream(self.conn, self.config.reports_enabled)
+            removed = store.reports.purge_finished(self.conn, now - retention, silent)
+            if removed:
+                logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
         dropped = store.accounts.drop_tombstones(self.conn)
         if dropped:
             logger.info(fields(event="accounts_dropped", accounts=dropped))

@@ -36,7 +36,8 @@ def counter(config, name: str, account_id: str) -> float:
     """A counter summed over every dispatcher process (prometheus multiprocess files)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(config.metrics_dir))
-    return registry.get_sample_value(name, {"account_id": account_id}) or 0.0
+    labels = {"tenant_id": "default", "account_id": account_id}
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 def max_in_window(times: list[float], seconds: float) -> int:
