@@ -344,3 +344,36 @@ def test_an_undocumented_key_fails_the_check(app):
     response.set_data(b'{"ok": true, "active": false, "extra": 1}')
     with pytest.raises(jsonschema.ValidationError, match="extra"):
         check(response, "POST", "/commands/suspend")
+
+
+def test_the_document_says_who_may_call_each_route():
+    """Admin routes name the admin token alone; the others the admin's or a tenant's, and
+    take X-Tenant (docs/tenants.md); x-asyncmail-access says it in one word."""
+    admin = [{"apiToken": []}, {"bearerToken": []}]
+    either = [*admin, {"tenantToken": []}, {"tenantBearer": []}]
+    for route in ROUTES:
+        operation = openapi_document()["paths"][route.path][route.method.lower()]
+        assert operation["x-asyncmail-access"] == route.access
+        headers = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "header"}
+        if route.access in {"admin", "tenant"}:
+            assert operation["security"] == (admin if route.admin else either), route.path
+            assert headers == {"X-Tenant"}
+        else:
+            assert headers == set()
+    admin_paths = {(r.method, r.path) for r in ROUTES if r.access == "admin"}
+    assert ("GET", "/metrics") in admin_paths and ("POST", "/tenants") in admin_paths
+    assert {path for _, path in admin_paths} <= {"/metrics"} | {
+        r.path for r in ROUTES if r.path.startswith("/tenants")
+    }
+
+
+def test_the_admin_routes_of_the_table_are_the_apps_admin_only_views(make_config):
+    """The table (published) and the views' marks (enforced, web.auth) say the same."""
+    app = create_app(make_config(api_token=TOKEN))
+    marked = {
+        (method, openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if getattr(app.view_functions[rule.endpoint], "admin_only", False)
+        for method in rule.methods - IMPLICIT_METHODS
+    }
+    assert marked == {(r.method, r.path) for r in ROUTES if r.admin}

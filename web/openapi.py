@@ -194,7 +194,7 @@ ROUTES = (
           {200: SuppressionRemoved, 404: Error}),
     Route("metrics", "GET", "/metrics",
           "Prometheus text format (open when metrics_public is true).",
-          {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}),
+          {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}, admin=True),
     Route("openapi", "GET", "/openapi.json", "This document.",
           {200: Media("The OpenAPI 3.1 document.", {"type": "object"})}),
     # tenants: the admin's alone (docs/tenants.md)
