@@ -16,7 +16,16 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("enqueue", "dispatch", "report", "scale", "rss", "replication", "slow_clients")
+SECTIONS = (
+    "enqueue",
+    "dispatch",
+    "report",
+    "scale",
+    "rss",
+    "replication",
+    "slow_clients",
+    "tenants",
+)
 
 
 def run_section(name: str) -> dict:

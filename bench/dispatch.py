@@ -132,7 +132,7 @@ def dispatch_rate(config, conn, items: list[dict]) -> float:
     """Messages per second of DISPATCHERS real dispatcher processes."""
     store.settings.set_active(conn, False)
     for n in range(0, len(items), 1000):
-        intake.accept_batch(conn, config, items[n : n + 1000], time.time())
+        intake.accept_batch(conn, config, "default", items[n : n + 1000], time.time())
     procs.wait_for(
         lambda: len(store.heartbeats.list_all(conn, time.time())) >= DISPATCHERS,
         message="dispatchers",
@@ -157,7 +157,7 @@ def idle_latency_ms(config, conn, peer) -> list[float]:
     for n in range(LATENCY_SAMPLES + WARMUP):
         time.sleep(rng.uniform(0.05, 0.2))
         began = time.time()
-        intake.accept_batch(conn, config, [_item(n, "idle", "lat")], began)
+        intake.accept_batch(conn, config, "default", [_item(n, "idle", "lat")], began)
         procs.wait_for(lambda n=n: len(peer.received) > n, timeout=10, interval=0.0005)
         if n >= WARMUP:
             latencies.append((peer.received[n].ts - began) * 1000)
@@ -175,8 +175,12 @@ def run() -> dict:
     sink, peer, running = Sink(), start_server(), []
     try:
         config, conn, env = _service(root)
-        store.accounts.upsert(conn, {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0)
-        store.accounts.upsert(conn, {"id": "idle", "host": peer.host, "port": peer.port}, 0)
+        store.accounts.upsert(
+            conn, "default", {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0
+        )
+        store.accounts.upsert(
+            conn, "default", {"id": "idle", "host": peer.host, "port": peer.port}, 0
+        )
         running = [procs.start("dispatcher", env, root / f"d{n}.log") for n in range(DISPATCHERS)]
         raws, ours = [], []
         for n in range(ROUNDS):

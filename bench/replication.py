@@ -70,11 +70,13 @@ def enqueue_samples(root: Path, replicated: bool) -> list[float]:
 def dispatch_rate(root: Path, replicated: bool, sink: Sink) -> float:
     """Messages per second of DISPATCHERS dispatchers, with or without replication."""
     with service(root, replicated) as (config, conn, env):
-        store.accounts.upsert(conn, {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0)
+        store.accounts.upsert(
+            conn, "default", {"id": "sink", "host": "127.0.0.1", "port": sink.port}, 0
+        )
         store.settings.set_active(conn, False)
         items = [_item(i, "sink") for i in range(MESSAGES)]
         for n in range(0, MESSAGES, 1000):
-            intake.accept_batch(conn, config, items[n : n + 1000], time.time())
+            intake.accept_batch(conn, config, "default", items[n : n + 1000], time.time())
         logs = [config.var_dir / f"dispatcher-{n}.log" for n in range(DISPATCHERS)]
         running = [procs.start("dispatcher", env, log) for log in logs]
         try:

@@ -36,9 +36,9 @@ TARGETS = {
 
 # The bench stands in for the dispatchers, so it writes their terminal rows itself.
 _OUTCOME = """
-INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, sent_ts,
-                      ready_at, enqueued_at, attempts, smtp_code, outcome_at, reported_ts)
-VALUES (?, NULL, 2, '{}', ?, ?, ?, ?, ?, 1, 250, ?, ?)
+INSERT INTO messages (tenant_id, id, account_id, priority, payload, created_at, updated_at,
+                      sent_ts, ready_at, enqueued_at, attempts, smtp_code, outcome_at, reported_ts)
+VALUES ('default', ?, NULL, 2, '{}', ?, ?, ?, ?, ?, 1, 250, ?, ?)
 """
 
 

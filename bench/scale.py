@@ -63,9 +63,10 @@ PAYLOAD = (
 
 _FILL = """
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
-INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, sent_ts,
-                      error_ts, error, reported_ts, ready_at, enqueued_at, attempts, outcome_at)
-SELECT 'fill-' || i,
+INSERT INTO messages (tenant_id, id, account_id, priority, payload, created_at, updated_at,
+                      sent_ts, error_ts, error, reported_ts, ready_at, enqueued_at, attempts,
+                      outcome_at)
+SELECT 'default', 'fill-' || i,
        CASE WHEN i % (:accounts + 1) = 0 THEN NULL ELSE 'acct-' || (i % (:accounts + 1)) END,
        i % 4,
        printf(:payload, 'fill-' || i),
@@ -88,8 +89,8 @@ def _fill(path: Path, rows: int, now: float) -> int:
     try:
         with store.db.write(conn):
             conn.executemany(
-                "INSERT INTO accounts(id, host, port, created_at, updated_at) "
-                "VALUES (?, '127.0.0.1', 25, ?, ?)",
+                "INSERT INTO accounts(tenant_id, id, host, port, created_at, updated_at) "
+                "VALUES ('default', ?, '127.0.0.1', 25, ?, ?)",
                 [(f"acct-{n}", int(now), int(now)) for n in range(1, ACCOUNTS + 1)],
             )
             conn.execute(
@@ -141,14 +142,14 @@ def _enqueue_costs(conn) -> dict:
     for n in range(SINGLE_ENQUEUES):
         message = _message("single", n)
         started = time.perf_counter()
-        store.messages.enqueue(conn, [message], time.time())
+        store.messages.enqueue(conn, "default", [message], time.time())
         singles.append(time.perf_counter() - started)
     _forget(conn, [f"single-{n}" for n in range(SINGLE_ENQUEUES)])
     batches = []
     for b in range(BATCHES):
         messages = [_message(f"batch{b}", n) for n in range(BATCH_SIZE)]
         started = time.perf_counter()
-        store.messages.enqueue(conn, messages, time.time())
+        store.messages.enqueue(conn, "default", messages, time.time())
         batches.append(time.perf_counter() - started)
         _forget(conn, [m.id for m in messages])
     return {
@@ -168,7 +169,7 @@ def _claim_costs(conn) -> dict:
         if n >= WARMUP_CLAIMS:
             timings.append(time.perf_counter() - started)
         claimed = len(taken.messages)
-        store.claims.release(conn, [m["id"] for m in taken.messages], "bench", now)
+        store.claims.release(conn, [store.claims.key(m) for m in taken.messages], "bench", now)
     idle = []
     for _ in range(CLAIMS):  # nothing ready yet: the cost of an idle dispatcher's poll
         started = time.perf_counter()

@@ -173,7 +173,7 @@ class Bouncer:
         message = self._match(notice) if notice is not None else None
         shape = notice.shape if notice is not None else None
         if message is None:
-            store.bounces.record_mail(self.conn, key, UNMATCHED, shape, [], [], now)
+            store.bounces.record_mail(self.conn, key, UNMATCHED, shape, [], [], now, None)
             metrics.BOUNCE_MAILS.labels(UNMATCHED).inc()
             logger.info(
                 fields(
@@ -182,7 +182,9 @@ class Bouncer:
             )
             return UNMATCHED
         events, suppress = _consequences(notice, message)
-        if store.bounces.record_mail(self.conn, key, PROCESSED, shape, events, suppress, now):
+        tenant = message["tenant_id"]
+        if store.bounces.record_mail(self.conn, key, PROCESSED, shape, events, suppress, now,
+                                     tenant):  # fmt: skip
             self._note(notice, message, events, suppress, _mail_id(mail))
         return PROCESSED
 
@@ -201,14 +203,15 @@ class Bouncer:
 
     def _note(self, notice, message: dict, events: list[Event], suppress, mail: str) -> None:
         """Metrics and log lines of a recorded notification; wake the reporter if it owes."""
-        account = metrics.account_label(message["account_id"])
+        series = metrics.labels_of(message["tenant_id"], message["account_id"])
         metrics.BOUNCE_MAILS.labels(PROCESSED).inc()
         for recipient in notice.recipients:
             if recipient.action in {"failed", "complained"}:
-                metrics.BOUNCES.labels(account, recipient.kind).inc()
+                metrics.BOUNCES.labels(*series, recipient.kind).inc()
             logger.info(
                 fields(
                     event="bounce",
+                    tenant=message["tenant_id"],
                     id=message["id"],
                     recipient=recipient.address,
                     kind=recipient.kind,

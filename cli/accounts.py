@@ -1,4 +1,5 @@
-"""``asyncmail accounts add|list|show|delete``: SMTP accounts, straight in the database."""
+"""``asyncmail accounts add|list|show|delete|usage``: SMTP accounts of a tenant (--tenant),
+straight in the database."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from pydantic import ValidationError
 
 from cli.output import OK, REFUSED, CliError, emit, pairs, table, when
+from cli.tenants import tenant
 from common import operations, store
 from common.config import Config
+from common.enums import DEFAULT_TENANT
 from common.models import Account, explain
 
 ACCOUNT_FLAGS = (
@@ -53,7 +56,7 @@ def cmd_accounts_add(config: Config, args) -> int:
     except ValidationError as exc:
         raise CliError("invalid account: " + explain(exc)) from None
     conn = store.db.open_database(config)
-    saved = operations.save_account(conn, config, account, time.time())
+    saved = operations.save_account(conn, config, tenant(conn, args), account, time.time())
     emit(args, {"ok": True, "account": saved}, f"saved account {account.id}")
     return OK
 
@@ -76,7 +79,8 @@ def _tls(account: dict) -> str:
 
 def cmd_accounts_list(config: Config, args) -> int:
     """List SMTP accounts (never their passwords)."""
-    accounts = store.accounts.list_all(store.db.open_database(config))
+    conn = store.db.open_database(config)
+    accounts = store.accounts.list_all(conn, tenant(conn, args))
     rows = [{**a, "tls": _tls(a), "limits": _limits(a)} for a in accounts]
     human = table(rows, ["id", "host", "port", "user", "tls", "limits", "limit_behavior"])
     emit(args, {"ok": True, "accounts": accounts}, human if accounts else "no accounts")
@@ -85,7 +89,8 @@ def cmd_accounts_list(config: Config, args) -> int:
 
 def cmd_accounts_show(config: Config, args) -> int:
     """Show one account (never its password)."""
-    account = store.accounts.get(store.db.open_database(config), args.id)
+    conn = store.db.open_database(config)
+    account = store.accounts.get(conn, tenant(conn, args), args.id)
     if account is None:
         raise CliError(f"no account {args.id!r}", REFUSED)
     shown = {
@@ -101,7 +106,7 @@ def cmd_accounts_delete(config: Config, args) -> int:
     """Delete an account; refused while it has unsent messages unless --purge."""
     conn = store.db.open_database(config)
     try:
-        done = operations.delete_account(conn, args.id, args.purge, time.time())
+        done = operations.delete_account(conn, tenant(conn, args), args.id, args.purge, time.time())
     except operations.Refused as exc:
         raise CliError(str(exc), REFUSED) from None
     human = f"deleted account {args.id} ({done.purged} unsent messages purged)"
@@ -118,12 +123,12 @@ def cmd_accounts_delete(config: Config, args) -> int:
 def cmd_accounts_usage(config: Config, args) -> int:
     """Sends in each rate-limit window against the limit, per account (or one account)."""
     conn = store.db.open_database(config)
-    now = time.time()
-    ids = [args.id] if args.id else [a["id"] for a in store.accounts.list_all(conn)]
-    if not args.id and config.has_default_account:
+    now, owner = time.time(), tenant(conn, args)
+    ids = [args.id] if args.id else [a["id"] for a in store.accounts.list_all(conn, owner)]
+    if not args.id and config.has_default_account and owner == DEFAULT_TENANT:
         ids.append(None)  # the [smtp] account of messages without account_id
     try:
-        usages = [operations.usage(conn, config, account_id, now) for account_id in ids]
+        usages = [operations.usage(conn, config, owner, account_id, now) for account_id in ids]
     except operations.Refused as exc:
         raise CliError(str(exc), REFUSED) from None
     rows = [

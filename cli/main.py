@@ -13,7 +13,7 @@ import sys
 
 import apsw
 
-from cli import accounts, backup, messages, service, stack, suppressions
+from cli import accounts, backup, messages, service, stack, suppressions, tenants
 from cli.output import BROKEN_PIPE, UNAVAILABLE, USAGE, CliError
 from common.config import ConfigError, load_config
 from common.enums import Status
@@ -23,6 +23,8 @@ PRIORITIES = "0-3 or immediate/high/medium/low"
 
 CONFIG_HELP = "INI file (default: $ASYNCMAIL_CONFIG or etc/asyncmail.ini)"
 JSON_HELP = "print JSON for scripts instead of tables"
+IN_TENANT = "the tenant to act in (default: the default tenant)"
+ON_TENANT = "only this tenant (default: the whole service)"
 
 
 def _common_options(with_json: bool = True) -> argparse.ArgumentParser:
@@ -36,7 +38,8 @@ def _common_options(with_json: bool = True) -> argparse.ArgumentParser:
     return parent
 
 
-def _command(sub, name: str, func, common, **kwargs) -> argparse.ArgumentParser:
+def _command(sub, name: str, func, common, tenant: str | None = None, **kwargs):
+    """A subcommand; ``tenant``: the help of its --tenant option (None: it has none)."""
     parser = sub.add_parser(
         name,
         help=func.__doc__,
@@ -45,6 +48,8 @@ def _command(sub, name: str, func, common, **kwargs) -> argparse.ArgumentParser:
         allow_abbrev=False,
         **kwargs,
     )
+    if tenant is not None:
+        parser.add_argument("--tenant", metavar="ID", help=tenant)
     parser.set_defaults(func=func)
     return parser
 
@@ -53,7 +58,7 @@ def _accounts(sub, common) -> None:
     group = sub.add_parser("accounts", help="manage SMTP accounts").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    add = _command(group, "add", accounts.cmd_accounts_add, common)
+    add = _command(group, "add", accounts.cmd_accounts_add, common, IN_TENANT)
     add.add_argument("id", help="account id messages refer to as account_id")
     add.add_argument("--host", required=True)
     add.add_argument("--port", type=int, required=True)
@@ -82,13 +87,48 @@ def _accounts(sub, common) -> None:
     add.add_argument("--batch-size", type=int, help="most messages per claim for this account")
     add.add_argument("--max-recipients-per-transaction", type=int, metavar="N",
                      help="RCPTs per SMTP transaction (100)")  # fmt: skip
-    _command(group, "list", accounts.cmd_accounts_list, common)
-    _command(group, "show", accounts.cmd_accounts_show, common).add_argument("id")
-    delete = _command(group, "delete", accounts.cmd_accounts_delete, common)
+    _command(group, "list", accounts.cmd_accounts_list, common, IN_TENANT)
+    _command(group, "show", accounts.cmd_accounts_show, common, IN_TENANT).add_argument("id")
+    delete = _command(group, "delete", accounts.cmd_accounts_delete, common, IN_TENANT)
     delete.add_argument("id")
     delete.add_argument("--purge", action="store_true", help="also delete its unsent messages")
-    usage = _command(group, "usage", accounts.cmd_accounts_usage, common)
+    usage = _command(group, "usage", accounts.cmd_accounts_usage, common, IN_TENANT)
     usage.add_argument("id", nargs="?", help="one account (default: every account)")
+
+
+def _tenants(sub, common) -> None:
+    group = sub.add_parser(
+        "tenants", help="applications sharing the service (docs/tenants.md)"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = _command(group, "add", tenants.cmd_tenants_add, common)
+    add.add_argument("id", help="a slug: lower-case letters, digits and '-'")
+    add.add_argument("--name", help="default: the id")
+    add.add_argument("--report-url", metavar="URL", help="where its delivery reports go")
+    add.add_argument("--report-user", metavar="USER", help="basic auth user for it")
+    for flag, what in (
+        ("--report-password-env", "its basic auth password"),
+        ("--report-token-env", "its bearer token"),
+        ("--signing-key-env", "the key that signs its reports"),
+    ):
+        add.add_argument(flag, metavar="VAR", help=f"read {what} from environment variable VAR")
+    add.add_argument("--report-format", choices=["delivery_report", "reports"])
+    for unit in ("minute", "hour", "day"):
+        add.add_argument(f"--limit-per-{unit}", type=int, metavar="N",
+                         help=f"most sends per {unit}, all its accounts together")  # fmt: skip
+    add.add_argument("--limit-behavior", choices=["defer", "reject"])
+    _command(group, "list", tenants.cmd_tenants_list, common)
+    for name, func in (
+        ("show", tenants.cmd_tenants_show),
+        ("rotate-token", tenants.cmd_tenants_rotate_token),
+        ("suspend", tenants.cmd_tenants_suspend),
+        ("activate", tenants.cmd_tenants_activate),
+    ):
+        _command(group, name, func, common).add_argument("id")
+    delete = _command(group, "delete", tenants.cmd_tenants_delete, common)
+    delete.add_argument("id")
+    delete.add_argument(
+        "--purge", action="store_true", help="also while it has unsent mail or unreported outcomes"
+    )
 
 
 def _send(sub, common) -> None:
@@ -98,6 +138,7 @@ def _send(sub, common) -> None:
         "send",
         messages.cmd_send,
         _common_options(with_json=False),
+        IN_TENANT,
         epilog="Exit 1 when any message was rejected; the reasons are printed.",
     )
     source = send.add_mutually_exclusive_group()
@@ -140,27 +181,28 @@ def _messages(sub, common) -> None:
     group = sub.add_parser("messages", help="inspect and delete messages").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    listing = _command(group, "list", messages.cmd_messages_list, common)
+    listing = _command(group, "list", messages.cmd_messages_list, common, IN_TENANT)
     listing.add_argument("--status", choices=[s.value for s in Status])
     listing.add_argument("--account")
     listing.add_argument("--active-only", action="store_true", help="only unsent messages")
     listing.add_argument("--limit", type=int, default=50, help="1-1000 (50)")
     listing.add_argument("--cursor", type=int, default=0, help="from a previous page")
-    _command(group, "show", messages.cmd_messages_show, common).add_argument("id")
-    _command(group, "delete", messages.cmd_messages_delete, common).add_argument("ids", nargs="+")
+    _command(group, "show", messages.cmd_messages_show, common, IN_TENANT).add_argument("id")
+    delete = _command(group, "delete", messages.cmd_messages_delete, common, IN_TENANT)
+    delete.add_argument("ids", nargs="+")
 
 
 def _suppressions(sub, common) -> None:
     group = sub.add_parser(
         "suppressions", help="addresses not sent to (docs/bounces.md)"
     ).add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = _command(group, "list", suppressions.cmd_suppressions_list, common)
+    listing = _command(group, "list", suppressions.cmd_suppressions_list, common, IN_TENANT)
     listing.add_argument("--limit", type=int, default=100, help="1-1000 (100)")
     listing.add_argument("--cursor", help="from a previous page")
-    add = _command(group, "add", suppressions.cmd_suppressions_add, common)
+    add = _command(group, "add", suppressions.cmd_suppressions_add, common, IN_TENANT)
     add.add_argument("address")
     add.add_argument("--reason", choices=["manual", "complaint", "hard_bounce"], default="manual")
-    remove = _command(group, "remove", suppressions.cmd_suppressions_remove, common)
+    remove = _command(group, "remove", suppressions.cmd_suppressions_remove, common, IN_TENANT)
     remove.add_argument("address")
 
 
@@ -202,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "token", service.cmd_token, common)
     seal = _command(sub, "seal-password", service.cmd_seal_password, common)
     seal.add_argument("--password-env", metavar="VAR", help="read it from environment variable VAR")
+    _tenants(sub, common)
     _accounts(sub, common)
     _suppressions(sub, common)
     _send(sub, common)
@@ -211,19 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         service.cmd_status,
         common,
+        ON_TENANT,
         epilog="The health check: exit 0 healthy, 1 a process is stale or missing, "
         "3 the database cannot be read.",
     )
-    run_now = _command(sub, "run-now", service.cmd_run_now, common)
+    run_now = _command(sub, "run-now", service.cmd_run_now, common, ON_TENANT)
     run_now.add_argument(
         "--flush",
         action="store_true",
         help="first make messages waiting for a retry ready now (a server back from an outage)",
     )
     _retry(sub, common)
-    _command(sub, "suspend", service.cmd_suspend, common)
-    _command(sub, "activate", service.cmd_activate, common)
-    cleanup = _command(sub, "cleanup", service.cmd_cleanup, common)
+    _command(sub, "suspend", service.cmd_suspend, common, ON_TENANT)
+    _command(sub, "activate", service.cmd_activate, common, ON_TENANT)
+    cleanup = _command(sub, "cleanup", service.cmd_cleanup, common, ON_TENANT)
     cleanup.add_argument(
         "--older-than",
         type=int,
@@ -265,6 +309,7 @@ def _retry(sub, common) -> None:
         "retry",
         service.cmd_retry,
         common,
+        IN_TENANT,
         epilog="Messages deferred by their own deferred_ts (never attempted) are left alone.",
     )
     retry.add_argument("ids", nargs="*", metavar="ID", help="these messages")

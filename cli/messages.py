@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cli.eml import PayloadError, payload_from_eml, payload_from_flags, read_text
 from cli.output import OK, REFUSED, CliError, emit, pairs, table, when
+from cli.tenants import tenant
 from common import intake, store
 from common.config import Config
 from common.enums import Priority, Status
@@ -87,9 +88,10 @@ def cmd_send(config: Config, args) -> int:
         except ValueError:
             raise CliError("--json: default_priority must be 0-3 or a priority name") from None
     conn, queued, rejected = store.db.open_database(config), [], []
+    owner = tenant(conn, args)
     for start in range(0, len(items), MAX_BATCH):  # one short transaction per API-sized batch
         chunk = items[start : start + MAX_BATCH]
-        result = intake.accept_batch(conn, config, chunk, time.time(), default_priority)
+        result = intake.accept_batch(conn, config, owner, chunk, time.time(), default_priority)
         queued += result.queued
         rejected += result.rejected
     lines = [f"queued {len(queued)}, rejected {len(rejected)}"]
@@ -103,8 +105,10 @@ def cmd_messages_list(config: Config, args) -> int:
     """List stored messages, oldest first, one page at a time."""
     if not 1 <= args.limit <= 1000:
         raise CliError("--limit must be between 1 and 1000")
+    conn = store.db.open_database(config)
     rows, next_cursor = store.messages.list_page(
-        store.db.open_database(config),
+        conn,
+        tenant(conn, args),
         time.time(),
         status=Status(args.status) if args.status else None,
         active_only=args.active_only,
@@ -132,7 +136,8 @@ def cmd_messages_list(config: Config, args) -> int:
 
 def cmd_messages_show(config: Config, args) -> int:
     """Show one message, its status, every delivery attempt and the bounces it met."""
-    record = store.messages.get(store.db.open_database(config), args.id, time.time())
+    conn = store.db.open_database(config)
+    record = store.messages.get(conn, tenant(conn, args), args.id, time.time())
     if record is None:
         raise CliError(f"no message {args.id!r}", REFUSED)
     message = record["message"]
@@ -170,7 +175,8 @@ def cmd_messages_show(config: Config, args) -> int:
 
 def cmd_messages_delete(config: Config, args) -> int:
     """Delete messages no dispatcher holds; exit 1 when any was missing or in flight."""
-    out = store.messages.delete(store.db.open_database(config), args.ids, time.time())
+    conn = store.db.open_database(config)
+    out = store.messages.delete(conn, tenant(conn, args), args.ids, time.time())
     lines = [f"removed {len(out['removed'])}"]
     lines += [f"not found: {i}" for i in out["not_found"]]
     lines += [f"in flight (retry later): {i}" for i in out["in_flight"]]

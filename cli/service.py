@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cli.output import OK, REFUSED, UNAVAILABLE, UNHEALTHY, USAGE, CliError, emit, pairs, table
 from cli.stack import supervisord_answers
+from cli.tenants import scope, tenant
 from common import crypto, operations, store
 from common.config import Config
 
@@ -98,20 +99,27 @@ def cmd_status(config: Config, args) -> int:
     """
     if not config.database.exists():
         raise CliError(f"no database at {config.database} (asyncmail init creates it)", UNAVAILABLE)
-    data = operations.status(store.db.open_database(config), config, time.time())
+    conn = store.db.open_database(config)
+    data = operations.status(conn, config, time.time(), scope(conn, args))
     runs = supervisord_answers(config)
     problems = operations.health(data["processes"], runs, config.bounces_enabled)
-    problems += operations.replication_problems(data["replication"], runs)
     head = {
+        **({"tenant": data["tenant"]} if "tenant" in data else {}),
         "active": "yes" if data["active"] else "no (suspended)",
         "test_mode": "yes" if config.test_mode else "no",
         **data["counts"],
         "pending by priority": " ".join(f"{p}:{n}" for p, n in data["pending_by_priority"].items()),
         "oldest ready age": f"{data['oldest_ready_age_seconds']} s",
-        "replication": _replication_line(data["replication"]),
-        "health": "ok" if not problems else "UNHEALTHY",
     }
+    if "replication" in data:  # the whole service's view
+        problems += operations.replication_problems(data["replication"], runs)
+        head["replication"] = _replication_line(data["replication"])
+    head["health"] = "ok" if not problems else "UNHEALTHY"
     human = pairs(head)
+    if len(data.get("tenants", ())) > 1:
+        rows = [{**t, **t["counts"], "state": _tenant_state(t)} for t in data["tenants"]]
+        columns = ["id", "state", "queued", "deferred", "sending", "sent", "error", "unreported"]
+        human += "\n\n" + table(rows, columns)
     if data["processes"]:
         rows = [{**p, "stale": "STALE" if p["stale"] else ""} for p in data["processes"]]
         human += "\n\n" + table(rows, ["process", "kind", "pid", "age_seconds", "stale"])
@@ -120,6 +128,12 @@ def cmd_status(config: Config, args) -> int:
     human += "".join(f"\nproblem: {p}" for p in problems)
     emit(args, {"ok": True, **data, "healthy": not problems, "problems": problems}, human)
     return UNHEALTHY if problems else OK
+
+
+def _tenant_state(tenant: dict) -> str:
+    if not tenant["active"]:
+        return "SUSPENDED"
+    return "active" if tenant["dispatching"] else "paused by itself"
 
 
 def _replication_line(state: dict) -> str:
@@ -134,7 +148,8 @@ def _replication_line(state: dict) -> str:
 
 def cmd_run_now(config: Config, args) -> int:
     """Wake every dispatcher and the reporter now (in test_mode: allow one round)."""
-    done = operations.run_now(store.db.open_database(config), config, time.time(), args.flush)
+    conn = store.db.open_database(config)
+    done = operations.run_now(conn, config, time.time(), args.flush, scope(conn, args))
     data = {"ok": True, "woken": done.woken}
     human = f"woke {done.woken} processes"
     if args.flush:
@@ -147,10 +162,12 @@ def cmd_run_now(config: Config, args) -> int:
 
 def cmd_retry(config: Config, args) -> int:
     """Requeue errored messages and messages waiting for a retry: they are sent now."""
+    conn = store.db.open_database(config)
     try:
         done = operations.retry(
-            store.db.open_database(config),
+            conn,
             config,
+            tenant(conn, args),
             time.time(),
             ids=args.ids or None,
             account_id=args.account,
@@ -185,14 +202,16 @@ def _cli_words(text: str) -> str:
 
 def cmd_suspend(config: Config, args) -> int:
     """Stop claiming new messages (persisted); reporting continues."""
-    operations.set_active(store.db.open_database(config), config, False)
+    conn = store.db.open_database(config)
+    operations.set_active(conn, config, False, scope(conn, args))
     emit(args, {"ok": True, "active": False}, "suspended: dispatchers claim nothing new")
     return OK
 
 
 def cmd_activate(config: Config, args) -> int:
     """Resume claiming messages (persisted) and wake the dispatchers."""
-    operations.set_active(store.db.open_database(config), config, True)
+    conn = store.db.open_database(config)
+    operations.set_active(conn, config, True, scope(conn, args))
     emit(args, {"ok": True, "active": True}, "active: dispatchers claim again")
     return OK
 
@@ -201,7 +220,7 @@ def cmd_cleanup(config: Config, args) -> int:
     """Delete messages finished longer ago than --older-than (default: the retention)."""
     conn = store.db.open_database(config)
     try:
-        done = operations.cleanup(conn, config, time.time(), args.older_than)
+        done = operations.cleanup(conn, config, time.time(), args.older_than, scope(conn, args))
     except operations.Refused as exc:
         raise CliError(str(exc).replace("'older_than_seconds'", "--older-than")) from None
     data = {"ok": True, "removed": done.removed}

@@ -1,10 +1,12 @@
-"""``asyncmail suppressions list|add|remove``: the suppression list, straight in the database."""
+"""``asyncmail suppressions list|add|remove``: a tenant's suppression list (--tenant),
+straight in the database."""
 
 from __future__ import annotations
 
 import time
 
 from cli.output import OK, REFUSED, CliError, emit, table, when
+from cli.tenants import tenant
 from common import operations, store
 from common.config import Config
 
@@ -13,9 +15,10 @@ COLUMNS = ["address", "reason", "status", "count", "first seen", "last seen", "d
 
 def cmd_suppressions_list(config: Config, args) -> int:
     """List suppressed addresses in address order (--cursor: from a previous page)."""
+    conn = store.db.open_database(config)
     try:
         rows, cursor = operations.suppressions(
-            store.db.open_database(config), args.limit, args.cursor or ""
+            conn, tenant(conn, args), args.limit, args.cursor or ""
         )
     except operations.Refused as exc:
         raise CliError(str(exc).replace("'limit'", "--limit")) from None
@@ -32,9 +35,10 @@ def cmd_suppressions_list(config: Config, args) -> int:
 
 def cmd_suppressions_add(config: Config, args) -> int:
     """Stop sending to an address."""
+    conn = store.db.open_database(config)
     try:
         entry = operations.suppress(
-            store.db.open_database(config), args.address, args.reason, time.time()
+            conn, tenant(conn, args), args.address, args.reason, time.time()
         )
     except operations.Refused as exc:
         raise CliError(str(exc).replace("'address': ", "")) from None
@@ -44,8 +48,9 @@ def cmd_suppressions_add(config: Config, args) -> int:
 
 def cmd_suppressions_remove(config: Config, args) -> int:
     """Send to an address again."""
+    conn = store.db.open_database(config)
     try:
-        operations.unsuppress(store.db.open_database(config), args.address)
+        operations.unsuppress(conn, tenant(conn, args), args.address)
     except operations.Refused as exc:
         message = str(exc).replace("GET /suppressions (asyncmail suppressions list)", "asyncmail "
                                    "suppressions list")  # fmt: skip

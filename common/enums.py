@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 
+# The tenant of everything stored before tenants, and of the admin token that names none
+# (docs/tenants.md); the value is stored in every row that belongs to it.
+DEFAULT_TENANT = "default"
+
 
 class Status(enum.StrEnum):
     """A message's status, derived from its columns (``common.store.status``)."""

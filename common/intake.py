@@ -1,7 +1,8 @@
 """Accepting a batch of messages: validate each item, store the good ones, wake dispatchers.
 
 Used by the API's add-messages and by ``asyncmail send``, so both reject the same things
-with the same reasons.
+with the same reasons.  A batch is enqueued in one tenant: its accounts are the only ones
+its messages may name, and the [smtp] default account is the default tenant's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from common import store, wakeup
 from common.addresses import angle_brackets, new_message_id, new_verp_token, sender_domain
 from common.config import Config
+from common.enums import DEFAULT_TENANT
 from common.models import Message, validate_message
 
 
@@ -27,10 +29,14 @@ def _reject(result: BatchResult, item, reason: str) -> None:
     )
 
 
-def _refusal(model: Message, seen: set[str], accounts: set[str], config: Config) -> str | None:
+def _refusal(
+    model: Message, seen: set[str], accounts: set[str], config: Config, tenant: str
+) -> str | None:
     """Why a valid message still cannot be queued in this batch, or None."""
     if model.id in seen:
         return "duplicate id in this batch"
+    if model.account_id is None and tenant != DEFAULT_TENANT:
+        return "no account_id given; name one of this tenant's accounts (GET /accounts)"
     if model.account_id is None and not config.has_default_account:
         return "no account_id given and no default [smtp] account is configured"
     if model.account_id is not None and model.account_id not in accounts:
@@ -61,17 +67,22 @@ def message_id_header(model: Message, config: Config, now: float) -> str:
 
 
 def accept_batch(
-    conn, config: Config, items: list, now: float, default_priority: int | None = None
+    conn,
+    config: Config,
+    tenant: str,
+    items: list,
+    now: float,
+    default_priority: int | None = None,
 ) -> BatchResult:
-    """Validate every item on its own, store the valid ones in one transaction."""
+    """Validate every item on its own, store the valid ones (in ``tenant``) in one transaction."""
     result = BatchResult()
     priority_default = config.default_priority if default_priority is None else default_priority
-    accounts = store.accounts.ids(conn)
+    accounts = store.accounts.ids(conn, tenant)
     seen: set[str] = set()
     batch: list[store.messages.NewMessage] = []
     for item in items:
         model, payload, reason = validate_message(item)
-        reason = reason or _refusal(model, seen, accounts, config)
+        reason = reason or _refusal(model, seen, accounts, config, tenant)
         if reason is not None:
             _reject(result, item, reason)
             continue
@@ -86,7 +97,7 @@ def accept_batch(
             )
         )
     if batch:
-        for message_id, reason in store.messages.enqueue(conn, batch, now).items():
+        for message_id, reason in store.messages.enqueue(conn, tenant, batch, now).items():
             if reason is None:
                 result.queued.append(message_id)
             else:

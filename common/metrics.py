@@ -10,7 +10,9 @@ whichever process answers the scrape.
 Per-account series exist from the moment the account does: every scrape gives each account
 (and ``default``) its series at 0 before the first event, so ``rate()`` and ``increase()``
 see a first burst, and drops the series of deleted accounts (multiprocess files cannot
-forget a label set, so the scrape filters them out).
+forget a label set, so the scrape filters them out).  Account ids are unique within a
+tenant only, so these series carry ``tenant_id`` beside ``account_id`` (docs/tenants.md);
+a query written before tenants still sums or matches them as it did.
 
 Gauge modes, chosen on purpose:
   HEARTBEAT  ``max``: a timestamp per process name; a restarted process (new pid, same name)
@@ -43,16 +45,17 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from common.enums import Outcome
+from common.enums import DEFAULT_TENANT, Outcome
 
 DEFAULT_ACCOUNT = "default"  # account_id label of the implicit [smtp] account, as in the reference
+ACCOUNT = ["tenant_id", "account_id"]  # the labels that name an account
 
 # -- the reference's names ------------------------------------------------------------------
-SENT = Counter("asyncmail_sent", "Messages accepted by the SMTP server.", ["account_id"])
-ERRORS = Counter("asyncmail_errors", "Messages that failed permanently.", ["account_id"])
-DEFERRED = Counter("asyncmail_deferred", "Messages deferred (retry or rate limit).", ["account_id"])
+SENT = Counter("asyncmail_sent", "Messages accepted by the SMTP server.", ACCOUNT)
+ERRORS = Counter("asyncmail_errors", "Messages that failed permanently.", ACCOUNT)
+DEFERRED = Counter("asyncmail_deferred", "Messages deferred (retry or rate limit).", ACCOUNT)
 RATE_LIMITED = Counter(
-    "asyncmail_rate_limited", "Sends held back by an account rate limit.", ["account_id"]
+    "asyncmail_rate_limited", "Sends held back by an account or tenant rate limit.", ACCOUNT
 )
 # asyncmail_pending_messages is a scrape-time gauge, see QueueCollector.
 REFERENCE_NAMES = (  # as exposed; existing dashboards and alerts of the reference use these
@@ -64,27 +67,31 @@ REFERENCE_NAMES = (  # as exposed; existing dashboards and alerts of the referen
 )
 
 # -- ours -----------------------------------------------------------------------------------
-ATTEMPTS = Counter("asyncmail_attempts", "Delivery attempts by outcome.", ["account_id", "outcome"])
+ATTEMPTS = Counter("asyncmail_attempts", "Delivery attempts by outcome.", [*ACCOUNT, "outcome"])
 SMTP_SEND_SECONDS = Histogram(
     "asyncmail_smtp_send_seconds",
     "Time of one SMTP transaction (MAIL FROM to end of DATA).",
-    ["account_id"],
+    ACCOUNT,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ENQUEUE_TO_SENT_SECONDS = Histogram(
     "asyncmail_enqueue_to_sent_seconds",
     "Time from enqueue to the SMTP server's acceptance.",
-    ["account_id"],
+    ACCOUNT,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400),
 )
 CIRCUIT_OPENED = Counter(
     "asyncmail_circuit_opened",
     "Account circuits opened by a connection failure (claims of it pause for a backoff).",
-    ["account_id"],
+    ACCOUNT,
 )
-REPORT_BATCHES = Counter("asyncmail_report_batches", "proxy_sync requests by result.", ["result"])
+REPORT_BATCHES = Counter(
+    "asyncmail_report_batches", "proxy_sync requests by tenant and result.", ["tenant_id", "result"]
+)
 REPORT_RESULTS = ("ok", "failed")
-REPORT_ITEMS = Counter("asyncmail_report_items", "Delivery report items acknowledged.")
+REPORT_ITEMS = Counter(
+    "asyncmail_report_items", "Delivery report items acknowledged, by tenant.", ["tenant_id"]
+)
 REPORT_LAG_SECONDS = Histogram(
     "asyncmail_report_lag_seconds",
     "Time from a message's outcome to its acknowledged report.",
@@ -102,7 +109,7 @@ HTTP_SECONDS = Histogram(
 BOUNCES = Counter(
     "asyncmail_bounces",
     "Delivery status notifications about sent messages, and complaints, by kind.",
-    ["account_id", "kind"],
+    [*ACCOUNT, "kind"],
 )
 BOUNCE_KINDS = ("hard", "soft", "complaint")
 BOUNCE_MAILS = Counter(
@@ -118,7 +125,7 @@ BOUNCE_MAILBOX_FAILURES = Counter(
 SUPPRESSED_RECIPIENTS = Counter(
     "asyncmail_suppressed_recipients",
     "Recipients not sent to because they are on the suppression list.",
-    ["account_id"],
+    ACCOUNT,
 )
 HEARTBEAT = Gauge(
     "asyncmail_process_heartbeat_timestamp_seconds",
@@ -208,9 +215,9 @@ class ProcessSampler:
 class QueueCollector:
     """Gauges computed from the database and the configuration at scrape time."""
 
-    def __init__(self, connect, config, accounts: set[str], clock: Callable[[], float]):
+    def __init__(self, connect, config, accounts: set[tuple[str, str]], clock: Callable):
         self.connect = connect  # () -> apsw connection, opened lazily by the caller
-        self.config, self.accounts = config, accounts  # accounts: their account_id labels
+        self.config, self.accounts = config, accounts  # accounts: their (tenant, account) labels
         self.clock = clock  # ages are "now" minus a stored time; a test passes a fixed clock
 
     def collect(self):
@@ -238,24 +245,47 @@ class QueueCollector:
             store.messages.pending_by_priority(conn).items(),
         )
         due = dict.fromkeys(self.accounts, 0)
-        for account_id, n in store.messages.due_by_account(conn, now).items():
-            due[account_label(account_id)] = n
-        yield _labelled(
+        for (tenant, account_id), n in store.messages.due_by_account(conn, now).items():
+            due[labels_of(tenant, account_id)] = n
+        family = GaugeMetricFamily(
             "asyncmail_due_messages",
             "Unsent messages whose time has come: ready now, or waiting to retry a failure.",
-            "account_id",
-            due.items(),
+            labels=ACCOUNT,
         )
+        for series, n in sorted(due.items()):
+            family.add_metric(list(series), n)
+        yield family
         yield GaugeMetricFamily(
             "asyncmail_oldest_ready_age_seconds",
             "How long the oldest claimable message has waited.",
             value=store.messages.oldest_ready_age(conn, now),
         )
-        yield GaugeMetricFamily(
+        tenants = store.tenants.list_all(conn)
+        yield _labelled(
             "asyncmail_oldest_unreported_age_seconds",
-            "How long the oldest outcome has waited for its delivery report.",
-            value=store.reports.oldest_unreported_age(conn, now),
+            "How long the oldest outcome of each tenant has waited for its delivery report.",
+            "tenant_id",
+            [(t["id"], store.reports.oldest_unreported_age(conn, now, t["id"])) for t in tenants],
         )
+        yield _labelled(
+            "asyncmail_reports_enabled",
+            "1 when the tenant's delivery reports are posted (it has a client_sync_url), else 0.",
+            "tenant_id",
+            [(t["id"], int(self._reports_to(t))) for t in tenants],
+        )
+        yield _labelled(
+            "asyncmail_tenant_sending",
+            "1 while the tenant's mail is dispatched (neither it nor the operator suspended it).",
+            "tenant_id",
+            [(t["id"], int(t["active"] and t["dispatching"])) for t in tenants],
+        )
+
+    def _reports_to(self, tenant: dict) -> bool:
+        from common import store
+
+        if tenant["id"] == store.tenants.DEFAULT:
+            return self.config.reports_enabled
+        return tenant["client_sync_url"] is not None
 
     def _service(self, conn, now: float):
         from common import store
@@ -279,11 +309,6 @@ class QueueCollector:
             "Addresses on the suppression list, by reason.",
             "reason",
             store.suppressions.counts(conn).items(),
-        )
-        yield GaugeMetricFamily(
-            "asyncmail_reports_enabled",
-            "1 when delivery reports are posted (client_sync_url is set), else 0.",
-            value=int(self.config.reports_enabled),
         )
         sizes = store.db.file_sizes(self.config.database)
         yield GaugeMetricFamily(
@@ -327,14 +352,16 @@ class QueueCollector:
 class AccountSeries:
     """The per-account families of ``source`` restricted to the accounts that exist."""
 
-    def __init__(self, source, accounts: set[str]):
+    def __init__(self, source, accounts: set[tuple[str, str]]):
         self.source, self.accounts = source, accounts
 
     def collect(self):
         for family in self.source.collect():
             if family.name in ACCOUNT_FAMILIES:
                 family.samples = [
-                    s for s in family.samples if s.labels.get("account_id") in self.accounts
+                    s
+                    for s in family.samples
+                    if (s.labels.get("tenant_id"), s.labels.get("account_id")) in self.accounts
                 ]
             yield family
 
@@ -351,19 +378,26 @@ def account_label(account_id: str | None) -> str:
     return DEFAULT_ACCOUNT if account_id is None else account_id
 
 
-def account_labels(conn) -> set[str]:
-    """The account_id label of every account that exists, ``default`` included."""
+def labels_of(tenant: str, account_id: str | None) -> tuple[str, str]:
+    """The (tenant_id, account_id) labels of a tenant's account."""
+    return tenant, account_label(account_id)
+
+
+def account_labels(conn) -> set[tuple[str, str]]:
+    """The labels of every account that exists, the [smtp] one (the default tenant's
+    ``default``) included."""
     from common import store
 
-    return {DEFAULT_ACCOUNT} | store.accounts.ids(conn)
+    accounts = store.accounts.every_id(conn)
+    return {labels_of(DEFAULT_TENANT, None)} | {labels_of(*account) for account in accounts}
 
 
-def touch_accounts(accounts: set[str]) -> None:
+def touch_accounts(accounts: set[tuple[str, str]]) -> None:
     """Give every per-account series of these accounts its 0 in this process."""
     for metric, others in ACCOUNT_LABELS.items():
         for account in accounts:
             for rest in others or ((),):
-                metric.labels(account, *rest)
+                metric.labels(*account, *rest)
 
 
 def render(connect, config, clock: Callable[[], float] = time.time) -> bytes:

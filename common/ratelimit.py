@@ -3,7 +3,9 @@
 One file per account under ``var/ratelimit/``, read and changed only while holding an
 exclusive ``flock`` on it, so any number of processes on the host see one history.  A send
 calls ``Ledger.reserve()`` before it starts: either the start is recorded, or nothing is and
-the caller learns the earliest moment a slot frees.
+the caller learns the earliest moment a slot frees.  A tenant with tenant-wide limits has a
+file of its own too (``Meter``), and a send of one of its accounts reserves in both at once
+(``reserve_all``: every file locked, in a fixed order, before any is read).
 
 The file is a fixed-size ring of the most recent send starts, as many as the largest
 configured limit.  For a window of length W with limit L the decision needs one entry: the
@@ -32,10 +34,11 @@ import re
 import struct
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.enums import DEFAULT_TENANT
 from common.logs import fields
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,10 @@ SLOT_INDEX = struct.Struct("<Id")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
-Rebuild = Callable[[str | None, float], list[float]]
+# What a ledger file meters: an account id alone (None: the [smtp] account) names an
+# account of the default tenant, as before tenants; a Meter names any.
+Key = Hashable
+Rebuild = Callable[[Key, float], list[float]]
 
 
 class CorruptLedger(Exception):
@@ -113,8 +119,34 @@ def boot_id() -> bytes:
         return bytes(16)
 
 
-def file_name(account_id: str | None) -> str:
-    """A file name for an account that no other account id can produce."""
+@dataclass(frozen=True)
+class Meter:
+    """The sends one ledger file counts: those of one account of a tenant (account_id None:
+    the [smtp] account), or with ``whole``, those of every account of the tenant."""
+
+    tenant_id: str
+    account_id: str | None = None
+    whole: bool = False
+
+
+def file_name(key: Key) -> str:
+    """A file name for a meter (or a default tenant's account id) that no other can produce.
+
+    The default tenant's accounts keep the names they had before tenants; another tenant's
+    files start with ``tenant-<id>.`` (a tenant id is a slug, without dots).
+    """
+    if not isinstance(key, Meter):
+        return _account_file(key)
+    if not SAFE_NAME.fullmatch(key.tenant_id) or "." in key.tenant_id:
+        raise ValueError(f"not a tenant id: {key.tenant_id!r}")
+    if key.whole:
+        return f"tenant-{key.tenant_id}.ledger"
+    if key.tenant_id == DEFAULT_TENANT:
+        return _account_file(key.account_id)
+    return f"tenant-{key.tenant_id}.{_account_file(key.account_id)}"
+
+
+def _account_file(account_id: str | None) -> str:
     if account_id is None:
         return "default.ledger"  # the implicit [smtp] account; real ids get a prefix
     if SAFE_NAME.fullmatch(account_id) and account_id not in {".", ".."}:
@@ -237,37 +269,55 @@ class Ledger:
         self.directory = Path(directory)
         self.rebuild = rebuild or (lambda account_id, since: [])
 
-    def path_for(self, account_id: str | None) -> Path:
-        """The account's ledger file."""
-        return self.directory / file_name(account_id)
+    def path_for(self, key: Key) -> Path:
+        """The meter's ledger file."""
+        return self.directory / file_name(key)
 
-    def starts(self, account_id: str | None) -> list[float]:
-        """The recorded starts still in the account's ring, oldest first (for inspection)."""
-        if not self.path_for(account_id).exists():
+    def starts(self, key: Key) -> list[float]:
+        """The recorded starts still in the meter's ring, oldest first (for inspection)."""
+        if not self.path_for(key).exists():
             return []
-        with self._locked(account_id) as fd:
+        with self._locked(key) as fd:
             return _salvage(fd)
 
-    def reserve(self, account_id: str | None, limits: Limits, now: float) -> float | None:
+    def reserve(self, key: Key, limits: Limits, now: float) -> float | None:
         """Record a send start at ``now`` and return None, or record nothing and return the
         earliest epoch time at which every window has a free slot."""
-        if not limits:
+        held = self.reserve_all([(key, limits)], now)
+        return None if held is None else held[0]
+
+    def reserve_all(self, meters: list[tuple[Key, Limits]], now: float) -> tuple[float, Key] | None:
+        """Record one send start in every meter's ledger, or in none: None when recorded,
+        else (the earliest time every window of every meter has a slot, the meter whose
+        window frees last).  The files are locked in name order, so two processes reserving
+        in the same two meters never wait for each other in a circle."""
+        wanted = sorted(
+            ((key, limits) for key, limits in meters if limits), key=lambda m: file_name(m[0])
+        )
+        if not wanted:
             return None
-        with self._locked(account_id) as fd:
-            ring = self._ring(fd, account_id, limits, now)
-            start = max(now, ring.header.newest)  # a clock stepping back never reorders the ring
-            frees = ring.free_at(limits, start)
-            if frees is None:
+        with contextlib.ExitStack() as locks:
+            rings = [
+                (key, limits, self._ring(locks.enter_context(self._locked(key)), key, limits, now))
+                for key, limits in wanted
+            ]
+            # one start for all: a clock stepping back never reorders a ring
+            start = max(now, *(ring.header.newest for _, _, ring in rings))
+            blocked = [(ring.free_at(limits, start), key) for key, limits, ring in rings]
+            blocked = [(frees, key) for frees, key in blocked if frees is not None]
+            if blocked:
+                return max(blocked, key=lambda held: held[0])
+            for _, _, ring in rings:
                 ring.append(start)
-            return frees
+            return None
 
     @contextlib.contextmanager
-    def _locked(self, account_id: str | None) -> Iterator[int]:
+    def _locked(self, key: Key) -> Iterator[int]:
         """An fd on the account's file, exclusively locked; the lock dies with the process."""
         if not self.directory.is_dir():
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
-        path = self.path_for(account_id)
+        path = self.path_for(key)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -283,10 +333,10 @@ class Ledger:
         finally:
             os.close(fd)
 
-    def _ring(self, fd: int, account_id: str | None, limits: Limits, now: float) -> _Ring:
+    def _ring(self, fd: int, key: Key, limits: Limits, now: float) -> _Ring:
         """The checked ring for these limits, rewritten first if it cannot be used as is."""
         if os.fstat(fd).st_size == 0:
-            return self._rewrite(fd, account_id, limits, now, "new")
+            return self._rewrite(fd, key, limits, now, "new")
         try:
             ring = _Ring.open(fd)
             reason = _unfit(ring.header, limits, now)
@@ -295,14 +345,14 @@ class Ledger:
                 return ring
         except CorruptLedger as exc:
             reason = f"corrupt: {exc}"
-        return self._rewrite(fd, account_id, limits, now, reason)
+        return self._rewrite(fd, key, limits, now, reason)
 
-    def _rewrite(self, fd, account_id, limits: Limits, now: float, reason: str) -> _Ring:
+    def _rewrite(self, fd, key: Key, limits: Limits, now: float, reason: str) -> _Ring:
         """Rewrite the ring from the starts it still proves plus the database's older ones."""
         since = now - limits.longest
         kept = _salvage(fd)
         oldest_kept = kept[0] if kept else math.inf
-        older = [t for t in self.rebuild(account_id, since) if t < oldest_kept]
+        older = [t for t in self.rebuild(key, since) if t < oldest_kept]
         starts = sorted(t for t in older + kept if t >= since)[-limits.capacity :]
         header = _Header(
             boot_id(),
@@ -321,7 +371,7 @@ class Ledger:
         log(
             "ratelimit ledger rebuilt %s",
             fields(
-                account_id=account_id,
+                ledger=file_name(key),
                 reason=reason,
                 kept=len(kept),
                 from_db=len(older),

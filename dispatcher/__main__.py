@@ -1,13 +1,13 @@
 """``python -m dispatcher``: claim, build, send and record until SIGTERM (SPEC §6)."""
 
-import functools
 import logging
 import sys
 
-from common import metrics, store, wakeup
+from common import metrics, wakeup
 from common.logs import fields
 from common.process import Heartbeat, Signals, open_process, run_forever
 from common.ratelimit import Ledger
+from dispatcher import metering
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher, Jammed
 from dispatcher.guard import Guard
@@ -22,7 +22,7 @@ def main() -> int:
     signals = Signals()
     signals.install()
     waiter = wakeup.Waiter(config.run_dir, wakeup.DISPATCHER, name)
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
+    ledger = Ledger(config.ratelimit_dir, metering.history(conn))
     beat = Heartbeat(conn, name, wakeup.DISPATCHER)
     guard = Guard()  # one watchdog thread: deadlines of SMTP and fetches, lease renewal
     dispatcher = Dispatcher(conn, config, ledger=ledger, pool=Pool(guard=guard),

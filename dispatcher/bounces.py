@@ -34,11 +34,11 @@ def with_verp(envelope: Envelope, row: dict, msg: Message, config: Config) -> En
     return dataclasses.replace(envelope, sender=verp_address(row["verp_token"], config.verp_domain))
 
 
-def screen(conn, envelope: Envelope, config: Config) -> tuple[Envelope, list[str]]:
-    """The envelope without suppressed recipients, and those recipients."""
+def screen(conn, tenant: str, envelope: Envelope, config: Config) -> tuple[Envelope, list[str]]:
+    """The envelope without the recipients on the tenant's list, and those recipients."""
     if not config.suppression:
         return envelope, []
-    suppressed = store.suppressions.among(conn, envelope.recipients)
+    suppressed = store.suppressions.among(conn, tenant, envelope.recipients)
     if not suppressed:
         return envelope, []
     kept = [r for r in envelope.recipients if r not in suppressed]
@@ -48,7 +48,8 @@ def screen(conn, envelope: Envelope, config: Config) -> tuple[Envelope, list[str
 def all_suppressed(row: dict, suppressed: list[str], now: float) -> Transition:
     """SENDING -> ERROR: every recipient is suppressed, so nothing is sent."""
     detail = "all recipients suppressed: " + ", ".join(suppressed)
-    attempt = Attempt(row["id"], row["account_id"], now, Outcome.SUPPRESSED, None, detail)
+    attempt = Attempt(row["id"], row["account_id"], now, Outcome.SUPPRESSED, None, detail,
+                      tenant_id=row["tenant_id"])  # fmt: skip
     refused = {address: [None, SUPPRESSED] for address in suppressed}
     _count(row, suppressed)
     return Transition(attempt, Next.ERROR, now, error=detail, refused=refused)
@@ -57,7 +58,7 @@ def all_suppressed(row: dict, suppressed: list[str], now: float) -> Transition:
 def after_send(conn, row: dict, result: Result, suppressed: list[str], config: Config, now):
     """The result with the suppressed recipients in ``refused``; dead addresses learnt."""
     if config.suppression:
-        _learn(conn, result.refused, now)
+        _learn(conn, row["tenant_id"], result.refused, now)
     if not suppressed:
         return result
     _count(row, suppressed)
@@ -65,17 +66,18 @@ def after_send(conn, row: dict, result: Result, suppressed: list[str], config: C
     return dataclasses.replace(result, refused=refused)
 
 
-def _learn(conn, refused: dict[str, list], now: float) -> None:
-    """Suppress each recipient the server refused as a dead address (5xx with 5.1.x)."""
+def _learn(conn, tenant: str, refused: dict[str, list], now: float) -> None:
+    """Suppress (on the tenant's list) each recipient the server refused as a dead address
+    (5xx with 5.1.x)."""
     for address, (code, text) in refused.items():
         status = enhanced_status(text)
         if code is None or code // 100 != 5 or not kills_address(status):
             continue
-        store.suppressions.add(conn, address, "hard_bounce", f"{code} {status}", text, now)
-        logger.info(fields(event="suppressed", address=address, reason="hard_bounce",
-                           status=f"{code} {status}"))  # fmt: skip
+        store.suppressions.add(conn, tenant, address, "hard_bounce", f"{code} {status}", text, now)
+        logger.info(fields(event="suppressed", tenant=tenant, address=address,
+                           reason="hard_bounce", status=f"{code} {status}"))  # fmt: skip
 
 
 def _count(row: dict, suppressed: list[str]) -> None:
-    account = metrics.account_label(row["account_id"])
-    metrics.SUPPRESSED_RECIPIENTS.labels(account).inc(len(suppressed))
+    series = metrics.labels_of(row["tenant_id"], row["account_id"])
+    metrics.SUPPRESSED_RECIPIENTS.labels(*series).inc(len(suppressed))

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from common import metrics, store
 from common.logs import fields
-from common.store.claims import Attempt
+from common.store.claims import AccountKey, Attempt
+from dispatcher.outcomes import label
 from dispatcher.smtp import ACCOUNT_CODES, Phase, Result
 
 logger = logging.getLogger(__name__)
@@ -39,23 +40,22 @@ class Breaker:
     def __init__(self, conn, clock: Callable[[], float], rng: random.Random):
         self.conn, self.clock, self.rng = conn, clock, rng
 
-    def trip(self, account_id: str | None, attempt: Attempt) -> float:
+    def trip(self, account: AccountKey, attempt: Attempt) -> float:
         """Open the account's circuit after ``attempt`` failed to connect; when it reopens."""
         now = self.clock()
-        until = store.circuits.trip(self.conn, account_id, now, attempt.ts, attempt.detail,
+        until = store.circuits.trip(self.conn, *account, now, attempt.ts, attempt.detail,
                                     self.backoff)  # fmt: skip
-        label = "default" if account_id is None else account_id
-        metrics.CIRCUIT_OPENED.labels(label).inc()
-        logger.warning(fields(event="circuit_open", account=label,
+        metrics.CIRCUIT_OPENED.labels(*metrics.labels_of(*account)).inc()
+        logger.warning(fields(event="circuit_open", account=label(*account),
                               seconds=round(until - now, 1), reason=attempt.detail))  # fmt: skip
         return until
 
-    def probed(self, account_id: str | None, got_through: bool | None) -> None:
+    def probed(self, account: AccountKey, got_through: bool | None) -> None:
         """A half-open circuit's probe is over: closed if it got through, else probe again."""
         if got_through:
-            store.circuits.close(self.conn, account_id)
+            store.circuits.close(self.conn, *account)
         else:
-            store.circuits.unprobed(self.conn, account_id, self.clock())
+            store.circuits.unprobed(self.conn, *account, self.clock())
 
     def backoff(self, failures: int) -> float:
         """Seconds a circuit stays open after ``failures`` connection failures in a row."""

@@ -11,6 +11,10 @@ any exchange that outlives its deadline (``dispatcher.guard``).  A connection fa
 opens the account's circuit (``store.circuits``): the rest of its claim goes back at once,
 without another connection attempt or attempt row per message, and no dispatcher claims
 the account again before the circuit's backoff has passed.
+
+Accounts are named by (tenant, account id) throughout, messages by (tenant, id): ids are
+unique within a tenant only (docs/tenants.md).  A tenant with tenant-wide limits has its
+sends metered in its own ledger as well as in its account's (``dispatcher.metering``).
 """
 
 from __future__ import annotations
@@ -25,17 +29,17 @@ import apsw
 
 from common import crypto, metrics, store, wakeup
 from common.config import Config
-from common.enums import FINAL_NEXT, MAYBE_DELIVERED, Next, Outcome
+from common.enums import DEFAULT_TENANT, FINAL_NEXT, MAYBE_DELIVERED, Outcome
 from common.logs import fields
-from common.ratelimit import Limits
-from common.store.claims import Attempt, Claim, Transition
+from common.store.claims import AccountKey, Claim, Transition, key
 from dispatcher import bounces, mime, payload
 from dispatcher.attachments import AttachmentError
 from dispatcher.circuit import Breaker, reached
 from dispatcher.guard import Guard
 from dispatcher.journal import Journal, recover
 from dispatcher.leases import Leases
-from dispatcher.outcomes import AccountHealth, Judge, count, still_to_send
+from dispatcher.metering import Metering
+from dispatcher.outcomes import AccountHealth, Judge, count, label, still_to_send
 from dispatcher.pool import Endpoint
 from dispatcher.recipients import deliver
 from dispatcher.smtp import Phase, Result
@@ -97,7 +101,8 @@ class Dispatcher:
         self.run_now_seen = store.settings.run_now_at(conn)
         self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
         self._pending: list[Transition] = []  # outcomes not yet committed
-        self._accounts: dict[str | None, tuple] = {}  # id -> (row snapshot, Endpoint, Limits)
+        self._accounts: dict[AccountKey, tuple] = {}  # key -> (row snapshot, Endpoint)
+        self.metering = Metering(ledger)
         self._unreported = 0  # terminal outcomes committed since the reporter was woken
         self._nudged = self._synced = 0.0
         self.health = AccountHealth()
@@ -157,8 +162,10 @@ class Dispatcher:
         )
         if not claim.messages:
             self.draining = False
-            ids = [*claim.accounts, *([None] if self.config.has_default_account else [])]
-            self.next_ready = store.claims.next_ready_at(self.conn, ids)
+            keys = list(claim.accounts)
+            if self.config.has_default_account:
+                keys.append((DEFAULT_TENANT, None))
+            self.next_ready = store.claims.next_ready_at(self.conn, keys)
             return False
         self._deliver_claim(claim)
         return True
@@ -187,55 +194,54 @@ class Dispatcher:
         return self.draining
 
     def _deliver_claim(self, claim: Claim) -> None:
-        held: dict[str | None, float] = {}  # account -> when its rows may go (limit, circuit)
-        skipped: dict[str | None, list[str]] = {}
+        # account (or tenant, when its tenant-wide limit is full) -> when its rows may go
+        held: dict[AccountKey | str, float] = {}
+        skipped: dict[AccountKey | str, list] = {}
         self._hold(claim)
         for index, row in enumerate(claim.messages):
             # SIGTERM, or a lease that could not be renewed: the message in hand is done;
             # give back the rest
             if self.should_stop() or not self.leases.fresh():
                 self._commit()
-                self._release([r["id"] for r in claim.messages[index:]])
+                self._release([key(r) for r in claim.messages[index:]])
                 break
             self.heartbeat()  # a long batch to a slow server must not look like a dead process
-            account_id = row["account_id"]
-            if account_id in held:
-                skipped.setdefault(account_id, []).append(row["id"])
+            account = (row["tenant_id"], row["account_id"])
+            holder = _holder(held, account)
+            if holder is not None:
+                skipped.setdefault(holder, []).append(key(row))
                 continue
             self._commit(only_if_due=True, upcoming=(claim.messages[index:], held))
-            transition, reached = self._attempt(row, claim.accounts.get(account_id))
+            transition, reached = self._attempt(row, claim)
             self._pending.append(transition)
             self.journal.note(transition)  # before the next send: a kill must not lose it
             count(row, transition, self.config.delivery_activity)
-            self.health.note(_label(account_id), transition.attempt)
+            self.health.note(label(*account), transition.attempt)
             if transition.attempt.outcome == Outcome.DEFERRED:
-                held[account_id] = transition.ready_at
+                held[self.metering.blocked or account] = transition.ready_at
             elif reached is False:  # the server could not be reached: open the circuit
                 self._commit()  # the failed attempt first, then the circuit it opened
-                held[account_id] = self.breaker.trip(account_id, transition.attempt)
-            if (
-                claim.circuits
-                and reached is not False
-                and (store.circuits.key(account_id) in claim.circuits)
-            ):
-                self.breaker.probed(account_id, reached)
-                del claim.circuits[store.circuits.key(account_id)]
+                held[account] = self.breaker.trip(account, transition.attempt)
+            circuit = (row["tenant_id"], store.circuits.key(row["account_id"]))
+            if reached is not False and circuit in claim.circuits:
+                self.breaker.probed(account, reached)
+                del claim.circuits[circuit]
         self._commit()
-        for account_id, ids in skipped.items():
-            self._release(ids, held[account_id])
+        for holder, keys in skipped.items():
+            self._release(keys, held[holder])
 
     def _hold(self, claim: Claim) -> None:
         """Tell the lease renewal what this claim holds (started on the first claim)."""
-        self.leases.hold([r["id"] for r in claim.messages], claim.lease_expires)
+        self.leases.hold([key(r) for r in claim.messages], claim.lease_expires)
         if not self._renewing:
             self.guard.every(self.leases.period, self.leases.renew)
             self._renewing = True
 
-    def _release(self, ids: list[str], ready_at: float | None = None, sent: bool = False) -> None:
+    def _release(self, keys: list, ready_at: float | None = None, sent: bool = False) -> None:
         """Give rows back unsent (SENDING -> QUEUED), ready at ``ready_at`` at the earliest;
         ``sent``: a copy may be with the server, so the resend is flagged."""
-        store.claims.release(self.conn, ids, self.owner, self.clock(), ready_at, sent)
-        self.leases.drop(ids)
+        store.claims.release(self.conn, keys, self.owner, self.clock(), ready_at, sent)
+        self.leases.drop(keys)
 
     def _commit(self, only_if_due: bool = False, upcoming: tuple | None = None) -> None:
         """Record pending outcomes in one transaction; with only_if_due, once the group is full.
@@ -254,7 +260,8 @@ class Dispatcher:
         ahead = None
         if upcoming is not None:
             rows, held = upcoming
-            ahead = [r["id"] for r in rows if r["account_id"] not in held][:OUTCOME_GROUP]
+            ahead = [key(r) for r in rows if _holder(held, (r["tenant_id"], r["account_id"]))
+                     is None][:OUTCOME_GROUP]  # fmt: skip
         pending, self._pending = self._pending, []
         try:
             stale = store.claims.record(self.conn, pending, self.name, self.owner,
@@ -262,7 +269,7 @@ class Dispatcher:
         except apsw.Error:
             stale = self._record_one_by_one(pending)
         self.journal.clear()
-        self.leases.drop([t.attempt.message_id for t in pending])
+        self.leases.drop([t.attempt.key for t in pending])
         for t in stale:
             logger.warning(fields(event="stale_outcome", id=t.attempt.message_id,
                                   outcome=t.attempt.outcome, detail=t.attempt.detail))  # fmt: skip
@@ -280,7 +287,7 @@ class Dispatcher:
                 logger.error(fields(event="record_failed", id=t.attempt.message_id,
                                     outcome=t.attempt.outcome, reason=repr(exc)))  # fmt: skip
                 sent = t.attempt.outcome in MAYBE_DELIVERED
-                self._release([t.attempt.message_id], sent=sent)  # raises if the db is gone
+                self._release([t.attempt.key], sent=sent)  # raises if the db is gone
         return stale
 
     def _durable(self, due: bool) -> str | None:
@@ -291,19 +298,20 @@ class Dispatcher:
         return self.config.synchronous
 
     # -- one message --------------------------------------------------------------------------
-    def _attempt(self, row: dict, account: dict | None) -> tuple[Transition, bool | None]:
+    def _attempt(self, row: dict, claim: Claim) -> tuple[Transition, bool | None]:
         """Build, reserve, send: the message's transition, and whether its server could be
         reached (None: no SMTP was tried); every failure becomes the transition."""
-        self.leases.current = row["id"]
+        self.leases.current = key(row)
         try:
-            return self._try(row, account)
+            account = claim.accounts.get((row["tenant_id"], row["account_id"]))
+            return self._try(row, account, claim.tenants.get(row["tenant_id"]))
         finally:
             self.leases.current = None
 
-    def _try(self, row: dict, account: dict | None) -> tuple[Transition, bool | None]:
+    def _try(self, row: dict, account: dict | None, tenant: dict | None):
         started = self.clock()
         try:
-            envelope, endpoint, limits = self._prepare(row, account)
+            envelope, endpoint = self._prepare(row, account)
         except AttachmentError as exc:
             outcome = Outcome.PERMANENT if exc.final else Outcome.TEMPORARY
             return self._before_smtp(row, outcome, f"attachment {exc}", started), None
@@ -314,19 +322,18 @@ class Dispatcher:
             logger.exception(fields(event="build_failed", id=row["id"]))
             detail = f"internal error: {type(exc).__name__}"  # no payload text in the record
             return self._before_smtp(row, Outcome.TEMPORARY, detail, started), None
-        envelope, suppressed = bounces.screen(self.conn, envelope, self.config)
+        envelope, suppressed = bounces.screen(self.conn, row["tenant_id"], envelope, self.config)
         if not envelope.recipients:  # every recipient suppressed: no slot, no connection
             return bounces.all_suppressed(row, suppressed, self.clock()), None
         try:
-            free_at = (
-                self.ledger.reserve(row["account_id"], limits, self.clock()) if limits else None
-            )
+            free_at = self.metering.reserve(row, account, tenant, self.clock())
         except Exception as exc:  # the ledger file cannot be used: never send unmetered
-            logger.exception(fields(event="ledger_failed", account=_label(row["account_id"])))
+            account = label(row["tenant_id"], row["account_id"])
+            logger.exception(fields(event="ledger_failed", account=account))
             detail = f"rate-limit ledger: {exc!r}"
             return self._before_smtp(row, Outcome.TEMPORARY, detail, started), None
         if free_at is not None:
-            return self._held_back(row, account, free_at), None
+            return self.metering.held_back(row, account, tenant, free_at, self.clock()), None
         return self._send(row, envelope, endpoint, suppressed)
 
     def _before_smtp(self, row: dict, outcome: Outcome, detail: str, started: float):
@@ -334,63 +341,50 @@ class Dispatcher:
         return self.judge.after(row, Result(outcome, Phase.CONNECT, None, detail), started,
                                 self.clock())  # fmt: skip
 
-    def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint, Limits]:
+    def _prepare(self, row: dict, account: dict | None) -> tuple[mime.Envelope, Endpoint]:
         if account is None and row["account_id"] is not None:
             raise mime.BuildError(f"account {row['account_id']!r} was deleted")
-        endpoint, limits = self._account(row["account_id"], account)
+        endpoint = self._endpoint((row["tenant_id"], row["account_id"]), account)
         msg = payload.load(row["payload"])
         parts = self.fetcher.fetch_all(msg.attachments or [])
         envelope = mime.build(msg, parts, self.clock(), row["message_id_header"])
-        return bounces.with_verp(envelope, row, msg, self.config), endpoint, limits
+        return bounces.with_verp(envelope, row, msg, self.config), endpoint
 
-    def _account(self, account_id: str | None, row: dict | None) -> tuple[Endpoint, Limits]:
-        """Endpoint and limits of an account, rebuilt only when its row changed."""
+    def _endpoint(self, account: AccountKey, row: dict | None) -> Endpoint:
+        """The endpoint of an account, rebuilt only when its row changed."""
         snapshot = tuple(row.values()) if row is not None else ()
-        cached = self._accounts.get(account_id)
+        cached = self._accounts.get(account)
         if cached is None or cached[0] != snapshot:
             if row is None:
                 endpoint = Endpoint.from_config(self.config)
             else:
                 endpoint = Endpoint.from_account(row, self.config.secret_key)
-            cached = (snapshot, endpoint, Limits.from_account(row))
-            self._accounts[account_id] = cached
-        return cached[1], cached[2]
+            cached = self._accounts[account] = (snapshot, endpoint)
+        return cached[1]
 
     def _send(self, row: dict, envelope: mime.Envelope, endpoint: Endpoint, suppressed: list[str]):
         start = self.clock()
-        if self.leases.taken(row["id"]):  # lost while it was being built: not sent by us
+        if self.leases.taken(key(row)):  # lost while it was being built: not sent by us
             lost = Result(Outcome.TEMPORARY, Phase.CONNECT, None, "lease taken over before sending")
             return self.judge.after(row, lost, start, start), None
         recipients = still_to_send(row, envelope.recipients)
         delivered = bool(row["rcpt_done"])  # an earlier attempt reached some recipients
+        account = (row["tenant_id"], row["account_id"])
         try:
-            result = deliver(self.pool, row["account_id"], endpoint, envelope.sender,
+            result = deliver(self.pool, account, endpoint, envelope.sender,
                              recipients, envelope.data, delivered)  # fmt: skip
         except Exception as exc:  # a bug, not a server answer: the link's state is unknown
             logger.exception(fields(event="send_failed", id=row["id"]))
-            self.pool.discard(row["account_id"])
+            self.pool.discard(account)
             result = Result(Outcome.UNCERTAIN, Phase.REPLY, None, f"internal error: {exc!r}")
         duration = self.clock() - start
-        metrics.SMTP_SEND_SECONDS.labels(_label(row["account_id"])).observe(duration)
+        metrics.SMTP_SEND_SECONDS.labels(*metrics.labels_of(*account)).observe(duration)
         result = bounces.after_send(self.conn, row, result, suppressed, self.config, self.clock())
         return self.judge.after(row, result, start, self.clock(), duration), reached(result)
-
-    def _held_back(self, row: dict, account: dict, free_at: float) -> Transition:
-        now = self.clock()
-        metrics.RATE_LIMITED.labels(_label(row["account_id"])).inc()
-        if account.get("limit_behavior") == "reject":
-            attempt = self._attempt_row(row, now, Outcome.REJECTED, None, "rate limit exceeded")
-            return Transition(attempt, Next.ERROR, now, error="rate limit exceeded")
-        detail = f"rate limit: next slot in {free_at - now:.3f}s"
-        attempt = self._attempt_row(row, now, Outcome.DEFERRED, None, detail)
-        return Transition(attempt, Next.DEFERRED, now, ready_at=free_at)
 
     def retry_delay(self, attempts_done: int, uncertain: bool = False) -> float:
         """Seconds before the next try after ``attempts_done`` attempts (last delay repeats)."""
         return self.judge.retry_delay(attempts_done, uncertain)
-
-    def _attempt_row(self, row, ts, outcome, code, detail, duration=None) -> Attempt:
-        return Attempt(row["id"], row["account_id"], ts, outcome, code, detail, duration)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def _nudge_reporter(self, force: bool = False) -> None:
@@ -408,5 +402,9 @@ class Dispatcher:
         self.journal.close(keep=bool(self._pending))  # uncommitted: another dispatcher replays
 
 
-def _label(account_id: str | None) -> str:
-    return "default" if account_id is None else account_id
+def _holder(held: dict, account: AccountKey) -> AccountKey | str | None:
+    """What holds the account's rows back in this claim: its tenant's full tenant-wide
+    limit, the account itself (limit or circuit), or nothing (None)."""
+    if account[0] in held:
+        return account[0]
+    return account if account in held else None

@@ -41,7 +41,7 @@ def encode(t: Transition) -> bytes:
     a = t.attempt
     return (
         json.dumps(
-            [a.message_id, a.account_id, a.ts, a.outcome.value, a.smtp_code, a.detail,
+            [a.tenant_id, a.message_id, a.account_id, a.ts, a.outcome.value, a.smtp_code, a.detail,
              a.duration, t.state.value, t.now, t.ready_at, t.error, t.refused,
              t.possible_duplicate, t.rcpt_done],
             separators=(",", ":"),
@@ -52,9 +52,11 @@ def encode(t: Transition) -> bytes:
 
 def decode(line: bytes) -> Transition:
     """The transition of one journal line."""
-    (message_id, account_id, ts, outcome, code, detail, duration, state, now, ready_at,
+    (tenant_id, message_id, account_id, ts, outcome, code, detail, duration, state, now, ready_at,
      error, refused, duplicate, rcpt_done) = json.loads(line)  # fmt: skip
-    attempt = Attempt(message_id, account_id, ts, Outcome(outcome), code, detail, duration)
+    attempt = Attempt(
+        message_id, account_id, ts, Outcome(outcome), code, detail, duration, tenant_id
+    )
     return Transition(attempt, Next(state), now, ready_at, error, refused, duplicate, rcpt_done)
 
 

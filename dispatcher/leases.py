@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from common import store
 from common.logs import fields
+from common.store.claims import Key
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class Leases:
         self.connect, self.owner, self.lease_seconds = connect, owner, lease_seconds
         self.interrupt, self.clock = interrupt, clock
         self.expires = 0.0  # the lease of every held row runs at least until this time
-        self.current: str | None = None  # the message in hand, while its I/O runs
-        self._held: set[str] = set()
-        self._taken: set[str] = set()  # held rows a renewal found taken over
+        self.current: Key | None = None  # the message in hand, while its I/O runs
+        self._held: set[Key] = set()
+        self._taken: set[Key] = set()  # held rows a renewal found taken over
         self._lock = threading.Lock()
         self._conn = None
 
@@ -51,19 +52,19 @@ class Leases:
         """Seconds between renewals."""
         return self.lease_seconds / RENEW_FRACTION
 
-    def hold(self, ids: list[str], expires: float) -> None:
+    def hold(self, ids: list[Key], expires: float) -> None:
         """A claim took these rows, leased until ``expires``."""
         with self._lock:
             self._held.update(ids)
             self.expires = expires
 
-    def drop(self, ids: list[str]) -> None:
+    def drop(self, ids: list[Key]) -> None:
         """These rows' outcomes or releases are committed: no longer ours to renew."""
         with self._lock:
             self._held.difference_update(ids)
             self._taken.difference_update(ids)
 
-    def taken(self, message_id: str) -> bool:
+    def taken(self, message_id: Key) -> bool:
         """True once a renewal found this held row taken over (do not start sending it)."""
         return message_id in self._taken  # one atomic read: no lock on the per-message path
 
@@ -89,7 +90,7 @@ class Leases:
             self.expires = expires
             self._taken.update(lost)
         if current is not None and current in lost and current == self.current:
-            logger.warning(fields(event="lease_lost", id=current))
+            logger.warning(fields(event="lease_lost", tenant=current[0], id=current[1]))
             self.interrupt("the lease was taken over by another dispatcher")
 
     def _connection(self):

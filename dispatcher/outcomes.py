@@ -16,7 +16,7 @@ import random
 
 from common import metrics
 from common.config import Config
-from common.enums import Next, Outcome
+from common.enums import DEFAULT_TENANT, Next, Outcome
 from common.logs import fields
 from common.store.claims import Attempt, Transition
 from dispatcher.smtp import Result
@@ -67,7 +67,7 @@ class Judge:
               duration: float | None = None) -> Transition:  # fmt: skip
         """The transition an SMTP result (or a failure before SMTP) leads to."""
         attempt = Attempt(row["id"], row["account_id"], start, result.outcome, result.code,
-                          result.detail, duration)  # fmt: skip
+                          result.detail, duration, row["tenant_id"])  # fmt: skip
         done, earlier = progress(row)
         done = done + result.accepted if done else result.accepted
         refused = result.refused
@@ -107,28 +107,32 @@ class Judge:
                           possible_duplicate=uncertain)  # fmt: skip
 
 
+def label(tenant: str, account_id: str | None) -> str:
+    """An account as log lines name it: its id (``default``: the [smtp] account), after its
+    tenant's id and a slash unless it is the default tenant's."""
+    account = metrics.account_label(account_id)
+    return account if tenant == DEFAULT_TENANT else f"{tenant}/{account}"
+
+
 def count(row: dict, transition: Transition, log_activity: bool) -> None:
     """Metrics of one attempt, and its log line with ``delivery_activity``."""
-    account, attempt = (
-        "default" if row["account_id"] is None else row["account_id"],
-        transition.attempt,
-    )
-    metrics.ATTEMPTS.labels(account, attempt.outcome).inc()
+    series, attempt = metrics.labels_of(row["tenant_id"], row["account_id"]), transition.attempt
+    metrics.ATTEMPTS.labels(*series, attempt.outcome).inc()
     if transition.state is Next.SENT:
-        metrics.SENT.labels(account).inc()
-        metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(
+        metrics.SENT.labels(*series).inc()
+        metrics.ENQUEUE_TO_SENT_SECONDS.labels(*series).observe(
             max(0.0, transition.now - row["enqueued_at"])
         )
     elif transition.state is Next.ERROR:
-        metrics.ERRORS.labels(account).inc()
+        metrics.ERRORS.labels(*series).inc()
     else:
-        metrics.DEFERRED.labels(account).inc()
+        metrics.DEFERRED.labels(*series).inc()
     if log_activity:
         logger.info(
             fields(
                 event="attempt",
                 id=row["id"],
-                account=account,
+                account=label(row["tenant_id"], row["account_id"]),
                 outcome=attempt.outcome,
                 state=transition.state,
                 code=attempt.smtp_code or "",

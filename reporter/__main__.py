@@ -6,10 +6,11 @@ import logging
 import sys
 import time
 
-from common import metrics, wakeup
+from common import metrics, store, wakeup
 from common.logs import fields
 from common.process import Heartbeat, Signals, open_process, run_forever
 from reporter.reporter import Reporter
+from reporter.threads import Threads
 
 logger = logging.getLogger("reporter")
 
@@ -20,7 +21,8 @@ def main() -> int:
     signals = Signals()
     signals.install()
     waiter = wakeup.Waiter(config.run_dir, wakeup.REPORTER, name)
-    reporter = Reporter(config, conn, time.time())
+    streams = Threads(lambda: store.db.connect(config.database, config.synchronous, migrate=False))
+    reporter = Reporter(config, conn, time.time(), runner=streams)
 
     def turn() -> bool:
         try:
@@ -37,6 +39,7 @@ def main() -> int:
         return run_forever(turn, waiter.wait, idle, signals, reporter.configure, beat)
     finally:
         reporter.close()
+        streams.close()
         waiter.close()
         metrics.at_exit()
 

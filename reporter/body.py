@@ -4,13 +4,16 @@ and one ``bounced`` item per failed delivery a notification reported later (docs
 ``{"delivery_report": [item, ...]}`` as compact UTF-8 JSON.  The reference's seven fields
 come first and keep their meaning; ours follow, so an upstream written for the reference
 reads what it knows and ignores the rest.  ``[client] report_format = reports`` puts the same
-items under ``"reports"``, the key the reference's example client reads.
+items under ``"reports"``, the key the reference's example client reads.  The items of a
+tenant other than the default one carry its ``tenant_id`` too (the default tenant's items
+are exactly as before tenants).
 """
 
 from __future__ import annotations
 
 import json
 
+from common.enums import DEFAULT_TENANT
 from common.store.status import status_of
 
 REFERENCE_FIELDS = ("id", "account_id", "priority", "sent_ts", "error_ts", "error", "deferred_ts")
@@ -49,24 +52,34 @@ def _item(row: dict, status: str) -> dict:
     return item
 
 
-def report_item(row: dict, now: float) -> dict:
+def _tagged(item: dict, tenant: str) -> dict:
+    if tenant != DEFAULT_TENANT:
+        item["tenant_id"] = tenant
+    return item
+
+
+def report_item(row: dict, now: float, tenant: str) -> dict:
     """One ``delivery_report`` item from a row of ``store.reports.fetch_unreported``."""
-    return _item(row, status_of(row, now).value)
+    return _tagged(_item(row, status_of(row, now).value), tenant)
 
 
-def bounce_item(row: dict) -> dict:
+def bounce_item(row: dict, tenant: str) -> dict:
     """A late ``bounced`` item from a row of ``store.bounces.fetch_unreported``.
 
     The message's own item was reported before (sent); this one follows it, with what the
     delivery status notification said about one recipient.
     """
-    return _item(row, "bounced") | {
-        "recipient": row["recipient"],
-        "bounce_type": row["kind"],
-        "status_code": row["bounce_status"],
-        "diagnostic": row["diagnostic"],
-        "bounced_ts": _epoch(row["bounced_ts"]),
-    }
+    return _tagged(
+        _item(row, "bounced")
+        | {
+            "recipient": row["recipient"],
+            "bounce_type": row["kind"],
+            "status_code": row["bounce_status"],
+            "diagnostic": row["diagnostic"],
+            "bounced_ts": _epoch(row["bounced_ts"]),
+        },
+        tenant,
+    )
 
 
 def encode_report(items: list[dict], key: str = "delivery_report") -> bytes:

@@ -1,32 +1,28 @@
-"""One reporter iteration: checkpoint and purge when due, then post one batch of reports.
+"""The reporter's main object: housekeeping (WAL checkpoints, the retention purge) and one
+report stream per tenant (``reporter.stream``).
 
-The reporter also keeps the database's WAL short (``CHECKPOINT_EVERY``), so that the
-dispatchers' claims and the API's enqueues never pay for a checkpoint (common/store/db.py).
+The reporter keeps the database's WAL short (``CHECKPOINT_EVERY``), so that the dispatchers'
+claims and the API's enqueues never pay for a checkpoint (common/store/db.py).
 
-States of the upstream, as the reporter sees it:
-  UP        post whenever outcomes wait (woken by the dispatchers), or an empty report
-            after ``client_sync_idle_seconds`` of silence (the upstream's heartbeat)
-  BACKOFF   a post failed: nothing is marked; the next try waits ``retry_at``, growing
-            exponentially with jitter up to BACKOFF_MAX; a run-now tries at once
-  UP <- BACKOFF on the first 2xx
-
-Rows are marked reported only after a 2xx, so a crash between the POST and the commit may
-repeat a batch but never drops one.
+Streams follow the tenants table: each turn reads every tenant's report settings (a few
+rows) and starts, replaces or ends streams to match; the default tenant's upstream is the
+[client] section, re-read on SIGHUP (``configure``).  Stepped here (``run_once`` runs
+every stream: tests, with a fixed clock), or each in a thread of its own
+(``reporter.threads``, the process): then a turn only wakes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from collections.abc import Callable
 
-import tenacity
-
-from common import metrics, store
+from common import crypto, store
 from common.config import Config
-from common.logs import fields, redact_url
-from reporter.body import bounce_item, report_item
+from common.enums import DEFAULT_TENANT
+from common.logs import fields
 from reporter.client import SyncClient
+from reporter.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -36,69 +32,70 @@ PURGE_EVERY = 60.0  # seconds between retention purges: retention is counted in 
 # dispatchers write ~15 MiB of WAL in this time, far below the automatic checkpoint that
 # would otherwise fall on a claim or an enqueue (make bench, scale); idle, one costs ~5 µs
 CHECKPOINT_EVERY = 0.25
-BACKOFF_MAX = 30.0  # seconds: an upstream back from an outage hears from us within this
-BACKOFF = tenacity.wait_exponential_jitter(max=BACKOFF_MAX, jitter=1)  # 1, 2, 4 ... s (+0-1 s)
-RUN_NOW_WINDOW = 10.0  # test_mode: seconds a run-now keeps reporting open after the last item
+TARGET_KEYS = (  # a tenant's report settings, as tenants.report_targets reads them
+    "client_sync_url",
+    "client_sync_user",
+    "client_sync_password",
+    "client_sync_token",
+    "client_sync_signing_key",
+    "report_format",
+)
+SEALED = frozenset({"client_sync_password", "client_sync_token", "client_sync_signing_key"})
+
+MakeClient = Callable[[Config], SyncClient | None]
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row (tenacity's schedule)."""
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-    state.attempt_number = failures
-    return BACKOFF(state)
+def tenant_config(config: Config, target: dict) -> Config:
+    """The configuration a tenant's stream runs with: the service's, with the tenant's report
+    settings (secrets unsealed) as its [client] keys."""
+    values = {
+        key: crypto.unseal(target[key], config.secret_key) if key in SEALED else target[key]
+        for key in TARGET_KEYS
+    }
+    return dataclasses.replace(config, **values)
 
 
 class Reporter:
-    """Posts terminal outcomes upstream, marks the acknowledged ones, purges old ones."""
+    """Checkpoints, purges, and keeps one report stream per tenant."""
 
     def __init__(
         self,
         config: Config,
         conn,
         now: float,
-        make_client: Callable[[Config], SyncClient | None] = SyncClient.from_config,
+        make_client: MakeClient = SyncClient.from_config,
+        runner=None,
     ):
-        self.conn, self.make_client = conn, make_client
-        self.config, self.client = config, None
-        self.failures = 0
-        self.retry_at = 0.0  # BACKOFF until this time
-        self.last_post_at = now  # the idle report is due client_sync_idle_seconds after this
+        self.conn, self.make_client, self.runner = conn, make_client, runner
+        self.config = config
+        self.streams: dict[str, Stream] = {}  # stepped here (no runner)
+        self.targets: dict[str, tuple] = {}  # each tenant's settings its stream started with
         self.last_purge_at = 0.0  # purge on the first turn
         self.last_checkpoint_at = 0.0
-        self.run_now_seen = store.settings.run_now_at(
-            self.conn
-        )  # a run-now from before we started is old news
-        self.open_until = 0.0  # test_mode: reporting allowed until this time
-        for result in metrics.REPORT_RESULTS:  # both series exist before the first request
-            metrics.REPORT_BATCHES.labels(result)
-        self.configure(config)
+        self.configure(config, now)
 
-    def configure(self, config: Config) -> None:
-        """Adopt a (re-read) configuration: a new upstream client, the same database."""
-        if self.client is not None:
-            self.client.close()
-        self.config, self.client = config, self.make_client(config)
-        if self.client is None:
-            logger.info(fields(event="reporting_off", reason="no client_sync_url configured"))
-        else:
-            logger.info(fields(event="reporting_to", url=redact_url(self.client.url)))
+    def configure(self, config: Config, now: float | None = None) -> None:
+        """Adopt a (re-read) configuration: every stream starts anew with it (the default
+        tenant's here, the others at the next turn)."""
+        self.config = config
+        for tenant in list(self.targets):
+            self._stop(tenant)
+        self._start(DEFAULT_TENANT, config, self.last_checkpoint_at if now is None else now)
+
+    def stream(self, tenant: str = DEFAULT_TENANT) -> Stream:
+        """A stream stepped here (tests look at its state)."""
+        return self.streams[tenant]
 
     def run_once(self, now: float) -> bool:
-        """Checkpoint and purge when due, post one batch when due; True when more may follow."""
+        """Checkpoint and purge when due, match the streams to the tenants, then step every
+        stream (or wake their threads); True when some stream may post again at once."""
         self._checkpoint_if_due(now)
         self._purge_if_due(now)
-        if self.client is None:
+        self._follow_tenants(now)
+        if self.runner is not None:
+            self.runner.wake_all()
             return False
-        run_now = self._saw_run_now(now)
-        if not run_now and (now < self.retry_at or self._held_by_test_mode(now)):
-            return False
-        rows = store.reports.fetch_unreported(self.conn, self.config.report_batch_size)
-        bounces = store.bounces.fetch_unreported(
-            self.conn, self.config.report_batch_size - len(rows)
-        )
-        if not rows and not bounces and not run_now and not self._idle_report_due(now):
-            return False
-        return self._post(rows, bounces, now) and bool(rows or bounces)
+        return any([stream.run_once(now) for stream in list(self.streams.values())])
 
     def idle_seconds(self, now: float) -> float:
         """How long the loop may sleep when nothing woke it."""
@@ -107,71 +104,45 @@ class Reporter:
             self.last_purge_at + PURGE_EVERY,
             self.last_checkpoint_at + CHECKPOINT_EVERY,
         ]
-        if self.retry_at > now:
-            due.append(self.retry_at)
-        elif self.client is not None and self.config.client_sync_idle_seconds:
-            due.append(self.last_post_at + self.config.client_sync_idle_seconds)
+        due += [now + stream.idle_seconds(now) for stream in self.streams.values()]
         return max(0.0, min(due) - now)
 
-    # -- posting -------------------------------------------------------------------------------
-    def _post(self, rows: list[dict], bounces: list[dict], now: float) -> bool:
-        started = time.monotonic()
-        items = [report_item(row, now) for row in rows] + [bounce_item(b) for b in bounces]
-        answer = self.client.post(items, now)
-        acked = now + (time.monotonic() - started)
-        if not answer.ok:
-            self._failed(len(items), answer.status, answer.reason, acked)
-            return False
-        store.reports.mark_reported(self.conn, rows, int(acked))
-        store.bounces.mark_reported(self.conn, bounces, int(acked))
-        self._succeeded(rows, acked, len(bounces))
-        return True
+    # -- the streams ---------------------------------------------------------------------------
+    def _follow_tenants(self, now: float) -> None:
+        """Start, replace or end the streams of tenants other than the default one."""
+        targets = {
+            row["id"]: row
+            for row in store.tenants.report_targets(self.conn)
+            if row["id"] != DEFAULT_TENANT
+        }
+        for tenant in [t for t in self.targets if t != DEFAULT_TENANT and t not in targets]:
+            self._stop(tenant)  # deleted
+        for tenant, target in targets.items():
+            settings = tuple(target[key] for key in TARGET_KEYS)
+            if self.targets.get(tenant) != settings:  # new, or its settings changed
+                self._stop(tenant)
+                self._start(tenant, self._config_of(tenant, target), now, settings)
 
-    def _succeeded(self, rows: list[dict], acked: float, bounces: int) -> None:
-        if self.failures:  # BACKOFF -> UP
-            logger.info(fields(event="report_recovered", failures=self.failures))
-        self.failures, self.retry_at, self.last_post_at = 0, 0.0, acked
-        if (rows or bounces) and self.config.test_mode:
-            self.open_until = acked + RUN_NOW_WINDOW
-        metrics.REPORT_BATCHES.labels("ok").inc()
-        metrics.REPORT_ITEMS.inc(len(rows) + bounces)
-        for row in rows:
-            metrics.REPORT_LAG_SECONDS.observe(max(0.0, acked - row["outcome_at"]))
-        if self.config.delivery_activity:
-            logger.info(fields(event="report_posted", items=len(rows), bounced=bounces))
+    def _config_of(self, tenant: str, target: dict) -> Config:
+        try:
+            return tenant_config(self.config, target)
+        except crypto.SecretError as exc:  # its secrets cannot be read: no reports for it
+            logger.error(fields(event="reporting_off", tenant=tenant, reason=exc))
+            return dataclasses.replace(self.config, client_sync_url=None)
 
-    def _failed(self, items: int, status: int | None, reason: str, now: float) -> None:
-        self.failures += 1  # UP -> BACKOFF, or a longer BACKOFF
-        delay = backoff_delay(self.failures)
-        self.retry_at = now + delay
-        metrics.REPORT_BATCHES.labels("failed").inc()
-        logger.warning(
-            fields(
-                event="report_failed",
-                status=status if status is not None else "none",
-                reason=reason or "-",
-                items=items,
-                failures=self.failures,
-                retry_in=round(delay, 1),
-            )
-        )
+    def _start(self, tenant: str, config: Config, now: float, settings: tuple = ()) -> None:
+        self.targets[tenant] = settings
+        if self.runner is not None:
+            self.runner.start(tenant, config, self.make_client)
+        else:
+            self.streams[tenant] = Stream(tenant, config, self.conn, now, self.make_client(config))
 
-    # -- when to post --------------------------------------------------------------------------
-    def _idle_report_due(self, now: float) -> bool:
-        idle = self.config.client_sync_idle_seconds
-        return bool(idle) and not self.config.test_mode and now - self.last_post_at >= idle
-
-    def _held_by_test_mode(self, now: float) -> bool:
-        return self.config.test_mode and now >= self.open_until
-
-    def _saw_run_now(self, now: float) -> bool:
-        """True once per run-now: it posts at once, past any backoff, and opens test_mode."""
-        requested = store.settings.run_now_at(self.conn)
-        if requested <= self.run_now_seen:
-            return False
-        self.run_now_seen = requested
-        self.open_until = now + RUN_NOW_WINDOW
-        return True
+    def _stop(self, tenant: str) -> None:
+        self.targets.pop(tenant, None)
+        if self.runner is not None:
+            self.runner.stop(tenant)
+        elif tenant in self.streams:
+            self.streams.pop(tenant).close()
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _checkpoint_if_due(self, now: float) -> None:
@@ -181,21 +152,26 @@ class Reporter:
         store.db.checkpoint(self.conn)
 
     def _purge_if_due(self, now: float) -> None:
-        retention = self.config.delivery_report_retention_seconds
-        if not retention or now - self.last_purge_at < PURGE_EVERY:
+        """The retention purge (a retention of 0 keeps everything), then the tombstones of
+        deleted accounts and tenants whose last messages are gone."""
+        if now - self.last_purge_at < PURGE_EVERY:
             return
         self.last_purge_at = now
-        removed = store.reports.purge_finished(
-            self.conn, now - retention, reported_only=self.config.reports_enabled
-        )
-        if removed:
-            logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
+        retention = self.config.delivery_report_retention_seconds
+        if retention:
+            silent = store.tenants.without_upstream(self.conn, self.config.reports_enabled)
+            removed = store.reports.purge_finished(self.conn, now - retention, silent)
+            if removed:
+                logger.info(fields(event="purged", removed=removed, older_than_seconds=retention))
         dropped = store.accounts.drop_tombstones(self.conn)
         if dropped:
             logger.info(fields(event="accounts_dropped", accounts=dropped))
+        tenants = store.tenants.drop_tombstones(self.conn, now)
+        if tenants:
+            logger.info(fields(event="tenants_dropped", tenants=tenants))
 
     def close(self) -> None:
-        """The loop is over: drop the upstream connection."""
-        if self.client is not None:
-            self.client.close()
+        """The loop is over: end every stream."""
+        for tenant in list(self.targets):
+            self._stop(tenant)
         logger.info(fields(event="stopped"))

@@ -24,7 +24,7 @@ def events(caplog, name: str) -> list[str]:
 
 def test_an_outage_is_one_warning_and_its_end_one_line(conn, config, smtp_server, caplog):
     peer = smtp_server(behavior=Behavior(data_reply="451 4.3.0 try again later"))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, *(message(f"m{n}", "acct") for n in range(2 * FAILING_AFTER)))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
@@ -44,7 +44,7 @@ def test_an_outage_is_one_warning_and_its_end_one_line(conn, config, smtp_server
 
 def test_a_single_greylisted_message_is_not_an_outage(conn, config, smtp_server, caplog):
     peer = smtp_server(behavior=Behavior(rcpt={"grey@example.com": "450 4.2.0 greylisted"}))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("grey", "acct", to="grey@example.com"), message("ok", "acct"))
     with caplog.at_level(logging.INFO, logger="dispatcher"):
         make_dispatcher(conn, config).run_once(T0)

@@ -71,7 +71,7 @@ def test_unauthenticated_requests_reach_no_route(client, conn):
     response = client.post("/commands/add-messages", json={"messages": [message()]})
     assert response.status_code == 401
     assert client.get("/no/such/route").status_code == 401
-    assert store.messages.list_page(conn, time.time())[0] == []
+    assert store.messages.list_page(conn, "default", time.time())[0] == []
 
 
 def test_without_token_only_loopback_is_served(make_config):
@@ -164,7 +164,7 @@ def test_valid_items_queue_beside_rejected_ones(client, conn):
     assert response.status_code == 200
     assert response.json["queued"] == 1
     assert response.json["rejected"][0]["id"] == "bad"
-    assert [m["id"] for m in store.messages.list_page(conn, time.time())[0]] == ["good"]
+    assert [m["id"] for m in store.messages.list_page(conn, "default", time.time())[0]] == ["good"]
 
 
 def test_repeated_id_replaces_an_unclaimed_message(client, conn):
@@ -209,8 +209,8 @@ def test_get_message_returns_record_attempts_and_status(client, conn):
     add(client, message("m"))
     with conn:
         conn.execute(
-            "INSERT INTO attempts(message_id, ts, outcome, smtp_code, detail) "
-            "VALUES ('m', 1700000000.7, 'temporary', 451, 'try later')"
+            "INSERT INTO attempts(tenant_id, message_id, ts, outcome, smtp_code, detail) "
+            "VALUES ('default', 'm', 1700000000.7, 'temporary', 451, 'try later')"
         )
     record = get(client, "/messages/m").json
     assert record["ok"] is True and record["id"] == "m" and record["status"] == "queued"
@@ -383,13 +383,13 @@ def test_account_create_replace_list_never_shows_password(client, conn):
     accounts = get(client, "/accounts").json["accounts"]
     assert [(a["id"], a["port"], a["limit_per_minute"]) for a in accounts] == [("acme", 2525, 10)]
     assert "password" not in json.dumps(accounts)
-    assert store.accounts.get(conn, "acme", with_password=True)["password"] == "pw"
+    assert store.accounts.get(conn, "default", "acme", with_password=True)["password"] == "pw"
 
 
 def test_account_password_is_encrypted_with_secret_key(make_config, conn):
     client = create_app(make_config(api_token=TOKEN, secret_key="k3y")).test_client()
     post(client, "/account", account())
-    stored = store.accounts.get(conn, "acme", with_password=True)["password"]
+    stored = store.accounts.get(conn, "default", "acme", with_password=True)["password"]
     assert stored.startswith("enc:") and "pw" not in stored
 
 
@@ -423,7 +423,7 @@ def test_delete_account_refuses_while_unsent_unless_purge(client, conn):
     assert response.json == {"ok": True, "removed": "acme", "purged_messages": 1,
                              "in_flight": [], "awaiting_report": 0}  # fmt: skip
     assert get(client, "/accounts").json["accounts"] == []
-    assert store.messages.get(conn, "a", time.time()) is None
+    assert store.messages.get(conn, "default", "a", time.time()) is None
 
 
 def test_delete_account_without_messages_and_unknown(client):
@@ -458,7 +458,7 @@ def test_locked_database_answers_503_and_stores_nothing(app, conn):
     assert response.status_code == 503
     assert response.json["ok"] is False and "retry" in response.json["error"]
     assert response.headers["Retry-After"] == "5"
-    assert store.messages.list_page(conn, time.time())[0] == []
+    assert store.messages.list_page(conn, "default", time.time())[0] == []
 
 
 def test_a_bug_is_a_logged_json_500(app, caplog):

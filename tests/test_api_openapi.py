@@ -13,7 +13,7 @@ import pytest
 from openapi_spec_validator import validate
 from pydantic import TypeAdapter
 
-from common import enums, models, store
+from common import enums, models, store, tenants
 from common.enums import Next, Outcome
 from common.models import HOST, MAX_BATCH, MAX_EPOCH, MAX_HOST_LENGTH, MAX_LIMIT, MAX_TTL
 from common.store.bounces import Event, Suppress
@@ -85,7 +85,12 @@ def test_served_document_is_the_module_document(make_config):
 @pytest.mark.parametrize("name", sorted(components()))
 def test_every_component_is_its_models_own_schema(name):
     """Nothing in the document is written by hand: each schema is what pydantic says."""
-    source = getattr(schemas, name, None) or getattr(models, name, None) or getattr(enums, name)
+    source = (
+        getattr(schemas, name, None)
+        or getattr(models, name, None)
+        or getattr(tenants, name, None)
+        or getattr(enums, name)
+    )
     own = TypeAdapter(source).json_schema(ref_template=REF)
     own.pop("$defs", None)
     assert components()[name] == own
@@ -197,6 +202,45 @@ CALLS = {  # id: (method, path, url, body, expected status, config overrides)
     "ui-login-without-origin": ("POST", "/ui/login", None, None, 403, {}),
     "ui-logout-without-origin": ("POST", "/ui/logout", None, None, 403, {}),
     "no-token": ("GET", "/accounts", None, None, 401, {"api_token": "other"}),
+    "tenant-create": (
+        "POST", "/tenants", None,
+        {"id": "shop", "name": "Shop", "client_sync_url": "https://u:p@shop.example/sync",
+         "client_sync_token": "s3", "limit_per_minute": 5, "limit_behavior": "reject"},
+        201, {},
+    ),
+    "tenant-create-bad": ("POST", "/tenants", None, {"id": "Not a slug", "name": "x"}, 400, {}),
+    "tenant-create-exists": ("POST", "/tenants", None, {"id": "blog", "name": "x"}, 409, {}),
+    "tenants": ("GET", "/tenants", None, None, 200, {}),
+    "tenant": ("GET", "/tenants/{tenant_id}", "/tenants/blog", None, 200, {}),
+    "tenant-unknown": ("GET", "/tenants/{tenant_id}", "/tenants/none", None, 404, {}),
+    "tenant-change": (
+        "PATCH", "/tenants/{tenant_id}", "/tenants/blog",
+        {"name": "Blog", "limit_per_day": 100, "client_sync_url": None}, 200, {},
+    ),
+    "tenant-change-default-upstream": (
+        "PATCH", "/tenants/{tenant_id}", "/tenants/default",
+        {"client_sync_url": "https://x.example/sync"}, 400, {},
+    ),
+    "tenant-rotate": (
+        "POST", "/tenants/{tenant_id}/rotate-token", "/tenants/blog/rotate-token", None, 200, {},
+    ),
+    "tenant-rotate-default": (
+        "POST", "/tenants/{tenant_id}/rotate-token", "/tenants/default/rotate-token", None, 400,
+        {},
+    ),
+    "tenant-suspend": (
+        "POST", "/tenants/{tenant_id}/suspend", "/tenants/blog/suspend", None, 200, {},
+    ),
+    "tenant-activate": (
+        "POST", "/tenants/{tenant_id}/activate", "/tenants/blog/activate", None, 200, {},
+    ),
+    "tenant-delete-busy": ("DELETE", "/tenants/{tenant_id}", "/tenants/blog", None, 409, {}),
+    "tenant-delete": (
+        "DELETE", "/tenants/{tenant_id}", "/tenants/blog?purge=true", None, 200, {},
+    ),
+    "tenant-delete-default": (
+        "DELETE", "/tenants/{tenant_id}", "/tenants/default", None, 400, {},
+    ),
 }  # fmt: skip
 
 
@@ -225,8 +269,18 @@ def app(make_config, conn):
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", os.getpid(), now)
     bounce = Event("sent", "c@d.org", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 unknown")
     gone = Suppress("gone@x.org", "hard_bounce", "5.1.1", "smtp; 550 5.1.1 unknown")
-    store.bounces.record_mail(conn, "<dsn@mx>", "processed", "rfc3464", [bounce], [gone], now)
-    store.circuits.trip(conn, "acme", now, now - 1, "ConnectionRefusedError", lambda n: 5.0)
+    store.bounces.record_mail(
+        conn, "<dsn@mx>", "processed", "rfc3464", [bounce], [gone], now, "default"
+    )
+    store.circuits.trip(
+        conn, "default", "acme", now, now - 1, "ConnectionRefusedError", lambda n: 5.0
+    )
+    blog = client.post("/tenants", json={"id": "blog", "name": "Blog"}, headers=AUTH)
+    assert blog.status_code == 201
+    blog_auth = {"X-API-Token": blog.json["token"]}
+    assert client.post("/account", json=GOOD_ACCOUNT, headers=blog_auth).status_code == 200
+    queued = {"messages": [message("b1", account_id="acme")]}
+    assert client.post("/commands/add-messages", json=queued, headers=blog_auth).status_code == 200
     return app
 
 
@@ -290,3 +344,36 @@ def test_an_undocumented_key_fails_the_check(app):
     response.set_data(b'{"ok": true, "active": false, "extra": 1}')
     with pytest.raises(jsonschema.ValidationError, match="extra"):
         check(response, "POST", "/commands/suspend")
+
+
+def test_the_document_says_who_may_call_each_route():
+    """Admin routes name the admin token alone; the others the admin's or a tenant's, and
+    take X-Tenant (docs/tenants.md); x-asyncmail-access says it in one word."""
+    admin = [{"apiToken": []}, {"bearerToken": []}]
+    either = [*admin, {"tenantToken": []}, {"tenantBearer": []}]
+    for route in ROUTES:
+        operation = openapi_document()["paths"][route.path][route.method.lower()]
+        assert operation["x-asyncmail-access"] == route.access
+        headers = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "header"}
+        if route.access in {"admin", "tenant"}:
+            assert operation["security"] == (admin if route.admin else either), route.path
+            assert headers == {"X-Tenant"}
+        else:
+            assert headers == set()
+    admin_paths = {(r.method, r.path) for r in ROUTES if r.access == "admin"}
+    assert ("GET", "/metrics") in admin_paths and ("POST", "/tenants") in admin_paths
+    assert {path for _, path in admin_paths} <= {"/metrics"} | {
+        r.path for r in ROUTES if r.path.startswith("/tenants")
+    }
+
+
+def test_the_admin_routes_of_the_table_are_the_apps_admin_only_views(make_config):
+    """The table (published) and the views' marks (enforced, web.auth) say the same."""
+    app = create_app(make_config(api_token=TOKEN))
+    marked = {
+        (method, openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if getattr(app.view_functions[rule.endpoint], "admin_only", False)
+        for method in rule.methods - IMPLICIT_METHODS
+    }
+    assert marked == {(r.method, r.path) for r in ROUTES if r.admin}

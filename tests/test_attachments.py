@@ -201,7 +201,7 @@ def test_message_with_all_three_sources_arrives_intact(
 ):
     config = make_config(**s3.settings(), allow_private_attachment_urls=True)
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     files = [
         {"filename": "inline.bin", "content": base64.b64encode(b"\x00inline\xff").decode()},
         {"filename": "web.dat", "url": f"{http_base}/file", "mime_type": "application/x-web"},
@@ -221,7 +221,7 @@ def test_message_with_all_three_sources_arrives_intact(
 def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_server, http_base):
     config = make_config(allow_private_attachment_urls=True, max_retries=1)
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     gone = [{"filename": "x", "url": f"{http_base}/gone"}]
     enqueue(conn, config, message("m1", "acct", attachments=gone))
     dispatcher = make_dispatcher(conn, config)
@@ -236,7 +236,7 @@ def test_missing_attachment_means_no_send_and_a_retry(conn, make_config, smtp_se
 
 def test_refused_url_fails_at_once(conn, config, smtp_server, http_base):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     loopback = [{"filename": "x", "url": f"{http_base}/file"}]
     enqueue(conn, config, message("m1", "acct", attachments=loopback))
     make_dispatcher(conn, config).run_once(T0)
@@ -285,7 +285,7 @@ def test_a_dripping_attachment_defers_its_message(conn, make_config, smtp_server
     drip = hostile(DrippingSource, interval=0.2)
     config = make_config(allow_private_attachment_urls=True, attachment_timeout_seconds=1)
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     slow = [{"filename": "slow.bin", "url": drip.url}]
     enqueue(conn, config, message("slow", "acct", attachments=slow), message("next", "acct"))
     make_dispatcher(conn, config).run_once(T0)
@@ -300,7 +300,10 @@ def stored_s3_message(conn, bucket: str) -> None:
     s3 = {"bucket": bucket, "key": "docs/report.pdf"}
     item = message("m1", "acct", attachments=[{"filename": "r.pdf", "s3": s3}])
     store.messages.enqueue(
-        conn, [store.messages.NewMessage("m1", "acct", 2, item, None, "<m1@x.example>")], T0
+        conn,
+        "default",
+        [store.messages.NewMessage("m1", "acct", 2, item, None, "<m1@x.example>")],
+        T0,
     )
 
 
@@ -319,7 +322,7 @@ def metadata(hostile, monkeypatch):
 
 def test_s3_without_keys_never_asks_the_metadata_endpoint(conn, config, smtp_server, metadata):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     stored_s3_message(conn, "mail")
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")
@@ -330,7 +333,7 @@ def test_s3_without_keys_never_asks_the_metadata_endpoint(conn, config, smtp_ser
 def test_s3_outside_the_allowed_buckets_is_refused(conn, make_config, smtp_server, s3, metadata):
     config = make_config(**s3.settings(buckets=("invoices",)))
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     stored_s3_message(conn, "mail")
     make_dispatcher(conn, config).run_once(T0)
     assert "not in s3_allowed_buckets" in row(conn, "m1")["error"]

@@ -76,11 +76,11 @@ def test_a_hard_bounce_is_matched_recorded_suppresses_and_is_filed(world, conn, 
     sink, server, _ = world
     bounced(world, conn, name)
     assert sink.received[0].sender.startswith("bounce+")  # VERP envelope sender
-    [bounce] = store.bounces.of_message(conn, "m1")
+    [bounce] = store.bounces.of_message(conn, "default", "m1")
     assert (bounce["recipient"], bounce["kind"], bounce["action"], bounce["status"]) == (
         RECIPIENT, "hard", "failed", "5.1.1",
     )  # fmt: skip
-    entry = store.suppressions.get(conn, RECIPIENT)
+    entry = store.suppressions.get(conn, "default", RECIPIENT)
     assert (entry["reason"], entry["status"], entry["count"]) == ("hard_bounce", "5.1.1", 1)
     assert server.counts(*FOLDERS) == {"INBOX": 0, "processed": 1, "unmatched": 0}
 
@@ -103,30 +103,30 @@ def test_the_next_message_to_a_hard_bounced_address_is_not_sent(world, conn):
 def test_a_soft_bounce_is_recorded_and_suppresses_nothing(world, conn, name):
     sink = world[0]
     config = bounced(world, conn, name)
-    [bounce] = store.bounces.of_message(conn, "m1")
+    [bounce] = store.bounces.of_message(conn, "default", "m1")
     assert bounce["kind"] == "soft" and bounce["status"].startswith("4.")
-    assert store.suppressions.get(conn, RECIPIENT) is None
+    assert store.suppressions.get(conn, "default", RECIPIENT) is None
     send_ready(conn, config, message("m2"))
     assert len(sink.received) == 2
 
 
 def test_a_policy_bounce_is_hard_but_suppresses_nothing(world, conn):
     bounced(world, conn, "postfix-policy.eml")
-    assert store.bounces.of_message(conn, "m1")[0]["status"] == "5.7.1"
-    assert store.suppressions.get(conn, RECIPIENT) is None
+    assert store.bounces.of_message(conn, "default", "m1")[0]["status"] == "5.7.1"
+    assert store.suppressions.get(conn, "default", RECIPIENT) is None
 
 
 @pytest.mark.parametrize("name", ["arf.eml", "ses-complaint.eml"])
 def test_a_complaint_suppresses_with_its_reason(world, conn, name):
     bounced(world, conn, name)
-    assert store.suppressions.get(conn, RECIPIENT)["reason"] == "complaint"
-    assert store.bounces.of_message(conn, "m1") == []  # not a delivery failure
+    assert store.suppressions.get(conn, "default", RECIPIENT)["reason"] == "complaint"
+    assert store.bounces.of_message(conn, "default", "m1") == []  # not a delivery failure
 
 
 def test_a_notification_about_someone_else_suppresses_nobody(world, conn):
     bounced(world, conn, "postfix.eml", recipient="forward@else.org")
-    assert store.bounces.of_message(conn, "m1")[0]["recipient"] == "forward@else.org"
-    assert store.suppressions.get(conn, "forward@else.org") is None
+    assert store.bounces.of_message(conn, "default", "m1")[0]["recipient"] == "forward@else.org"
+    assert store.suppressions.get(conn, "default", "forward@else.org") is None
 
 
 @pytest.mark.parametrize("name", ["autoreply.eml", "vague.eml", "postfix.eml"])
@@ -140,9 +140,8 @@ def test_what_matches_nothing_goes_to_unmatched_untouched(world, conn, name):
     handle_all(conn, config, server)
     assert server.messages("unmatched") == [raw]
     assert server.counts(*FOLDERS) == {"INBOX": 0, "processed": 0, "unmatched": 1}
-    assert store.bounces.of_message(conn, "m1") == [] and store.suppressions.counts(conn) == {
-        "hard_bounce": 0, "complaint": 0, "manual": 0,
-    }  # fmt: skip
+    assert store.bounces.of_message(conn, "default", "m1") == []
+    assert store.suppressions.counts(conn) == {"hard_bounce": 0, "complaint": 0, "manual": 0}
 
 
 def test_verp_alone_matches_a_message_whose_message_id_the_relay_replaced(world, conn):
@@ -156,7 +155,7 @@ def test_verp_alone_matches_a_message_whose_message_id_the_relay_replaced(world,
     assert stored["message_id_header"].encode() not in raw
     server.deliver(raw)
     handle_all(conn, config, server)
-    assert len(store.bounces.of_message(conn, "m1")) == 1
+    assert len(store.bounces.of_message(conn, "default", "m1")) == 1
     forged = dsn_mail("ses.eml", message_id="<x@y>", recipient=RECIPIENT,
                       sender=f"bounce+{'0' * 27}@{VERP_DOMAIN}")  # fmt: skip
     server.deliver(forged)
@@ -171,7 +170,7 @@ def test_without_verp_the_message_id_matches(world, conn):
     assert sink.received[0].sender == "sender@example.com" and not row(conn, "m1")["verp_token"]
     server.deliver(bounce_of(conn, config, "postfix.eml", "m1"))
     handle_all(conn, config, server)
-    assert len(store.bounces.of_message(conn, "m1")) == 1
+    assert len(store.bounces.of_message(conn, "default", "m1")) == 1
 
 
 def test_a_message_with_its_own_return_path_keeps_it(world, conn):
@@ -192,11 +191,11 @@ def test_a_link_cut_mid_fetch_loses_nothing_and_processes_nothing_twice(world, c
         b = bouncer(conn, config, clock)
         cutter.cut_reply = b"BODY[]"  # the first mail's fetch dies half-way
         assert not b.run_once(clock())
-        assert b.mailbox is None and store.bounces.of_message(conn, "m1") == []
+        assert b.mailbox is None and store.bounces.of_message(conn, "default", "m1") == []
         cutter.cut_command = b"MOVE"  # next: recorded, then the link dies before the move
         clock.t = b.retry_at
         assert not b.run_once(clock())
-        assert len(store.bounces.of_message(conn, "m1")) == 1
+        assert len(store.bounces.of_message(conn, "default", "m1")) == 1
         assert server.counts("INBOX") == {"INBOX": 2}
         clock.t = b.retry_at
         assert b.run_once(clock())
@@ -204,8 +203,8 @@ def test_a_link_cut_mid_fetch_loses_nothing_and_processes_nothing_twice(world, c
     finally:
         cutter.close()
     assert cutter.cuts == 2 and cutter.connections == 3
-    assert [len(store.bounces.of_message(conn, m)) for m in ("m1", "m2")] == [1, 1]
-    assert store.suppressions.get(conn, RECIPIENT)["count"] == 2  # once per notification
+    assert [len(store.bounces.of_message(conn, "default", m)) for m in ("m1", "m2")] == [1, 1]
+    assert store.suppressions.get(conn, "default", RECIPIENT)["count"] == 2  # once per notification
     assert server.counts(*FOLDERS) == {"INBOX": 0, "processed": 2, "unmatched": 0}
 
 
@@ -233,7 +232,7 @@ def test_without_idle_or_move_it_polls_and_copies(make_config, smtp_server, dove
         imap.select("INBOX", readonly=True)
         left = imap.uid("SEARCH", None, "ALL")[1][0].split()
     assert len(left) == (0 if "UIDPLUS" in capability else 1)  # never expunged blindly
-    assert len(store.bounces.of_message(conn, "m1")) == 1
+    assert len(store.bounces.of_message(conn, "default", "m1")) == 1
 
 
 def test_idle_wakes_the_bouncer_when_a_notification_arrives(world, conn):
@@ -250,7 +249,7 @@ def test_idle_wakes_the_bouncer_when_a_notification_arrives(world, conn):
     assert b.due
     assert b.run_once(T0 + 1)
     b.close()
-    assert len(store.bounces.of_message(conn, "m1")) == 1
+    assert len(store.bounces.of_message(conn, "default", "m1")) == 1
 
 
 def test_the_late_bounced_report_reaches_the_upstream_once_after_the_sent_one(world, conn):
@@ -272,7 +271,7 @@ def test_the_late_bounced_report_reaches_the_upstream_once_after_the_sent_one(wo
     )  # fmt: skip
     assert "does not exist" in late["diagnostic"] and late["bounced_ts"] == int(T0)
     assert late["sent_ts"] == items[0]["sent_ts"]
-    assert store.bounces.of_message(conn, "m1")[0]["reported_ts"] is not None
+    assert store.bounces.of_message(conn, "default", "m1")[0]["reported_ts"] is not None
 
 
 def test_tls_and_starttls(make_config, dovecot, tls_cert, conn):
@@ -300,7 +299,7 @@ def test_an_unreachable_mailbox_backs_off_and_says_why(make_config, conn, caplog
 def test_the_message_detail_lists_its_bounces(world, conn):
     """GET /messages/{id} and asyncmail messages show: the status stays what the send made it."""
     bounced(world, conn, "exim.eml")
-    detail = store.messages.get(conn, "m1", T0)
+    detail = store.messages.get(conn, "default", "m1", T0)
     assert detail["status"] == Status.SENT and detail["bounces"][0]["status"] == "5.1.1"
 
 

@@ -37,7 +37,7 @@ def client(cfg):
 
 
 def enqueue(conn, cfg, *items, now=None):
-    result = intake.accept_batch(conn, cfg, list(items), now or time.time())
+    result = intake.accept_batch(conn, cfg, "default", list(items), now or time.time())
     assert len(result.queued) == len(items), result.rejected
 
 
@@ -46,7 +46,7 @@ def outcome(conn, message_id, state: Next, now: float, ready_at=None, result=Out
     claimed_at = max(now, time.time()) + 1  # whenever it was queued, it is ready by then
     claim = store.claims.claim(conn, "d-00", claimed_at, 60, 100, True)
     assert message_id in {row["id"] for row in claim.messages}
-    others = [row["id"] for row in claim.messages if row["id"] != message_id]
+    others = [store.claims.key(row) for row in claim.messages if row["id"] != message_id]
     store.claims.release(conn, others, "d-00", claimed_at)
     account_id = next(r["account_id"] for r in claim.messages if r["id"] == message_id)
     attempt = Attempt(message_id, account_id, now, result, 451, "4.3.0 try later", 0.01)
@@ -57,7 +57,7 @@ def outcome(conn, message_id, state: Next, now: float, ready_at=None, result=Out
 
 
 def row(conn, message_id) -> dict:
-    return store.messages.get(conn, message_id, time.time())
+    return store.messages.get(conn, "default", message_id, time.time())
 
 
 # -- retry -------------------------------------------------------------------------------------
@@ -66,10 +66,12 @@ def test_retry_requeues_errors_and_they_owe_a_fresh_report(conn, cfg):
     enqueue(conn, cfg, message("failed"), message("ok"))
     outcome(conn, "failed", Next.ERROR, now)
     outcome(conn, "ok", Next.SENT, now, result=Outcome.SENT)
-    store.reports.mark_reported(conn, store.reports.fetch_unreported(conn, 10), int(now))
+    store.reports.mark_reported(
+        conn, "default", store.reports.fetch_unreported(conn, "default", 10), int(now)
+    )
     assert store.reports.unreported_count(conn) == 0
 
-    done = operations.retry(conn, cfg, now + 1, status="error")
+    done = operations.retry(conn, cfg, "default", now + 1, status="error")
     assert (done.requeued, done.attempts) == (1, "kept")
     failed = row(conn, "failed")
     assert failed["status"] == "queued" and failed["attempts"] == 1
@@ -77,10 +79,10 @@ def test_retry_requeues_errors_and_they_owe_a_fresh_report(conn, cfg):
     assert failed["error"] == "4.3.0 try later"  # the last reply stays until the next outcome
     assert store.reports.unreported_count(conn) == 0  # no outcome yet: nothing owed meanwhile
     # the sent one is purged; not the requeued one
-    assert store.reports.purge_finished(conn, now + 10**6, reported_only=True) == 1
+    assert store.reports.purge_finished(conn, now + 10**6) == 1
 
     outcome(conn, "failed", Next.SENT, now + 2, result=Outcome.SENT)
-    owed = store.reports.fetch_unreported(conn, 10)
+    owed = store.reports.fetch_unreported(conn, "default", 10)
     assert [(r["id"], r["sent_ts"] is not None) for r in owed] == [("failed", True)]
 
 
@@ -88,7 +90,7 @@ def test_retry_resets_attempts_when_asked(conn, cfg):
     now = time.time()
     enqueue(conn, cfg, message("m"))
     outcome(conn, "m", Next.ERROR, now)
-    done = operations.retry(conn, cfg, now, ids=["m"], reset_attempts=True)
+    done = operations.retry(conn, cfg, "default", now, ids=["m"], reset_attempts=True)
     assert (done.requeued, done.attempts) == (1, "reset")
     assert row(conn, "m")["attempts"] == 0
 
@@ -99,7 +101,7 @@ def test_retry_deferred_takes_retries_not_the_clients_schedule(conn, cfg):
     outcome(conn, "waiting", Next.RETRY, now, ready_at=now + 3600)
     assert row(conn, "waiting")["status"] == "deferred"
 
-    done = operations.retry(conn, cfg, now, status="deferred")
+    done = operations.retry(conn, cfg, "default", now, status="deferred")
     assert done.requeued == 1
     assert row(conn, "waiting")["status"] == "queued"
     assert row(conn, "scheduled")["status"] == "deferred"
@@ -110,7 +112,9 @@ def test_retry_by_ids_says_what_it_did_not_take(conn, cfg):
     enqueue(conn, cfg, message("failed"), message("sent"), message("queued"))
     outcome(conn, "failed", Next.ERROR, now)
     outcome(conn, "sent", Next.SENT, now, result=Outcome.SENT)
-    done = operations.retry(conn, cfg, now, ids=["failed", "sent", "queued", "nope", "failed"])
+    done = operations.retry(
+        conn, cfg, "default", now, ids=["failed", "sent", "queued", "nope", "failed"]
+    )
     assert done.requeued == 1
     assert done.not_found == ["nope"]
     assert sorted(done.not_retryable) == ["queued", "sent"]
@@ -118,14 +122,14 @@ def test_retry_by_ids_says_what_it_did_not_take(conn, cfg):
 
 def test_retry_by_account(conn, cfg):
     now = time.time()
-    operations.save_account(conn, cfg, _account("acme"), now)
+    operations.save_account(conn, cfg, "default", _account("acme"), now)
     enqueue(conn, cfg, message("a1", "acme"), message("d1"))
     outcome(conn, "a1", Next.ERROR, now)
     outcome(conn, "d1", Next.ERROR, now)
-    assert operations.retry(conn, cfg, now, account_id="acme").requeued == 1
+    assert operations.retry(conn, cfg, "default", now, account_id="acme").requeued == 1
     assert row(conn, "d1")["status"] == "error"
     with pytest.raises(operations.Refused) as refused:
-        operations.retry(conn, cfg, now, account_id="ghost")
+        operations.retry(conn, cfg, "default", now, account_id="ghost")
     assert refused.value.kind is operations.Refusal.NOT_FOUND
 
 
@@ -135,7 +139,7 @@ def test_retry_by_account(conn, cfg):
 )
 def test_retry_needs_one_clear_selection(conn, cfg, kwargs):
     with pytest.raises(operations.Refused) as refused:
-        operations.retry(conn, cfg, time.time(), **kwargs)
+        operations.retry(conn, cfg, "default", time.time(), **kwargs)
     assert refused.value.kind is operations.Refusal.INVALID
 
 
@@ -178,12 +182,16 @@ def _account(account_id, **limits) -> Account:
 
 def test_usage_counts_ledger_starts_against_each_limit(conn, cfg, client, run):
     now = time.time()
-    operations.save_account(conn, cfg, _account("acme", limit_per_minute=3, limit_per_day=10), now)
+    operations.save_account(
+        conn, cfg, "default", _account("acme", limit_per_minute=3, limit_per_day=10), now
+    )
     ledger = Ledger(cfg.ratelimit_dir)
     limits = Limits(per_minute=3, per_day=10)
     for start in (now - 7200, now - 30, now - 20, now - 10):
         assert ledger.reserve("acme", limits, start) is None
-    windows = {w["window"]: w for w in operations.usage(conn, cfg, "acme", now)["windows"]}
+    windows = {
+        w["window"]: w for w in operations.usage(conn, cfg, "default", "acme", now)["windows"]
+    }
     assert windows["per_minute"] == {
         "window": "per_minute", "seconds": 60, "limit": 3, "used": 3, "remaining": 0,
         "free_at": math.ceil(now - 30 + 60),  # the 3rd most recent start leaves the window
@@ -205,7 +213,9 @@ def test_usage_counts_recorded_attempts_without_a_ledger(conn, cfg):
     enqueue(conn, cfg, message("a"), message("b"))
     outcome(conn, "a", Next.SENT, now - 5, result=Outcome.SENT)
     outcome(conn, "b", Next.ERROR, now - 120, result=Outcome.PERMANENT)
-    windows = {w["window"]: w["used"] for w in operations.usage(conn, cfg, None, now)["windows"]}
+    windows = {
+        w["window"]: w["used"] for w in operations.usage(conn, cfg, "default", None, now)["windows"]
+    }
     assert windows == {"per_second": 0, "per_minute": 1, "per_hour": 2, "per_day": 2}
 
 
@@ -287,16 +297,18 @@ def test_restore_puts_the_backup_back_and_keeps_the_previous(run, conn, cfg, var
     assert answer["messages"]["queued"] == 1 and answer["previous"]
     assert answer["maybe_sent"] == 1  # the old database may have sent "before" since the copy
     restored = store.db.connect(var_dir / "asyncmail.db")
-    assert store.messages.get(restored, "after", time.time()) is None
-    assert store.messages.get(restored, "before", time.time())["status"] == "queued"
+    assert store.messages.get(restored, "default", "after", time.time()) is None
+    assert store.messages.get(restored, "default", "before", time.time())["status"] == "queued"
     claimed = store.claims.claim(restored, "d:1", time.time(), 60, 10, True)
     assert [r["id"] for r in claimed.messages] == ["before"]
-    assert store.messages.get(restored, "before", time.time())["possible_duplicate"] is True
+    assert (
+        store.messages.get(restored, "default", "before", time.time())["possible_duplicate"] is True
+    )
     assert store.heartbeats.list_all(restored, time.time()) == []
     assert stat.S_IMODE((var_dir / "asyncmail.db").stat().st_mode) == 0o600
     restored.close()
     kept = store.db.connect(answer["previous"], migrate=False)
-    assert store.messages.get(kept, "after", time.time())["status"] == "queued"
+    assert store.messages.get(kept, "default", "after", time.time())["status"] == "queued"
     kept.close()
 
 
@@ -317,11 +329,13 @@ def test_restore_refuses_a_bad_file_and_a_live_process(run, conn, cfg, tmp_path)
 def test_usage_of_a_ledger_too_large_to_read_comes_from_attempts(conn, cfg):
     now = time.time()
     big = {"limit_per_minute": 2, "limit_per_day": operations.LEDGER_READ_MAX + 1}
-    operations.save_account(conn, cfg, _account("bulk", **big), now)
+    operations.save_account(conn, cfg, "default", _account("bulk", **big), now)
     enqueue(conn, cfg, message("a", "bulk"), message("b", "bulk"))
     outcome(conn, "a", Next.SENT, now - 20, result=Outcome.SENT)
     outcome(conn, "b", Next.SENT, now - 10, result=Outcome.SENT)
-    windows = {w["window"]: w for w in operations.usage(conn, cfg, "bulk", now)["windows"]}
+    windows = {
+        w["window"]: w for w in operations.usage(conn, cfg, "default", "bulk", now)["windows"]
+    }
     assert windows["per_minute"]["used"] == 2 and windows["per_minute"]["remaining"] == 0
     assert windows["per_minute"]["free_at"] == math.ceil(now - 20 + 60)
     assert windows["per_day"]["remaining"] == operations.LEDGER_READ_MAX - 1

@@ -37,12 +37,12 @@ def asyncmail(var_dir, *argv, **settings) -> subprocess.CompletedProcess:
 def test_flush_sends_deferred_messages_once_the_server_is_back(conn, config, var_dir):
     port = procs.free_port()  # nothing listens here yet: the SMTP server is down
     account = {"id": "acct", "host": "127.0.0.1", "port": port}
-    store.accounts.upsert(conn, account, int(time.time()))
+    store.accounts.upsert(conn, "default", account, int(time.time()))
     ids = [f"m{i}" for i in range(20)]
     with dispatchers(config, 1, retry_delays=3600):
         enqueue(conn, config, *(message(i, "acct") for i in ids), now=time.time())
         procs.wait_for(
-            lambda: [c["open"] for c in store.circuits.list_all(conn, time.time())] == [True],
+            lambda: [c["open"] for c in store.circuits.list_all(conn, time.time(), None)] == [True],
             message="the account's circuit open after ConnectionRefused",
         )
         # the message that met the refusal waits an hour for its retry; the rest of the
@@ -65,7 +65,7 @@ def test_backup_while_a_dispatcher_sends_is_consistent(conn, config, var_dir, tm
     peer = start_server()
     total = 400
     try:  # 100 a second: the sending lasts seconds, so backups land in the middle of it
-        store.accounts.upsert(conn, peer.account(limit_per_second=100), int(time.time()))
+        store.accounts.upsert(conn, "default", peer.account(limit_per_second=100), int(time.time()))
         with dispatchers(config, 2):
             enqueue(
                 conn, config, *(message(f"m{i}", "acct") for i in range(total)), now=time.time()

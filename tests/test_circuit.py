@@ -18,14 +18,16 @@ def queue(conn, config, account_id: str, count: int) -> list[str]:
 
 def circuit(conn, account_id: str) -> dict | None:
     return next(
-        (c for c in store.circuits.list_all(conn, T0) if c["account_id"] == account_id), None
+        (c for c in store.circuits.list_all(conn, T0, None) if c["account_id"] == account_id), None
     )
 
 
 def test_a_refused_connection_holds_the_account_not_the_claim(conn, config, smtp_server):
     up, down_port = smtp_server(), free_port()
-    store.accounts.upsert(conn, up.account("up"), int(T0))
-    store.accounts.upsert(conn, {"id": "down", "host": "127.0.0.1", "port": down_port}, int(T0))
+    store.accounts.upsert(conn, "default", up.account("up"), int(T0))
+    store.accounts.upsert(
+        conn, "default", {"id": "down", "host": "127.0.0.1", "port": down_port}, int(T0)
+    )
     down = queue(conn, config, "down", 10)
     queue(conn, config, "up", 3)
     clock = Clock()
@@ -56,7 +58,7 @@ def test_a_refused_connection_holds_the_account_not_the_claim(conn, config, smtp
 
 def test_a_421_greeting_opens_the_circuit(conn, config, hostile):
     refusing = hostile(RefusingServer)
-    store.accounts.upsert(conn, refusing.account(), int(T0))
+    store.accounts.upsert(conn, "default", refusing.account(), int(T0))
     queue(conn, config, "refusing", 5)
     make_dispatcher(conn, config).run_once(T0)
     assert refusing.connections == 1
@@ -64,7 +66,7 @@ def test_a_421_greeting_opens_the_circuit(conn, config, hostile):
 
 
 def test_a_mute_server_costs_one_timeout_per_backoff(conn, config, silent_server):
-    store.accounts.upsert(conn, silent_server.account(timeout=0.5), int(T0))
+    store.accounts.upsert(conn, "default", silent_server.account(timeout=0.5), int(T0))
     queue(conn, config, "silent", 5)
     make_dispatcher(conn, config).run_once(T0)
     assert len(silent_server.accepted) == 1  # not five timeouts in a row
@@ -72,9 +74,10 @@ def test_a_mute_server_costs_one_timeout_per_backoff(conn, config, silent_server
 
 
 def test_status_shows_the_open_circuit(conn, config):
-    store.circuits.trip(conn, None, T0, T0 - 1, "ConnectionRefusedError", lambda n: 30.0)
+    store.circuits.trip(conn, "default", None, T0, T0 - 1, "ConnectionRefusedError", lambda n: 30.0)
     [shown] = operations.status(conn, config, T0)["circuits"]
     assert shown == {
+        "tenant_id": "default",
         "account_id": None,
         "open": True,
         "open_until": int(T0 + 30),

@@ -155,7 +155,7 @@ def test_account_password_from_environment_is_sealed(run, conn, monkeypatch):
         "10",
     )
     assert code == 0 and "hunter2" not in out
-    stored = store.accounts.get(conn, "acc1", with_password=True)["password"]
+    stored = store.accounts.get(conn, "default", "acc1", with_password=True)["password"]
     assert stored.startswith(crypto.PREFIX)
     assert crypto.unseal(stored, "k" * 32) == "hunter2"
     code, out, _ = run("accounts", "list")
@@ -167,7 +167,10 @@ def test_account_password_from_prompt(run, conn, monkeypatch):
     monkeypatch.setattr("getpass.getpass", lambda prompt: "typed-secret")
     args = ("accounts", "add", "acc2", "--host", "h.example.org", "--port", "25")
     assert run(*args, "--user", "u", "--password-prompt")[0] == 0
-    assert store.accounts.get(conn, "acc2", with_password=True)["password"] == "typed-secret"
+    assert (
+        store.accounts.get(conn, "default", "acc2", with_password=True)["password"]
+        == "typed-secret"
+    )
 
 
 def test_password_is_never_taken_from_argv(run):
@@ -186,7 +189,7 @@ def test_account_add_rejects_bad_values(run, conn, monkeypatch):
         "accounts", "add", "a", "--host", "h", "--port", "465", "--use-tls", "--starttls"
     )
     assert code == 2 and "starttls" in err
-    assert store.accounts.list_all(conn) == []
+    assert store.accounts.list_all(conn, "default") == []
 
 
 def test_account_show_and_delete(run, conn):
@@ -199,13 +202,13 @@ def test_account_show_and_delete(run, conn):
     assert code == 1 and "1 unsent" in err
     assert run("accounts", "delete", "acc", "--purge")[0] == 0
     assert run("accounts", "delete", "acc")[0] == 1
-    assert store.messages.get(conn, "m1", time.time()) is None
+    assert store.messages.get(conn, "default", "m1", time.time()) is None
 
 
 def test_account_recipients_per_transaction_and_delete_answer(run, conn):
     args = ("accounts", "add", "big", "--host", "h", "--port", "25")
     assert run(*args, "--max-recipients-per-transaction", "500")[0] == 0
-    assert store.accounts.get(conn, "big")["max_recipients_per_transaction"] == 500
+    assert store.accounts.get(conn, "default", "big")["max_recipients_per_transaction"] == 500
     assert run(*args, "--max-recipients-per-transaction", "0")[0] == 2
     code, out, _ = run("accounts", "delete", "big", "--json")
     assert code == 0 and json.loads(out) == {"ok": True, "removed": "big", "purged_messages": 0,
@@ -230,7 +233,7 @@ def test_send_from_flags(run, conn, tmp_path):
         "--html",
     )
     assert code == 0 and "queued 1" in out
-    record = store.messages.get(conn, "m1", time.time())
+    record = store.messages.get(conn, "default", "m1", time.time())
     message = record["message"]
     assert record["priority"] == 1 and message["content_type"] == "html"
     assert message["headers"] == {"X-Campaign": "spring"}
@@ -253,7 +256,7 @@ def test_send_rejects_invalid_message_with_reason(run, conn):
         "b",
     )
     assert code == 1 and "not-an-address" in out
-    assert store.messages.get(conn, "bad", time.time()) is None
+    assert store.messages.get(conn, "default", "bad", time.time()) is None
 
 
 def test_send_header_injection_is_rejected(run, conn):
@@ -280,7 +283,7 @@ def test_send_json_file_batch(run, conn, tmp_path):
     result = json.loads(out)
     assert code == 1 and result["queued"] == ["j1"]
     assert result["rejected"][0]["id"] == "j2" and "from" in result["rejected"][0]["reason"]
-    assert store.messages.get(conn, "j1", time.time())["priority"] == 3
+    assert store.messages.get(conn, "default", "j1", time.time())["priority"] == 3
     path.write_text(json.dumps([{**good, "id": "j3"}]))
     assert run("send", "--json", str(path))[0] == 0
 
@@ -315,7 +318,7 @@ def test_send_eml(run, conn, tmp_path):
     path.write_bytes(_eml())
     code, out, _ = run("send", "--eml", str(path), "--priority", "immediate")
     assert code == 0, out
-    record = store.messages.get(conn, "q3-report@example.org", time.time())
+    record = store.messages.get(conn, "default", "q3-report@example.org", time.time())
     message = record["message"]
     assert record["priority"] == 0
     assert message["content_type"] == "html" and "html version" in message["body"]
@@ -414,7 +417,7 @@ def test_cleanup_removes_old_reported(run, conn):
         )
     code, out, _ = run("cleanup", "--older-than", "3600", "--json")
     assert code == 0 and json.loads(out)["removed"] == 1
-    assert store.messages.get(conn, "new", time.time()) is not None
+    assert store.messages.get(conn, "default", "new", time.time()) is not None
     assert run("cleanup", "--older-than", "-1")[0] == 2
 
 
@@ -425,7 +428,7 @@ def test_cleanup_with_retention_zero_says_it_kept_everything(run, conn, ini):
         conn.execute("UPDATE messages SET sent_ts = 1, reported_ts = 1 WHERE id = 'old'")
     code, out, _ = run("cleanup")
     assert code == 0 and "keep forever" in out
-    assert store.messages.get(conn, "old", time.time()) is not None
+    assert store.messages.get(conn, "default", "old", time.time()) is not None
 
 
 # -- the launcher (process-free parts; tests/test_supervisord.py runs the real thing) ---------

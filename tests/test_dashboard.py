@@ -48,6 +48,31 @@ def test_every_panel_follows_the_instance_selector():
         assert selectors and all(INSTANCE in s for s in selectors), expr
 
 
+TENANT = 'tenant_id=~"$tenant"'
+PER_TENANT = re.compile(
+    r"\b(asyncmail_(?:sent|errors|deferred|rate_limited|attempts|bounces|suppressed_recipients"
+    r"|report_batches|report_items)_total|asyncmail_(?:smtp_send|enqueue_to_sent)_seconds_bucket"
+    r"|asyncmail_due_messages|asyncmail_oldest_unreported_age_seconds|asyncmail_reports_enabled"
+    r"|asyncmail_tenant_sending)"
+    r"\{([^}]*)\}"
+)
+
+
+def test_per_account_and_per_tenant_panels_follow_the_tenant_selector():
+    """Account ids are unique within a tenant only: every per-account series is picked by
+    tenant too, and grouped by it (docs/tenants.md)."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["tenant"]["includeAll"] and variables["tenant"]["multi"]
+    assert "tenant_id" in variables["tenant"]["definition"]
+    found = 0
+    for expr in expressions():
+        for _, selector in PER_TENANT.findall(expr):
+            assert TENANT in selector, expr
+            found += 1
+        assert "by (instance, account_id)" not in expr, expr
+    assert found >= 20
+
+
 def test_the_first_row_says_what_is_up_and_what_fires():
     panels = dashboard()["panels"]
     assert panels[0]["type"] == "row" and panels[0]["title"] == "Up and alerts"

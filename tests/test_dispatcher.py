@@ -18,14 +18,14 @@ from tests.support.smtp import Behavior
 def account(conn, smtp_server):
     """A plain server and an account 'acct' pointing at it."""
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     return peer
 
 
 @pytest.mark.parametrize("kind", ["plain", "starttls", "tls"])
 def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert, kind):
     peer = smtp_server(kind, auth=("mailer", "s3cret"), behavior=Behavior(pipelining=True))
-    store.accounts.upsert(conn, peer.account(user="mailer", password="s3cret"), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(user="mailer", password="s3cret"), int(T0))
     enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     dispatcher = make_dispatcher(conn, config, tls_cert)
     assert dispatcher.run_once(T0) is True
@@ -36,7 +36,7 @@ def test_sends_over_each_transport_with_auth(conn, config, smtp_server, tls_cert
     assert sent["lease_owner"] is None and sent["smtp_code"] == 250
     [attempt] = attempts(conn, "m1")
     assert (attempt["outcome"], attempt["smtp_code"], attempt["ts"]) == ("sent", 250, T0)
-    assert store.messages.get(conn, "m1", T0)["status"] == "sent"
+    assert store.messages.get(conn, "default", "m1", T0)["status"] == "sent"
     assert dispatcher.run_once(T0) is False  # nothing left
     dispatcher.close()
 
@@ -48,7 +48,7 @@ def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
     conn = store.db.connect(config.database)
     peer = smtp_server("tls", auth=("mailer", "s3cret"))
     sealed = crypto.seal("s3cret", config.secret_key)
-    store.accounts.upsert(conn, peer.account(user="mailer", password=sealed), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(user="mailer", password=sealed), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config, tls_cert).run_once(T0)
     assert row(conn, "m1")["sent_ts"] is not None
@@ -57,7 +57,7 @@ def test_encrypted_password_is_unsealed(make_config, smtp_server, tls_cert):
 
 def test_wrong_password_is_temporary(conn, config, smtp_server):
     peer = smtp_server("plain", auth=("mailer", "s3cret"))
-    store.accounts.upsert(conn, peer.account(user="mailer", password="wrong"), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(user="mailer", password="wrong"), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     failed = row(conn, "m1")
@@ -94,8 +94,8 @@ def test_priority_then_age_within_one_claim(conn, config, account):
 def test_batch_size_per_account_is_fair(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=2)
     busy, quiet = smtp_server(), smtp_server()
-    store.accounts.upsert(conn, busy.account("busy"), int(T0))
-    store.accounts.upsert(conn, quiet.account("quiet", batch_size=1), int(T0))
+    store.accounts.upsert(conn, "default", busy.account("busy"), int(T0))
+    store.accounts.upsert(conn, "default", quiet.account("quiet", batch_size=1), int(T0))
     enqueue(conn, config, *[message(f"b{i}", "busy") for i in range(5)])
     enqueue(conn, config, *[message(f"q{i}", "quiet") for i in range(3)])
     dispatcher = make_dispatcher(conn, config)
@@ -113,7 +113,7 @@ def test_claims_never_overlap_and_expired_leases_are_taken(conn, config, account
     first = store.claims.claim(conn, "a", T0, 120, 50, False)
     second = store.claims.claim(other, "b", T0, 120, 50, False)
     assert len(first.messages) == 4 and second.messages == []
-    assert store.messages.get(conn, "m0", T0)["status"] == "sending"
+    assert store.messages.get(conn, "default", "m0", T0)["status"] == "sending"
     taken = store.claims.claim(other, "b", T0 + 121, 120, 50, False)  # "a" died: its lease ran out
     assert sorted(m["id"] for m in taken.messages) == ["m0", "m1", "m2", "m3"]
     other.close()
@@ -134,7 +134,7 @@ A, X, Y = "rcpt@example.com", "x@example.com", "y@example.com"
 @pytest.mark.parametrize("pipelining", [False, True])
 def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refused, pipelining):
     peer = smtp_server(behavior=Behavior(rcpt=replies, pipelining=pipelining))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct", to=to))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
@@ -154,7 +154,7 @@ def test_recipient_refusals(conn, config, smtp_server, to, replies, state, refus
 @pytest.mark.parametrize("pipelining", [False, True])
 def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
     peer = smtp_server(behavior=Behavior(data_reply=reply, pipelining=pipelining))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     for message_id in ("m1", "m2"):  # the connection is reset and reused after each
@@ -166,18 +166,18 @@ def test_end_of_data_reply(conn, config, smtp_server, reply, final, pipelining):
 
 def test_drop_after_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(drop_after_data=True))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
     assert got["possible_duplicate"] == 1 and got["sent_ts"] is None
     assert got["ready_at"] - T0 >= 300  # no sooner than the second retry delay
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
-    assert store.messages.get(conn, "m1", T0)["possible_duplicate"] is True
+    assert store.messages.get(conn, "default", "m1", T0)["possible_duplicate"] is True
 
 
 def test_silence_times_out_as_temporary(conn, config, silent_server):
-    store.accounts.upsert(conn, silent_server.account("acct", timeout=0.3), int(T0))
+    store.accounts.upsert(conn, "default", silent_server.account("acct", timeout=0.3), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")
@@ -187,7 +187,7 @@ def test_silence_times_out_as_temporary(conn, config, silent_server):
 
 def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=5))
-    store.accounts.upsert(conn, peer.account(timeout=0.3), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(timeout=0.3), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     assert attempts(conn, "m1")[0]["outcome"] == "uncertain"
@@ -197,7 +197,7 @@ def test_no_reply_to_data_is_uncertain(conn, config, smtp_server):
 def test_retries_until_max_then_error(conn, make_config, smtp_server):
     config = make_config(max_retries=2, retry_delays=(10, 20))
     peer = smtp_server(behavior=Behavior(data_reply="451 later"))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
@@ -214,7 +214,7 @@ def test_retries_until_max_then_error(conn, make_config, smtp_server):
 
 def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_minute=1), int(T0))
     enqueue(conn, config, message("m1", "acct"), message("m2", "acct"), message("m3", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -231,7 +231,7 @@ def test_rate_limit_defers_without_counting_a_retry(conn, config, smtp_server):
 def test_rate_limit_reject(conn, config, smtp_server):
     peer = smtp_server()
     account = peer.account(limit_per_minute=1, limit_behavior="reject")
-    store.accounts.upsert(conn, account, int(T0))
+    store.accounts.upsert(conn, "default", account, int(T0))
     enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m2")
@@ -241,13 +241,13 @@ def test_rate_limit_reject(conn, config, smtp_server):
 
 def test_account_limit_change_applies_on_next_claim(conn, config, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(limit_per_minute=1), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_minute=1), int(T0))
     enqueue(conn, config, message("m1", "acct"), message("m2", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
     assert len(peer.received) == 1
-    store.accounts.upsert(conn, peer.account(limit_per_minute=10), int(T0))
-    store.accounts.upsert(conn, peer.account(limit_per_minute=None), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_minute=10), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_minute=None), int(T0))
     conn.execute("UPDATE messages SET ready_at = ?, deferred_ts = NULL", (T0,))
     dispatcher.run_once(T0 + 1)
     assert len(peer.received) == 2
@@ -292,12 +292,12 @@ def test_stop_releases_the_rest_of_the_claim(conn, config, account):
     for message_id in ("m1", "m2", "m3"):
         released = row(conn, message_id)
         assert released["lease_owner"] is None and released["ready_at"] == T0
-        assert store.messages.get(conn, message_id, T0)["status"] == "queued"
+        assert store.messages.get(conn, "default", message_id, T0)["status"] == "queued"
 
 
 def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -313,7 +313,7 @@ def test_silent_reconnect_after_server_restart(conn, config, smtp_server):
 def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_server, pipelining):
     behavior = Behavior(messages_per_connection=2, pipelining=pipelining)
     peer = smtp_server(behavior=behavior)
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, *[message(f"m{i}", "acct") for i in range(5)])
     make_dispatcher(conn, config).run_once(T0)
     assert len(peer.received) == 5
@@ -323,7 +323,7 @@ def test_reconnects_once_when_a_reused_connection_says_421(conn, config, smtp_se
 
 def test_connection_ttl_and_idle_noop(conn, config, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(ttl=60), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(ttl=60), int(T0))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
     for i, step in enumerate((0, 10, 70)):  # idle 10 s: NOOP, reuse; past ttl: reconnect
@@ -361,7 +361,9 @@ def test_delivery_activity_logs_one_line_without_password(make_config, smtp_serv
     config = make_config(delivery_activity=True)
     conn = store.db.connect(config.database)
     peer = smtp_server("plain", auth=("mailer", "pw-XYZZY"))
-    store.accounts.upsert(conn, peer.account(user="mailer", password="pw-XYZZY"), int(T0))
+    store.accounts.upsert(
+        conn, "default", peer.account(user="mailer", password="pw-XYZZY"), int(T0)
+    )
     enqueue(conn, config, message("m1", "acct"))
     with caplog.at_level(logging.INFO, logger="dispatcher"):
         make_dispatcher(conn, config).run_once(T0)
@@ -377,13 +379,13 @@ def test_server_receives_exactly_the_built_bytes(conn, config, smtp_server, pipe
     from dispatcher import mime
 
     peer = smtp_server(behavior=Behavior(pipelining=pipelining))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     item = message("m1", "acct", cc="c@example.com", bcc="hidden@example.com",
                    return_path="b@example.com",
                    body=".leading dot\r\n..two\n.\nend without newline")  # fmt: skip
     enqueue(conn, config, item)
     make_dispatcher(conn, config).run_once(T0)
-    header = store.messages.get(conn, "m1", T0)["message_id_header"]
+    header = store.messages.get(conn, "default", "m1", T0)["message_id_header"]
     built = mime.build(Message.model_validate(item), [], T0, header)
     [got] = peer.received
     assert got.data == built.data  # dot-stuffing undone by the server, nothing else changed
@@ -409,7 +411,7 @@ def test_reconfigure_switches_the_default_account(make_config, smtp_server):
 
 def test_unusable_ledger_means_no_unmetered_send(conn, config, smtp_server, caplog):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(limit_per_second=5), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_second=5), int(T0))
     config.ratelimit_dir.parent.mkdir(parents=True, exist_ok=True)
     config.ratelimit_dir.write_text("not a directory")
     enqueue(conn, config, message("m1", "acct"))
@@ -442,7 +444,7 @@ def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
 def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=30)
     peer = smtp_server(behavior=Behavior(rcpt={"x@example.com": "550 no"}))
-    store.accounts.upsert(conn, peer.account(limit_per_minute=20), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(limit_per_minute=20), int(T0))
     to = ["x@example.com" if i % 7 == 0 else "r@example.com" for i in range(30)]
     enqueue(conn, config, *[message(f"m{i}", "acct", to=to[i]) for i in range(30)])
     make_dispatcher(conn, config).run_once(T0)
@@ -454,7 +456,7 @@ def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
 
 def test_missing_starttls_is_account_trouble_not_a_bounce(conn, config, smtp_server):
     peer = smtp_server("starttls")  # requires STARTTLS before MAIL
-    store.accounts.upsert(conn, {**peer.account(), "starttls": False}, int(T0))
+    store.accounts.upsert(conn, "default", {**peer.account(), "starttls": False}, int(T0))
     enqueue(conn, config, message("m1", "acct"))
     make_dispatcher(conn, config).run_once(T0)
     got = row(conn, "m1")

@@ -52,7 +52,7 @@ def idle(proc) -> bool:
 @pytest.mark.parametrize("dispatchers", [2, 4])
 def test_many_dispatchers_never_send_a_message_twice(conn, config, start, smtp_server, dispatchers):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     running = start(dispatchers, batch_size_per_account=10)
     ids = queue(conn, config, 400)
     procs.wait_for(lambda: unsent(conn) == 0, timeout=60, message="all sent")
@@ -64,7 +64,7 @@ def test_many_dispatchers_never_send_a_message_twice(conn, config, start, smtp_s
 
 def test_killed_dispatcher_loses_nothing(conn, config, start, smtp_server):
     peer = smtp_server(behavior=Behavior(data_delay=0.2))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     [victim] = start(1, lease_seconds=2)
     ids = queue(conn, config, 8)
     procs.wait_for(lambda: len(peer.received) >= 1, message="first delivery")
@@ -111,7 +111,7 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(
     conn, config, start, smtp_server
 ):
     peer = smtp_server(behavior=Behavior(data_delay=1.0))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     [proc] = start(1)
     queue(conn, config, 5)
     procs.wait_for(lambda: peer.handler.attempted, message="a send in progress")
@@ -125,7 +125,7 @@ def test_sigterm_finishes_the_message_in_hand_and_releases_the_rest(
 
 def test_enqueue_wakes_an_idle_dispatcher(conn, config, start, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     [proc] = start(1, send_interval_seconds=ASLEEP)
     # asleep in its wait: the claim found nothing, and only a wake-up ends the wait early
     procs.wait_for(lambda: idle(proc), message="the dispatcher idle in its wait")
@@ -135,13 +135,15 @@ def test_enqueue_wakes_an_idle_dispatcher(conn, config, start, smtp_server):
 
 def test_sigusr1_wakes_an_idle_dispatcher(conn, config, start, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     [proc] = start(1, send_interval_seconds=ASLEEP)
     procs.wait_for(lambda: idle(proc), message="the dispatcher idle in its wait")
     quiet = store.messages.NewMessage(
         "quiet", "acct", 2, message("quiet", "acct"), None, "<q@x.example>"
     )
-    store.messages.enqueue(conn, [quiet], time.time())  # stored without a wake-up datagram
+    store.messages.enqueue(
+        conn, "default", [quiet], time.time()
+    )  # stored without a wake-up datagram
     assert idle(proc) and peer.received == []  # still asleep: nothing told it
     proc.send_signal(signal.SIGUSR1)
     procs.wait_for(lambda: peer.received, timeout=10, message="woken by SIGUSR1")

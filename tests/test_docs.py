@@ -8,6 +8,7 @@ upstream is real; only the ports and the example file paths are the test's own.
 from __future__ import annotations
 
 import configparser
+import json
 import subprocess
 
 import pytest
@@ -21,6 +22,7 @@ from tests.support.walkthrough import Walkthrough, blocks, section
 
 README = (ROOT / "README.md").read_text()
 MIGRATION = (ROOT / "docs" / "migration.md").read_text()
+TENANTS = (ROOT / "docs" / "tenants.md").read_text()
 FIXTURE = ROOT / "tests" / "fixtures" / "reference-config.ini"
 FIXTURE_TOKEN = "reference-api-token"
 SYNC_PATH = "/email/mailproxy/mp_endpoint/proxy_sync"  # the reference's example upstream path
@@ -152,3 +154,45 @@ def test_migration_guide_switches_a_reference_install_over(tmp_path, smtp_server
     assert all(r.status == 200 for r in upstream.requests)  # the file's basic auth was used
     assert {i["status"] for i in items} == {"sent"}
     assert (home / "mail_service.db").exists()  # the file's db_path, ~ expanded
+
+
+# -- docs/tenants.md --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tenants_walkthrough_two_tenants_with_curl(tmp_path):
+    service, servers, create, setup, look, rotate = blocks(section(TENANTS, "## Two tenants"))
+    api, smtp_a, smtp_b, app_a, app_b = (free_port() for _ in range(5))
+    env = shell_env(tmp_path, {"port": api})
+    ports = {8000: api, 2525: smtp_a, 2526: smtp_b, 9001: app_a, 9002: app_b}
+    doc = Walkthrough(tmp_path, env, ports=ports)
+    printed = tmp_path / "terminal-2.log"  # the report endpoints print into this terminal
+    delivered = "\n".join(
+        f"wait_output 'curl -s localhost:8000/messages/welcome-42 -H \"X-API-Token: ${var}\"' "
+        f'\'"status":"sent"\'\nwait_output \'cat {printed}\' \'"tenant_id": "{tenant}"\''
+        for var, tenant in (("ACME", "acme"), ("GLOBEX", "globex"))
+    )
+    try:
+        doc.start_service(service, api)
+        out = doc.run(
+            [servers, create, setup, look, rotate, "kill %1 %2 %3 %4\nwait || true"],
+            between={0: "wait_port 2525; wait_port 2526; wait_port 9001; wait_port 9002",
+                     2: delivered},
+        )  # fmt: skip
+    finally:
+        survivors = doc.stop_service()
+    assert not survivors, survivors
+    _, _, added, seen, rotated, _ = out
+    assert added.count('"ok":true') == 4 and added.count('"queued":1') == 2
+    own, foreign, code, tenant_route, code_too, status = seen.strip().splitlines()[-6:]
+    assert '"subject":"Welcome to Acme"' in own and "Globex" not in own
+    assert "cannot act in tenant 'acme'" in foreign and code.strip() == "403"
+    assert "admin token" in tenant_route and code_too.strip() == "403"
+    assert '"tenants":[' in status and '"id":"globex"' in status
+    assert rotated.split() == ["401", "200"]
+    everything = "".join(out)
+    assert "Subject: Welcome to Acme" in everything and "Subject: Welcome to Globex" in everything
+    reports = [line.split(" ", 1) for line in everything.splitlines() if line.startswith(
+        (f"{app_a} ", f"{app_b} "))]  # fmt: skip
+    by_port = {int(port): json.loads(item) for port, item in reports}
+    assert by_port[app_a]["tenant_id"] == "acme" and by_port[app_b]["tenant_id"] == "globex"
+    assert by_port[app_a]["id"] == by_port[app_b]["id"] == "welcome-42"
+    assert by_port[app_a]["account_id"] == by_port[app_b]["account_id"] == "main"

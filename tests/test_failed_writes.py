@@ -19,7 +19,7 @@ from tests.support.factories import T0, message
 @pytest.fixture
 def account(conn, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     return peer
 
 

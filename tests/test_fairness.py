@@ -24,7 +24,7 @@ BATCH = 50  # the default batch_size_per_account
 
 def accounts(conn, peer, **limits_by_account) -> None:
     for account_id, limits in limits_by_account.items():
-        store.accounts.upsert(conn, peer.account(account_id, **limits), int(time.time()))
+        store.accounts.upsert(conn, "default", peer.account(account_id, **limits), int(time.time()))
 
 
 @pytest.mark.slow

@@ -21,10 +21,12 @@ from tests.support.dispatchers import make_dispatcher
 from tests.support.factories import T0, message
 from tests.support.smtp import Behavior
 
+M1 = ("default", "m1")  # the key of message m1
+
 
 def two_holders(conn, config):
     """m1 claimed by 'a', whose lease ran out, then by 'b'."""
-    store.accounts.upsert(conn, {"id": "acct", "host": "127.0.0.1", "port": 9}, int(T0))
+    store.accounts.upsert(conn, "default", {"id": "acct", "host": "127.0.0.1", "port": 9}, int(T0))
     enqueue(conn, config, message("m1", "acct"))
     store.claims.claim(conn, "a", T0, 10, 50, False)
     taken = store.claims.claim(conn, "b", T0 + 11, 10, 50, False)
@@ -59,10 +61,10 @@ def test_a_stale_retry_neither_frees_the_row_nor_flags_it(conn, config):
 
 def test_release_and_renewal_are_fenced_too(conn, config):
     two_holders(conn, config)
-    store.claims.release(conn, ["m1"], "a", T0 + 12)
-    assert store.claims.extend_lease(conn, ["m1"], "a", T0 + 99) == ["m1"]  # lost
+    store.claims.release(conn, [M1], "a", T0 + 12)
+    assert store.claims.extend_lease(conn, [M1], "a", T0 + 99) == [M1]  # lost
     assert row(conn, "m1")["lease_owner"] == "b"
-    assert store.claims.extend_lease(conn, ["m1"], "b", T0 + 99) == []
+    assert store.claims.extend_lease(conn, [M1], "b", T0 + 99) == []
     assert row(conn, "m1")["lease_expires"] == T0 + 99
 
 
@@ -92,7 +94,7 @@ def test_the_lease_is_renewed_while_a_slow_server_answers(conn, make_config, smt
     """A 1 s lease, a server that answers the end of DATA after 2.5 s: nobody else gets it."""
     config = make_config(lease_seconds=1)
     peer = smtp_server(behavior=Behavior(data_delay=2.5))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     enqueue(conn, config, message("m1", "acct"), now=time.time())
     holder = make_dispatcher(conn, config, clock=time.time, name="holder")
     sending = threading.Thread(target=holder.run_once, args=(time.time(),))

@@ -147,7 +147,7 @@ def test_listing_huge_messages_keeps_the_worker_small(var_dir, config):
         for n in range(10)
     ]
     for item in big:
-        store.messages.enqueue(conn, [item], time.time())
+        store.messages.enqueue(conn, "default", [item], time.time())
     conn.close()
     with gunicorn_server(var_dir, api_token=TOKEN, workers=1) as server:
         (worker,) = wait_for(server.workers, message="the worker")

@@ -17,7 +17,7 @@ def sent(message_id: str, at: float = T0) -> Transition:
 
 def test_a_line_reads_back_as_the_transition_it_was():
     partial = Transition(
-        Attempt("m", "acct", T0, Outcome.UNCERTAIN, None, "lost", 0.5),
+        Attempt("m", "acct", T0, Outcome.UNCERTAIN, None, "lost", 0.5, tenant_id="shop"),
         Next.RETRY,
         T0 + 1,
         ready_at=T0 + 61,

@@ -17,6 +17,7 @@ BLUEPRINTS = (
     "web.commands",
     "web.accounts",
     "web.suppressions",
+    "web.tenants",
     "web.ui",
 )
 SQL = re.compile(

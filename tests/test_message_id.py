@@ -24,7 +24,7 @@ def config(make_config):
 
 
 def header(conn, message_id: str) -> str:
-    return store.messages.get(conn, message_id, T0)["message_id_header"]
+    return store.messages.get(conn, "default", message_id, T0)["message_id_header"]
 
 
 def test_generated_from_the_senders_domain_and_unique(conn, config):
@@ -67,7 +67,7 @@ def test_a_replacement_keeps_the_generated_message_id(conn, config):
 
 def test_every_attempt_carries_the_stored_message_id(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(data_reply="451 4.3.0 try again later"))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct"))
     clock = Clock()
     dispatcher = make_dispatcher(conn, config, clock=clock)
@@ -90,7 +90,7 @@ def test_migration_gives_earlier_rows_the_message_id_they_were_sent_with(tmp_pat
         conn.execute(f"PRAGMA user_version={number + 1}")
     insert = (
         "INSERT INTO messages (id, payload, created_at, updated_at, ready_at, enqueued_at) "
-        "VALUES (?, ?, 0, 0, 0, 0)"
+        "VALUES (?, ?, 0, 0, 0, 0)"  # a database of the previous release: no tenants
     )
     conn.execute(insert, ("plain", '{"id": "plain"}'))
     conn.execute(insert, ("own", '{"id": "own", "message_id": "x@app.example"}'))

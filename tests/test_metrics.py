@@ -32,21 +32,21 @@ import os, sys, time
 from common import metrics
 account = sys.argv[1]
 for counter in (metrics.SENT, metrics.ERRORS, metrics.DEFERRED, metrics.RATE_LIMITED):
-    counter.labels(account).inc()
-metrics.ATTEMPTS.labels(account, "sent").inc()
-metrics.SMTP_SEND_SECONDS.labels(account).observe(0.02)
-metrics.ENQUEUE_TO_SENT_SECONDS.labels(account).observe(0.2)
-metrics.REPORT_BATCHES.labels("ok").inc()
-metrics.REPORT_BATCHES.labels("failed").inc()
-metrics.REPORT_ITEMS.inc(3)
+    counter.labels("default", account).inc()
+metrics.ATTEMPTS.labels("default", account, "sent").inc()
+metrics.SMTP_SEND_SECONDS.labels("default", account).observe(0.02)
+metrics.ENQUEUE_TO_SENT_SECONDS.labels("default", account).observe(0.2)
+metrics.REPORT_BATCHES.labels("default", "ok").inc()
+metrics.REPORT_BATCHES.labels("default", "failed").inc()
+metrics.REPORT_ITEMS.labels("default").inc(3)
 metrics.REPORT_LAG_SECONDS.observe(0.04)
 metrics.HTTP_REQUESTS.labels("/commands/add-messages", "200").inc()
 metrics.HTTP_SECONDS.labels("/commands/add-messages").observe(0.003)
 metrics.HEARTBEAT.labels(sys.argv[2]).set(float(sys.argv[3]))
-metrics.BOUNCES.labels(account, "hard").inc()
+metrics.BOUNCES.labels("default", account, "hard").inc()
 metrics.BOUNCE_MAILS.labels("processed").inc()
 metrics.BOUNCE_MAILBOX_FAILURES.inc()
-metrics.SUPPRESSED_RECIPIENTS.labels(account).inc()
+metrics.SUPPRESSED_RECIPIENTS.labels("default", account).inc()
 metrics.at_exit()
 """
 RENDER = """
@@ -89,11 +89,15 @@ def multiprocess(var_dir, conn):
 
 
 def samples(text: str) -> dict[str, float]:
-    """{'name{labels}': value} of every sample line."""
+    """{'name{labels}': value} of every sample line, the labels in name order."""
     found = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            if labels:
+                pairs = sorted(re.findall(r'\w+="[^"]*"', labels))
+                key = name + "{" + ",".join(pairs) + "}"
             found[key] = float(value)
     return found
 
@@ -107,7 +111,9 @@ def metric_names(text: str) -> set[str]:
 
 
 def add_account(conn, account_id: str) -> None:
-    store.accounts.upsert(conn, {"id": account_id, "host": "127.0.0.1", "port": 25}, int(T0))
+    store.accounts.upsert(
+        conn, "default", {"id": account_id, "host": "127.0.0.1", "port": 25}, int(T0)
+    )
 
 
 def exposition_with_everything(multiprocess, conn) -> str:
@@ -120,6 +126,7 @@ def exposition_with_everything(multiprocess, conn) -> str:
     now = time.time()
     store.messages.enqueue(
         conn,
+        "default",
         [store.messages.NewMessage("m1", None, 1, {"id": "m1"}, None, "<m1@x.example>")],
         now - 30,
     )
@@ -159,9 +166,9 @@ def test_counters_of_every_process_are_summed(multiprocess, conn):
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-00", "100")
     python(TOUCH_EVERY_METRIC, env, "acc", "dispatcher-01", "200")
     values = samples(render())
-    assert values['asyncmail_sent_total{account_id="acc"}'] == 2
-    assert values["asyncmail_report_items_total"] == 6
-    assert values['asyncmail_smtp_send_seconds_count{account_id="acc"}'] == 2
+    assert values['asyncmail_sent_total{account_id="acc",tenant_id="default"}'] == 2
+    assert values['asyncmail_report_items_total{tenant_id="default"}'] == 6
+    assert values['asyncmail_smtp_send_seconds_count{account_id="acc",tenant_id="default"}'] == 2
 
 
 def test_heartbeat_gauge_keeps_the_latest_of_a_restarted_process(multiprocess):
@@ -175,6 +182,7 @@ def test_heartbeat_gauge_keeps_the_latest_of_a_restarted_process(multiprocess):
 def test_queue_gauges_come_from_the_database(conn, config):
     store.messages.enqueue(
         conn,
+        "default",
         [
             store.messages.NewMessage("a", None, 0, {"id": "a"}, None, "<a@x.example>"),
             store.messages.NewMessage("b", None, 3, {"id": "b"}, int(T0) + 3600, "<b@x.example>"),
@@ -193,7 +201,7 @@ def test_queue_gauges_come_from_the_database(conn, config):
     assert values['asyncmail_pending_by_priority{priority="3"}'] == 1
     assert values["asyncmail_oldest_ready_age_seconds"] == 0
     # at the scrape's "now", T0: outcome 5 seconds ago, heartbeat 2 seconds ago
-    assert values["asyncmail_oldest_unreported_age_seconds"] == 5
+    assert values['asyncmail_oldest_unreported_age_seconds{tenant_id="default"}'] == 5
     assert values['asyncmail_heartbeat_age_seconds{kind="reporter",process="reporter"}'] == 2
 
 
@@ -201,6 +209,7 @@ def test_due_messages_count_ready_and_retrying_but_not_scheduled_ones(conn, conf
     add_account(conn, "acc")
     store.messages.enqueue(
         conn,
+        "default",
         [
             store.messages.NewMessage("ready", "acc", 2, {"id": "ready"}, None, "<r@x.example>"),
             store.messages.NewMessage(
@@ -216,19 +225,19 @@ def test_due_messages_count_ready_and_retrying_but_not_scheduled_ones(conn, conf
         conn.execute("UPDATE messages SET attempts = 1, ready_at = ? WHERE id = 'retrying'",
                      (T0 + 600,))  # fmt: skip
     values = samples(metrics.render(lambda: conn, config, clock=Clock(T0)).decode())
-    assert values['asyncmail_due_messages{account_id="acc"}'] == 2
-    assert values['asyncmail_due_messages{account_id="default"}'] == 0
+    assert values['asyncmail_due_messages{account_id="acc",tenant_id="default"}'] == 2
+    assert values['asyncmail_due_messages{account_id="default",tenant_id="default"}'] == 0
 
 
 def test_service_gauges_say_what_is_configured(make_config, conn):
     config = make_config(client_sync_url="http://127.0.0.1:9/reports")
     values = samples(metrics.render(lambda: conn, config).decode())
-    assert values["asyncmail_reports_enabled"] == 1
+    assert values['asyncmail_reports_enabled{tenant_id="default"}'] == 1
     assert values["asyncmail_dispatching_enabled"] == 1
     assert values["asyncmail_database_bytes"] > 0 and "asyncmail_database_wal_bytes" in values
     store.settings.set_active(conn, False)
     values = samples(metrics.render(lambda: conn, make_config()).decode())
-    assert values["asyncmail_reports_enabled"] == 0
+    assert values['asyncmail_reports_enabled{tenant_id="default"}'] == 0
     assert values["asyncmail_dispatching_enabled"] == 0
     (info,) = [key for key in values if key.startswith("asyncmail_build_info{")]
     assert f'python="{platform.python_version()}"' in info and 'version="' in info
@@ -245,28 +254,43 @@ def test_an_account_has_its_series_at_zero_before_its_first_event(multiprocess, 
     add_account(conn, "new")  # created by any process: here, as by the CLI
     series = account_series(render(), "new")
     for name in ("sent", "errors", "deferred", "rate_limited"):
-        assert series[f'asyncmail_{name}_total{{account_id="new"}}'] == 0
+        assert series[f'asyncmail_{name}_total{{account_id="new",tenant_id="default"}}'] == 0
     for outcome in Outcome:
-        assert series[f'asyncmail_attempts_total{{account_id="new",outcome="{outcome}"}}'] == 0
-    assert series['asyncmail_smtp_send_seconds_count{account_id="new"}'] == 0
-    assert series['asyncmail_enqueue_to_sent_seconds_count{account_id="new"}'] == 0
-    assert series['asyncmail_due_messages{account_id="new"}'] == 0
-    assert samples(render())['asyncmail_sent_total{account_id="default"}'] == 0
+        assert (
+            series[
+                f'asyncmail_attempts_total{{account_id="new",outcome="{outcome}",tenant_id="default"}}'
+            ]
+            == 0
+        )
+    assert series['asyncmail_smtp_send_seconds_count{account_id="new",tenant_id="default"}'] == 0
+    assert (
+        series['asyncmail_enqueue_to_sent_seconds_count{account_id="new",tenant_id="default"}'] == 0
+    )
+    assert series['asyncmail_due_messages{account_id="new",tenant_id="default"}'] == 0
+    assert samples(render())['asyncmail_sent_total{account_id="default",tenant_id="default"}'] == 0
 
 
 def test_a_deleted_account_loses_its_series(multiprocess, conn):
     env, render = multiprocess
     add_account(conn, "gone")
     python(TOUCH_EVERY_METRIC, env, "gone", "dispatcher-00", "100")  # it sent, in another process
-    assert account_series(render(), "gone")['asyncmail_sent_total{account_id="gone"}'] == 1
-    store.accounts.delete(conn, "gone", purge=True, now=time.time())
+    assert (
+        account_series(render(), "gone")[
+            'asyncmail_sent_total{account_id="gone",tenant_id="default"}'
+        ]
+        == 1
+    )
+    store.accounts.delete(conn, "default", "gone", purge=True, now=time.time())
     assert account_series(render(), "gone") == {}
 
 
 def test_an_account_made_through_the_api_shows_at_once(make_config):
     client = create_app(make_config()).test_client()
     client.post("/account", json=account("fresh"))
-    assert 'asyncmail_errors_total{account_id="fresh"} 0.0' in client.get("/metrics").text
+    assert (
+        'asyncmail_errors_total{account_id="fresh",tenant_id="default"} 0.0'
+        in client.get("/metrics").text
+    )
     client.delete("/account/fresh")
     assert 'account_id="fresh"' not in client.get("/metrics").text
 
@@ -323,12 +347,17 @@ def test_every_metric_in_dashboard_and_alerts_exists(multiprocess, conn):
 
 
 def test_suppression_list_size_and_bounce_series_exist_from_the_first_scrape(make_config, conn):
-    store.suppressions.add(conn, "a@example.org", "manual", None, None, time.time())
-    store.suppressions.add(conn, "b@example.org", "hard_bounce", "5.1.1", None, time.time())
+    store.suppressions.add(conn, "default", "a@example.org", "manual", None, None, time.time())
+    store.suppressions.add(
+        conn, "default", "b@example.org", "hard_bounce", "5.1.1", None, time.time()
+    )
     client = create_app(make_config()).test_client()
     values = samples(client.get("/metrics").get_data(as_text=True))
     assert values['asyncmail_suppressed_addresses{reason="manual"}'] == 1
     assert values['asyncmail_suppressed_addresses{reason="hard_bounce"}'] == 1
     assert values['asyncmail_suppressed_addresses{reason="complaint"}'] == 0
     for kind in ("hard", "soft", "complaint"):  # counted by this test process's other tests
-        assert f'asyncmail_bounces_total{{account_id="default",kind="{kind}"}}' in values
+        assert (
+            f'asyncmail_bounces_total{{account_id="default",kind="{kind}",tenant_id="default"}}'
+            in values
+        )

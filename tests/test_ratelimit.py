@@ -295,13 +295,13 @@ def test_a_torn_append_is_detected(tmp_path):
 def test_send_starts_reads_only_attempts_that_began_a_send(conn):
     with write(conn):
         conn.execute(
-            "INSERT INTO accounts(id, host, port, created_at, updated_at) "
-            "VALUES ('acct', 'h', 25, 0, 0)"
+            "INSERT INTO accounts(tenant_id, id, host, port, created_at, updated_at) "
+            "VALUES ('default', 'acct', 'h', 25, 0, 0)"
         )
         for n, account in enumerate(["acct", None]):
             conn.execute(
-                "INSERT INTO messages(id, account_id, payload, created_at, updated_at, ready_at, "
-                "enqueued_at) VALUES (?, ?, '{}', 0, 0, 0, 0)",
+                "INSERT INTO messages(tenant_id, id, account_id, payload, created_at, updated_at, "
+                "ready_at, enqueued_at) VALUES ('default', ?, ?, '{}', 0, 0, 0, 0)",
                 (f"m{n}", account),
             )
         rows = [
@@ -314,11 +314,13 @@ def test_send_starts_reads_only_attempts_that_began_a_send(conn):
             ("m1", None, T0 + 6, "sent"),
         ]
         conn.executemany(
-            "INSERT INTO attempts(message_id, account_id, ts, outcome) VALUES (?, ?, ?, ?)", rows
+            "INSERT INTO attempts(tenant_id, message_id, account_id, ts, outcome) "
+            "VALUES ('default', ?, ?, ?, ?)",
+            rows,
         )
-    assert store.attempts.send_starts(conn, "acct", T0) == [T0 + 1, T0 + 2, T0 + 3]
-    assert store.attempts.send_starts(conn, None, T0) == [T0 + 6]
-    assert store.attempts.send_starts(conn, "other", 0) == []
+    assert store.attempts.send_starts(conn, "default", "acct", T0) == [T0 + 1, T0 + 2, T0 + 3]
+    assert store.attempts.send_starts(conn, "default", None, T0) == [T0 + 6]
+    assert store.attempts.send_starts(conn, "default", "other", 0) == []
 
 
 def test_a_ledger_removed_while_a_process_waits_for_its_lock_is_not_split(ledger):

@@ -36,7 +36,8 @@ def counter(config, name: str, account_id: str) -> float:
     """A counter summed over every dispatcher process (prometheus multiprocess files)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(config.metrics_dir))
-    return registry.get_sample_value(name, {"account_id": account_id}) or 0.0
+    labels = {"tenant_id": "default", "account_id": account_id}
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 def max_in_window(times: list[float], seconds: float) -> int:
@@ -57,7 +58,7 @@ def test_dispatchers_keep_the_pace_of_limit_per_second(conn, config, smtp_server
     """60 messages, limit_per_second=5: all arrive, no one-second window holds more than 5."""
     peer = smtp_server()
     account = peer.account("acct", limit_per_second=5, limit_per_day=1000)
-    store.accounts.upsert(conn, account, int(time.time()))
+    store.accounts.upsert(conn, "default", account, int(time.time()))
     ids = [f"m{n}" for n in range(60)]
     enqueue(conn, config, *[message(i, "acct") for i in ids], now=time.time())
     with dispatchers(config, processes):
@@ -120,7 +121,9 @@ def test_limits_changed_through_the_api_apply_to_the_next_send(conn, make_config
 def test_combined_minute_and_second_limits_with_a_stepped_clock(conn, config, smtp_server):
     """Two dispatchers share one ledger; the clock jumps to the next ready row each turn."""
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account("acct", limit_per_second=2, limit_per_minute=5), 0)
+    store.accounts.upsert(
+        conn, "default", peer.account("acct", limit_per_second=2, limit_per_minute=5), 0
+    )
     enqueue(conn, config, *[message(f"m{n:02d}", "acct") for n in range(12)])
     clock = Clock()
     pair = [make_dispatcher(conn, config, clock=clock, name=f"d{n}", seed=n) for n in range(2)]

@@ -18,7 +18,9 @@ def addresses(count: int, domain: str = "example.com") -> list[str]:
 
 def test_250_recipients_to_a_100_per_transaction_server_all_receive_it(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(max_rcpt=100, pipelining=True))
-    store.accounts.upsert(conn, peer.account(max_recipients_per_transaction=150), int(T0))
+    store.accounts.upsert(
+        conn, "default", peer.account(max_recipients_per_transaction=150), int(T0)
+    )
     everyone = addresses(250)
     enqueue(conn, config, message("big", "acct", to=everyone[:50], bcc=everyone[50:]))
     make_dispatcher(conn, config).run_once(T0)
@@ -32,7 +34,7 @@ def test_250_recipients_to_a_100_per_transaction_server_all_receive_it(conn, con
 
 def test_the_account_limit_splits_transactions(conn, config, smtp_server):
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(max_recipients_per_transaction=3), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(max_recipients_per_transaction=3), int(T0))
     enqueue(conn, config, message("m1", "acct", to=addresses(7)))
     make_dispatcher(conn, config).run_once(T0)
     assert [len(copy.recipients) for copy in peer.received] == [3, 3, 1]
@@ -43,7 +45,7 @@ def test_a_server_taking_nobody_more_keeps_the_rest_for_a_retry(conn, config, sm
     everyone = addresses(5)
     quota = {a: "452 4.5.3 quota reached" for a in everyone[2:]}
     peer = smtp_server(behavior=Behavior(max_rcpt=2, rcpt=quota))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct", to=everyone))
     dispatcher = make_dispatcher(conn, config)
     dispatcher.run_once(T0)
@@ -61,7 +63,7 @@ def test_a_server_taking_nobody_more_keeps_the_rest_for_a_retry(conn, config, sm
 
 def test_a_permanent_refusal_in_a_later_transaction_is_reported(conn, config, smtp_server):
     peer = smtp_server(behavior=Behavior(max_rcpt=2, rcpt={"r003@example.com": "550 no"}))
-    store.accounts.upsert(conn, peer.account(), int(T0))
+    store.accounts.upsert(conn, "default", peer.account(), int(T0))
     enqueue(conn, config, message("m1", "acct", to=addresses(4)))
     make_dispatcher(conn, config).run_once(T0)
     sent = row(conn, "m1")
@@ -76,7 +78,7 @@ def test_the_per_message_cap_refuses_at_enqueue(conn, make_config):
         message("ok", to=addresses(10)),
         message("big", to=addresses(6), cc=addresses(5, "x.org")),
     ]
-    result = intake.accept_batch(conn, config, items, T0)
+    result = intake.accept_batch(conn, config, "default", items, T0)
     assert result.queued == ["ok"]
     [rejected] = result.rejected
     assert rejected["id"] == "big" and "11 recipients" in rejected["reason"]

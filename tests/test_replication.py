@@ -24,7 +24,7 @@ SECRET = "replica-secret-$HOME-never-shown"  # a `$` must not be expanded by Lit
 
 
 def enqueue(conn, config, *items, now: float | None = None) -> None:
-    result = intake.accept_batch(conn, config, list(items), now or time.time())
+    result = intake.accept_batch(conn, config, "default", list(items), now or time.time())
     assert not result.rejected, result.rejected
 
 

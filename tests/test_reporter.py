@@ -14,14 +14,8 @@ from prometheus_client import REGISTRY
 from common import operations, store
 from reporter.body import REFERENCE_FIELDS
 from reporter.client import SyncClient
-from reporter.reporter import (
-    BACKOFF_MAX,
-    CHECKPOINT_EVERY,
-    POLL_SECONDS,
-    RUN_NOW_WINDOW,
-    Reporter,
-    backoff_delay,
-)
+from reporter.reporter import CHECKPOINT_EVERY, POLL_SECONDS, Reporter
+from reporter.stream import BACKOFF_MAX, RUN_NOW_WINDOW, backoff_delay
 from tests.support.db import record_outcome
 from tests.support.factories import T0
 from tests.support.upstream import Upstream
@@ -72,13 +66,19 @@ def test_outcomes_reach_upstream_once_each_oldest_first(upstream, make_reporter,
     for n in (3, 1, 2):
         record_outcome(conn, f"m{n}", T0 - 10 + n)
     reporter = make_reporter(client_sync_url=upstream.url)
-    before = [sample("asyncmail_report_items_total"), sample("asyncmail_report_lag_seconds_count")]
+    before = [
+        sample("asyncmail_report_items_total", tenant_id="default"),
+        sample("asyncmail_report_lag_seconds_count"),
+    ]
 
     assert reporter.run_once(T0) is True
     assert drain(reporter, T0 + 1) == 1
     drain(reporter, T0 + 2)
 
-    after = [sample("asyncmail_report_items_total"), sample("asyncmail_report_lag_seconds_count")]
+    after = [
+        sample("asyncmail_report_items_total", tenant_id="default"),
+        sample("asyncmail_report_lag_seconds_count"),
+    ]
     assert [b - a for a, b in zip(before, after, strict=True)] == [3, 3]
 
     assert [item["id"] for item in upstream.items()] == ["m1", "m2", "m3"]
@@ -266,9 +266,9 @@ def _fail_three_times(reporter: Reporter, now: float) -> list[float]:
     delays = []
     for _ in range(3):
         assert reporter.run_once(now) is False
-        delays.append(reporter.retry_at - now)
+        delays.append(reporter.stream().retry_at - now)
         assert reporter.run_once(now + delays[-1] / 2) is False  # still backing off: no request
-        now = reporter.retry_at
+        now = reporter.stream().retry_at
     return delays
 
 
@@ -277,24 +277,26 @@ def test_upstream_trouble_loses_nothing_and_backs_off(trouble, upstream, make_re
     for n in range(3):
         record_outcome(conn, f"m{n}", T0 - 10 + n)
     reporter = make_reporter(client_sync_url=upstream.url)
-    reporter.client.timeout = QUICK
+    reporter.stream().client.timeout = QUICK
     {"500": lambda: upstream.answer(500), "down": upstream.down, "hang": upstream.hang}[trouble]()
 
-    failed = sample("asyncmail_report_batches_total", result="failed")
+    failed = sample("asyncmail_report_batches_total", tenant_id="default", result="failed")
 
     delays = _fail_three_times(reporter, T0)
 
-    assert sample("asyncmail_report_batches_total", result="failed") - failed == 3
+    assert (
+        sample("asyncmail_report_batches_total", tenant_id="default", result="failed") - failed == 3
+    )
 
     assert delays[0] < delays[1] < delays[2] <= BACKOFF_MAX
     assert store.reports.unreported_count(conn) == 3
     assert upstream.items() == []
     {"500": lambda: upstream.answer(200), "down": upstream.up, "hang": upstream.release}[trouble]()
-    reporter.client.timeout = PATIENT
-    drain(reporter, reporter.retry_at)
+    reporter.stream().client.timeout = PATIENT
+    drain(reporter, reporter.stream().retry_at)
     assert store.reports.unreported_count(conn) == 0
     assert {i["id"] for i in upstream.items()} == {"m0", "m1", "m2"}
-    assert (reporter.failures, reporter.retry_at) == (0, 0.0)
+    assert (reporter.stream().failures, reporter.stream().retry_at) == (0, 0.0)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped():
@@ -320,7 +322,7 @@ def test_sleep_is_bounded_by_the_poll_the_checkpoint_and_the_retry(upstream, mak
     reporter = make_reporter(client_sync_url=upstream.url, client_sync_idle_seconds=300)
     reporter.run_once(T0)
     assert reporter.idle_seconds(T0) == min(POLL_SECONDS, CHECKPOINT_EVERY)
-    reporter.retry_at = T0 + CHECKPOINT_EVERY / 2
+    reporter.stream().retry_at = T0 + CHECKPOINT_EVERY / 2
     assert reporter.idle_seconds(T0) == CHECKPOINT_EVERY / 2
 
 
@@ -379,7 +381,7 @@ def test_without_client_sync_url_it_idles_says_so_once_and_still_purges(
         assert reporter.run_once(T0) is False
         assert reporter.run_once(T0 + 1) is False
     assert caplog.text.count("reporting_off") == 1
-    assert store.messages.get(conn, "old", T0) is None
+    assert store.messages.get(conn, "default", "old", T0) is None
 
 
 # -- retention --------------------------------------------------------------------------------
@@ -393,6 +395,7 @@ def test_without_reports_finished_messages_are_purged_after_their_outcome(
     record_outcome(conn, "recent", T0 - 100)
     store.messages.enqueue(  # waiting since long before the cutoff, not finished
         conn,
+        "default",
         [store.messages.NewMessage("waiting", None, 2, {"id": "waiting"}, None, "<w@x.example>")],
         T0 - 9 * 86400,
     )
@@ -418,7 +421,7 @@ def test_retention_purges_reported_rows_at_most_once_a_minute(upstream, make_rep
 
     conn.execute("UPDATE messages SET reported_ts = ? WHERE id = 'recent'", (T0 - week - 1,))
     reporter.run_once(T0 + 30)
-    assert store.messages.get(conn, "recent", T0) is not None
+    assert store.messages.get(conn, "default", "recent", T0) is not None
     reporter.run_once(T0 + 61)
-    assert store.messages.get(conn, "recent", T0) is None
-    assert store.messages.get(conn, "unreported", T0) is not None
+    assert store.messages.get(conn, "default", "recent", T0) is None
+    assert store.messages.get(conn, "default", "unreported", T0) is not None

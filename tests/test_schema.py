@@ -26,7 +26,7 @@ def test_a_version_2_database_migrates_with_its_rows(tmp_path):
     old.close()
     conn = store.db.connect(path)
     assert store.db.schema_version(conn) == store.db.SCHEMA_VERSION
-    [account] = store.accounts.list_all(conn)
+    [account] = store.accounts.list_all(conn, "default")
     assert account["max_recipients_per_transaction"] == 100
     claim = store.claims.claim(conn, "d:1", T0, 60, 10, False)
     assert [m["id"] for m in claim.messages] == ["m1"] and claim.circuits == {}

@@ -47,7 +47,7 @@ def log_of(config, number: int) -> str:
 def test_slow_data_longer_than_the_lease_is_sent_once(conn, config, start, smtp_server):
     """The end of DATA is answered after 4 s, leases last 2 s, two dispatchers: one copy."""
     peer = smtp_server(behavior=Behavior(data_delay=4))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     start(1, lease_seconds=2)
     start(2, lease_seconds=2)
     ids = queue(conn, config, "acct", "m1", "m2")
@@ -65,7 +65,7 @@ def test_a_stalled_holder_cannot_overwrite_the_new_holder(conn, config, start, s
     """
     gate = Gate()
     peer = smtp_server(behavior=Behavior(gate=gate))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     stalled = start(1, lease_seconds=2)
     queue(conn, config, "acct", "m1")
     procs.wait_for(lambda: len(peer.handler.attempted) == 1, message="the first copy sent")
@@ -93,7 +93,7 @@ def test_dripping_attachments_do_not_stop_ordinary_mail(make_config, start, smtp
     config = make_config(allow_private_attachment_urls=True, attachment_timeout_seconds=deadline)
     conn = store.db.connect(config.database)
     peer = smtp_server()
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     settings = {"allow_private_attachment_urls": "true", "attachment_timeout_seconds": deadline}
     start(1, **settings)
     start(2, **settings)
@@ -119,8 +119,8 @@ def test_a_mute_server_leaves_other_accounts_undisturbed(conn, config, start, sm
     connection attempt (and one attempt row) per circuit backoff, not one per message."""
     peer = smtp_server()
     now = int(time.time())
-    store.accounts.upsert(conn, peer.account("ok"), now)
-    store.accounts.upsert(conn, silent_server.account("mute", timeout=1), now)
+    store.accounts.upsert(conn, "default", peer.account("ok"), now)
+    store.accounts.upsert(conn, "default", silent_server.account("mute", timeout=1), now)
     start(1, batch_size_per_account=20)
     start(2, batch_size_per_account=20)
     queue(conn, config, "mute", *[f"mute{i}" for i in range(40)])
@@ -130,7 +130,7 @@ def test_a_mute_server_leaves_other_accounts_undisturbed(conn, config, start, sm
     assert len(silent_server.accepted) <= 2  # still the first round: one per dispatcher
 
     def circuit():
-        found = [c for c in store.circuits.list_all(conn, time.time()) if c["account_id"]]
+        found = [c for c in store.circuits.list_all(conn, time.time(), None) if c["account_id"]]
         return found[0] if found and found[0]["failures"] >= 2 else None
 
     opened = procs.wait_for(circuit, timeout=30, message="a second failed probe")
@@ -145,12 +145,12 @@ def test_purging_an_account_mid_send_jams_nothing(conn, config, start, smtp_serv
                                                   silent_server):  # fmt: skip
     peer = smtp_server()
     now = int(time.time())
-    store.accounts.upsert(conn, peer.account("ok"), now)
-    store.accounts.upsert(conn, silent_server.account("gone", timeout=2), now)
+    store.accounts.upsert(conn, "default", peer.account("ok"), now)
+    store.accounts.upsert(conn, "default", silent_server.account("gone", timeout=2), now)
     proc = start(1)
     queue(conn, config, "gone", *[f"gone{i}" for i in range(10)])
     procs.wait_for(lambda: silent_server.accepted, message="sending to the account")
-    done = operations.delete_account(conn, "gone", purge=True, now=time.time())
+    done = operations.delete_account(conn, "default", "gone", purge=True, now=time.time())
     assert len(done.in_flight) == 10  # held by the dispatcher: left to it, not deleted
     queue(conn, config, "ok", *[f"ok{i}" for i in range(5)])
     wait_received(peer, 5, timeout=20)

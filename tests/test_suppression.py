@@ -120,10 +120,10 @@ def sink(smtp_server):
 def test_off_by_default_nothing_is_screened_or_learnt(make_config, conn, sink):
     config = make_config(smtp_host=sink.host, smtp_port=sink.port)
     assert config.suppression is False
-    store.suppressions.add(conn, "rcpt@example.com", "manual", None, None, T0)
+    store.suppressions.add(conn, "default", "rcpt@example.com", "manual", None, None, T0)
     send_ready(conn, config, message("m1"), message("m2", to="gone@example.org"))
     assert len(sink.received) == 1 and row(conn, "m1")["refused"] is None
-    assert store.suppressions.get(conn, "gone@example.org") is None
+    assert store.suppressions.get(conn, "default", "gone@example.org") is None
 
 
 def test_a_dead_address_refusal_is_learnt_and_others_are_not(make_config, conn, sink):
@@ -132,7 +132,7 @@ def test_a_dead_address_refusal_is_learnt_and_others_are_not(make_config, conn, 
                 "plain@example.org"]  # fmt: skip
     send_ready(conn, config, message("m1", to=everyone))
     assert sink.received[0].recipients == ["ok@example.org"]
-    entry = store.suppressions.get(conn, "gone@example.org")
+    entry = store.suppressions.get(conn, "default", "gone@example.org")
     assert (entry["reason"], entry["status"]) == ("hard_bounce", "550 5.1.1")
     assert "User unknown" in entry["diagnostic"]
     assert store.suppressions.counts(conn)["hard_bounce"] == 1  # 5.7.1, 4.2.2, no status: kept
@@ -142,12 +142,12 @@ def test_a_message_only_to_a_dead_address_teaches_it_too(make_config, conn, sink
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, suppression=True)
     send_ready(conn, config, message("m1", to="gone@example.org"))
     assert row(conn, "m1")["error_ts"] is not None
-    assert store.suppressions.get(conn, "gone@example.org") is not None
+    assert store.suppressions.get(conn, "default", "gone@example.org") is not None
 
 
 def test_suppressed_recipients_are_skipped_and_reported(make_config, conn, sink):
     config = make_config(smtp_host=sink.host, smtp_port=sink.port, suppression=True)
-    store.suppressions.add(conn, "Gone@Example.org", "manual", None, None, T0)
+    store.suppressions.add(conn, "default", "Gone@Example.org", "manual", None, None, T0)
     send_ready(conn, config, message("m1", to=["gone@example.org", "ok@example.org"]))
     assert sink.received[0].recipients == ["ok@example.org"]
     assert json.loads(row(conn, "m1")["refused"]) == {"gone@example.org": [None, "suppressed"]}
@@ -156,8 +156,8 @@ def test_suppressed_recipients_are_skipped_and_reported(make_config, conn, sink)
 def test_all_suppressed_ends_in_error_without_a_connection(make_config, conn):
     """Nobody listens on the port: any connection attempt would make it a retry instead."""
     config = make_config(smtp_host="127.0.0.1", smtp_port=free_port(), suppression=True)
-    store.suppressions.add(conn, "a@example.org", "complaint", None, None, T0)
-    store.suppressions.add(conn, "b@example.org", "manual", None, None, T0)
+    store.suppressions.add(conn, "default", "a@example.org", "complaint", None, None, T0)
+    store.suppressions.add(conn, "default", "b@example.org", "manual", None, None, T0)
     send_ready(conn, config, message("m1", to="a@example.org", cc="B@example.org"))
     stored = row(conn, "m1")
     assert stored["error"] == "all recipients suppressed: B@example.org, a@example.org"
@@ -166,13 +166,15 @@ def test_all_suppressed_ends_in_error_without_a_connection(make_config, conn):
     }  # fmt: skip
     assert stored["attempts"] == 0
     assert [a["outcome"] for a in attempts(conn, "m1")] == [Outcome.SUPPRESSED]
-    assert not store.attempts.send_starts(conn, None, T0 - 3600)  # no rate-limit slot taken
+    assert not store.attempts.send_starts(
+        conn, "default", None, T0 - 3600
+    )  # no rate-limit slot taken
 
 
 def test_messages_show_lists_the_bounces(var_dir, tmp_path, capsys, conn, config):
     enqueue(conn, dataclasses.replace(config, smtp_host="127.0.0.1"), message("m1"))
     event = Event("m1", "rcpt@example.com", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 gone")
-    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [], T0)
+    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [], T0, "default")
     assert cli.main(["--config", str(tmp_path / "asyncmail.ini"), "messages", "show", "m1"]) == 0
     out = capsys.readouterr().out
     assert "bounces:" in out and "rcpt@example.com  hard" in out and "smtp; 550 5.1.1 gone" in out

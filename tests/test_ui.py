@@ -69,7 +69,7 @@ def live_data(conn, cfg) -> None:
         "dispatcher-00",
         "dispatcher-00",
     )
-    store.claims.release(conn, ["q"], "dispatcher-00", now)
+    store.claims.release(conn, [("default", "q")], "dispatcher-00", now)
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 11, now)
     store.heartbeats.beat(conn, "reporter", "reporter", 12, now - 600)
 
@@ -134,15 +134,18 @@ def test_logout_ends_the_session(client):
 def test_tampered_expired_or_foreign_cookies_open_nothing(client, cfg, conn):
     logged_in(client)
     value = client.get_cookie(session.COOKIE, path="/ui").value
-    expires, mac = value.split(".")
+    expires, who, mac = value.split(".")
+    assert who == ""  # the admin's session
     flipped = mac[:-1] + ("1" if mac.endswith("0") else "0")  # one hex digit changed
-    for forged in (f"{expires}.{flipped}", f"{int(expires) + 1}.{mac}", TOKEN, "garbage"):
+    forgeries = (f"{expires}.{who}.{flipped}", f"{int(expires) + 1}.{who}.{mac}",
+                 f"{expires}.default.{mac}", TOKEN, "garbage")  # fmt: skip
+    for forged in forgeries:
         client.set_cookie(session.COOKIE, forged, path="/ui")
         assert client.get("/ui").status_code == 303, forged
     other = create_app(cfg, api_token="another-token").test_client()
     other.set_cookie(session.COOKIE, value, path="/ui")
     assert other.get("/ui").status_code == 303  # a new api_token ends every session
-    past = f"{int(time.time()) - 1}.{session._mac(conn, TOKEN, int(time.time()) - 1)}"
+    past = f"{int(time.time()) - 1}..{session._mac(conn, TOKEN, '', int(time.time()) - 1)}"
     client.set_cookie(session.COOKIE, past, path="/ui")
     assert client.get("/ui").status_code == 303
 
@@ -194,8 +197,8 @@ def test_the_bounce_panel_shows_the_list_and_the_last_days_bounces(make_config, 
     enqueue(conn, cfg, message("m1"), now=now)
     event = Event("m1", "gone@example.org", "hard", "failed", "5.1.1", "smtp; 550 5.1.1 <gone>")
     gone = Suppress("gone@example.org", "hard_bounce", "5.1.1", None)
-    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [gone], now)
-    store.suppressions.add(conn, "quiet@example.org", "manual", None, None, now)
+    store.bounces.record_mail(conn, "k", "processed", "rfc3464", [event], [gone], now, "default")
+    store.suppressions.add(conn, "default", "quiet@example.org", "manual", None, None, now)
     store.heartbeats.beat(conn, "dispatcher-00", "dispatcher", 11, now)
     store.heartbeats.beat(conn, "reporter", "reporter", 12, now)
     logged_in(client)

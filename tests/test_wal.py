@@ -16,6 +16,7 @@ def write_mib(conn, n: int, tag: str = "big") -> None:
         body = {"id": f"{tag}-{i}", "body": "x" * MIB}
         store.messages.enqueue(
             conn,
+            "default",
             [
                 store.messages.NewMessage(
                     f"{tag}-{i}", None, 2, body, None, f"<{tag}-{i}@x.example>"

@@ -1,4 +1,5 @@
-"""SMTP accounts: create or replace, list, delete, usage (``common.operations``)."""
+"""SMTP accounts of the caller's tenant: create or replace, list, delete, usage
+(``common.operations``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from common import operations, store
 from common.models import Account, explain
+from web.caller import tenant
 from web.db import get_config, get_conn
 from web.inputs import flag, json_body
 
@@ -24,21 +26,23 @@ def add_account():
         account = Account.model_validate(json_body())
     except ValidationError as exc:
         abort(400, "Invalid account: " + explain(exc) + ".")
-    saved = operations.save_account(get_conn(), get_config(), account, time.time())
+    saved = operations.save_account(get_conn(), get_config(), tenant(), account, time.time())
     return jsonify(ok=True, account=saved)
 
 
 @blueprint.get("/accounts")
 def accounts():
     """Every account, without passwords."""
-    return jsonify(ok=True, accounts=store.accounts.list_all(get_conn()))
+    return jsonify(ok=True, accounts=store.accounts.list_all(get_conn(), tenant()))
 
 
 @blueprint.delete("/account/<path:account_id>")
 def delete_account(account_id: str):
     """Delete an account; 409 while it has unsent messages unless ?purge=true."""
     try:
-        done = operations.delete_account(get_conn(), account_id, flag("purge"), time.time())
+        done = operations.delete_account(
+            get_conn(), tenant(), account_id, flag("purge"), time.time()
+        )
     except operations.Refused as exc:
         abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
     return jsonify(ok=True, removed=account_id, purged_messages=done.purged,
@@ -49,7 +53,7 @@ def delete_account(account_id: str):
 def usage(account_id: str):
     """Sends in each rate-limit window against the account's limit."""
     try:
-        found = operations.usage(get_conn(), get_config(), account_id, time.time())
+        found = operations.usage(get_conn(), get_config(), tenant(), account_id, time.time())
     except operations.Refused as exc:
         abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
     return jsonify(ok=True, **found)

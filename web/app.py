@@ -17,7 +17,18 @@ from flask import Flask, Response, g, jsonify, request
 from common import metrics
 from common.config import Config, load_config
 from common.logs import fields
-from web import accounts, auth, commands, db, errors, messages, service, suppressions, ui
+from web import (
+    accounts,
+    auth,
+    commands,
+    db,
+    errors,
+    messages,
+    service,
+    suppressions,
+    tenants,
+    ui,
+)
 
 access_logger = logging.getLogger("web.access")
 
@@ -27,6 +38,7 @@ BLUEPRINTS = (
     commands.blueprint,
     accounts.blueprint,
     suppressions.blueprint,
+    tenants.blueprint,
     ui.blueprint,
 )
 

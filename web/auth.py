@@ -1,6 +1,17 @@
-"""Who may call the API: the token in ``X-API-Token`` or ``Authorization: Bearer``, compared in
-constant time; without a configured token, loopback clients only.  ``/health`` is open.
-The status page (/ui) authenticates with its session cookie instead (``web.session``).
+"""Who may call the API, and in which tenant (docs/tenants.md).
+
+The token comes in ``X-API-Token`` or ``Authorization: Bearer``.  ``[server] api_token`` is
+the admin's, compared in constant time: the admin acts in the tenant its ``X-Tenant``
+header names (the default tenant without one; the service-wide routes then act on the whole
+service), and alone reaches the routes marked ``admin_only`` (tenants, /metrics).  A tenant
+token (``amt_...``) is looked up by its hash and acts in its own tenant only: naming
+another tenant is refused (403), and another tenant's ids are simply not found (404).
+``/health`` is open.  The status page (/ui) authenticates with its session cookie instead
+(``web.session``).
+
+Without a configured api_token only loopback clients are served, as the admin; a loopback
+client presenting a tenant token acts as that tenant (a wrong one is refused), so a tenant's
+application can be tried out locally exactly as it will run.
 
 Without a token, a loopback client may still be a web page in a local browser (or a page
 whose name was rebound to 127.0.0.1): such requests are refused by their headers, which a
@@ -15,11 +26,16 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
-from flask import abort, request
+from flask import abort, current_app, g, request
 
+from common import store, tenants
 from common.config import Config
 from web import session
-from web.db import get_config
+from web.caller import ADMIN, Caller, tenant_of
+from web.db import get_config, get_conn
+
+TENANT_HEADER = "X-Tenant"
+
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a token: load balancers probe it
 LOCAL_NAMES = frozenset({"localhost", "localhost."})
@@ -79,7 +95,8 @@ def presented_token() -> str | None:
 
 
 def authenticate():
-    """Refuse the request unless it carries the API token (or, without one, is local)."""
+    """Refuse the request unless it carries the admin's or a tenant's token (or, without an
+    api_token, is local); then settle the tenant it acts in."""
     config = get_config()
     if request.path in OPEN_PATHS or (request.path == "/metrics" and config.metrics_public):
         return
@@ -92,14 +109,58 @@ def authenticate():
                 "set [server] api_token to accept remote clients.",
             )
         _refuse_web_pages(config)
-        return
-    if session.is_ui_path(request.path):
+        caller = _loopback_caller()
+    elif session.is_ui_path(request.path):
         return session.require_session()
+    else:
+        caller = _token_caller(expected)
+    g.caller = _scoped(caller)
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "admin_only", False) and not caller.admin:
+        abort(403, "This route needs the admin token ([server] api_token), not a tenant's.")
+
+
+def _loopback_caller() -> Caller:
+    """No api_token: a loopback client is the admin, unless it presents a tenant token."""
+    token = presented_token()
+    if token is None or not tenants.is_tenant_token(token):
+        return ADMIN
+    caller = tenant_of(token)
+    if caller is None:
+        abort(401, "Unknown tenant token (a rotated token stops working at once).")
+    return caller
+
+
+def _token_caller(expected: str) -> Caller:
     token = presented_token()
     if token is None:
         abort(
             401,
             "Missing API token: send 'X-API-Token: <token>' or 'Authorization: Bearer <token>'.",
         )
-    if not hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode("utf-8")):
-        abort(401, "Wrong API token: check the value of [server] api_token.")
+    if hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode("utf-8")):
+        return ADMIN
+    caller = tenant_of(token) if tenants.is_tenant_token(token) else None
+    if caller is None:
+        abort(
+            401,
+            "Wrong API token: use [server] api_token, or a tenant's token (a rotated token "
+            "stops working at once).",
+        )
+    return caller
+
+
+def _scoped(caller: Caller) -> Caller:
+    """The caller acting in the tenant ``X-Tenant`` names, when it may."""
+    named = request.headers.get(TENANT_HEADER)
+    if named is None:
+        return caller
+    named = named.strip()
+    if not caller.admin:
+        if named != caller.tenant:
+            abort(403, f"This token belongs to tenant {caller.tenant!r}; it cannot act in "
+                       f"tenant {named!r}.")  # fmt: skip
+        return caller
+    if not store.tenants.exists(get_conn(), named):
+        abort(404, f"No tenant {named!r}; GET /tenants lists them.")
+    return Caller(named, True)

@@ -1,4 +1,7 @@
-"""The scheduler commands: cleanup, run-now, retry, suspend, activate (``common.operations``)."""
+"""The scheduler commands: cleanup, run-now, retry, suspend, activate (``common.operations``).
+
+Retry acts in the caller's tenant; the others act on the caller's tenant, or, for the admin
+naming no tenant, on the whole service (docs/tenants.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import time
 from flask import Blueprint, abort, jsonify
 
 from common import operations
+from web.caller import scope, tenant
 from web.db import get_config, get_conn
 from web.inputs import json_body
 
@@ -20,7 +24,7 @@ def cleanup_messages():
     """Purge messages reported longer ago than older_than_seconds (default: the retention)."""
     older = json_body(optional=True).get("older_than_seconds")
     try:
-        done = operations.cleanup(get_conn(), get_config(), time.time(), older)
+        done = operations.cleanup(get_conn(), get_config(), time.time(), older, scope())
     except operations.Refused as exc:
         abort(400, f"{exc}.")
     answer = {"ok": True, "removed": done.removed}
@@ -47,7 +51,7 @@ def _field(body: dict, name: str, kind: type, what: str, default=None):
 def run_now():
     """Record the request and wake every dispatcher and the reporter; flush: retries first."""
     flush = _field(json_body(optional=True), "flush", bool, "true or false", False)
-    done = operations.run_now(get_conn(), get_config(), time.time(), flush)
+    done = operations.run_now(get_conn(), get_config(), time.time(), flush, scope())
     answer = {"ok": True, "woken": done.woken}
     if flush:
         answer["flushed"] = done.flushed
@@ -66,6 +70,7 @@ def retry():
         done = operations.retry(
             get_conn(),
             get_config(),
+            tenant(),
             time.time(),
             ids=ids,
             account_id=_field(body, "account_id", str, "an account id string"),
@@ -83,12 +88,12 @@ def retry():
 @blueprint.post("/suspend")
 def suspend():
     """Stop claiming (persisted); reporting goes on."""
-    operations.set_active(get_conn(), get_config(), False)
+    operations.set_active(get_conn(), get_config(), False, scope())
     return jsonify(ok=True, active=False)
 
 
 @blueprint.post("/activate")
 def activate():
     """Resume claiming (persisted) and wake the dispatchers."""
-    operations.set_active(get_conn(), get_config(), True)
+    operations.set_active(get_conn(), get_config(), True, scope())
     return jsonify(ok=True, active=True)

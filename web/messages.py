@@ -1,4 +1,4 @@
-"""Messages: enqueue (add-messages), delete, list and read."""
+"""Messages: enqueue (add-messages), delete, list and read, in the caller's tenant."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from common import intake, store
 from common.enums import Priority, Status
 from common.models import MAX_BATCH
+from web.caller import tenant
 from web.db import get_config, get_conn
 from web.errors import error_response
 from web.inputs import flag, int_arg, json_body
@@ -51,7 +52,9 @@ def add_messages():
             400, f"At most {MAX_BATCH} messages per request ({len(items)} sent); split the batch."
         )
     default_priority = _default_priority(body)
-    result = intake.accept_batch(get_conn(), get_config(), items, time.time(), default_priority)
+    result = intake.accept_batch(
+        get_conn(), get_config(), tenant(), items, time.time(), default_priority
+    )
     if items and not result.queued:
         return error_response(
             400,
@@ -68,7 +71,7 @@ def delete_messages():
     ids = json_body().get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         abort(400, "'ids' must be a list of message id strings.")
-    out = store.messages.delete(get_conn(), ids, time.time())
+    out = store.messages.delete(get_conn(), tenant(), ids, time.time())
     return jsonify(
         ok=True, removed=len(out["removed"]), not_found=out["not_found"], in_flight=out["in_flight"]
     )
@@ -92,6 +95,7 @@ def list_messages():
     conn = get_conn()
     rows, next_cursor = store.messages.list_page(
         conn,
+        tenant(),
         time.time(),
         status=None if status_text is None else Status(status_text),
         active_only=flag("active_only"),
@@ -103,16 +107,18 @@ def list_messages():
     )
     if not include:
         return jsonify(ok=True, messages=rows, next_cursor=next_cursor)
-    page = _page_with_payloads(conn, rows, next_cursor)
+    page = _page_with_payloads(conn, tenant(), rows, next_cursor)
     return Response(stream_with_context(page), mimetype="application/json")
 
 
-def _page_with_payloads(conn, rows: list[dict], next_cursor: int | None) -> Iterator[bytes]:
+def _page_with_payloads(
+    conn, owner: str, rows: list[dict], next_cursor: int | None
+) -> Iterator[bytes]:
     """The page as JSON text, each stored payload copied through in pieces, never parsed."""
     yield b'{"ok":true,"messages":['
     separator = b""
     for row in rows:
-        pieces = store.messages.payload_pieces(conn, row["id"])
+        pieces = store.messages.payload_pieces(conn, owner, row["id"])
         if pieces is None:  # deleted since the page was read
             continue
         yield separator + json.dumps(row)[:-1].encode() + b',"message":'
@@ -125,7 +131,7 @@ def _page_with_payloads(conn, rows: list[dict], next_cursor: int | None) -> Iter
 @blueprint.get("/messages/<path:message_id>")
 def get_message(message_id: str):
     """One message: the record, its attempt log and its status."""
-    record = store.messages.get(get_conn(), message_id, time.time())
+    record = store.messages.get(get_conn(), tenant(), message_id, time.time())
     if record is None:
         abort(404, f"No message {message_id!r}; it was never queued or has been purged.")
     return jsonify(ok=True, **record)

@@ -3,7 +3,12 @@
 Schemas are the models' own JSON schemas (``common.models`` for the payloads the CLI shares,
 ``web.schemas`` for the API's requests and answers), so a constraint is written once and both
 enforced and published.  Paths come from ``ROUTES``, one row per route; tests hold the rows
-equal to the Flask url_map and check real answers against the schema of their status.
+equal to the Flask url_map, check real answers against the schema of their status, and run
+every row against every kind of caller (tests/test_isolation.py).
+
+Each operation says who may call it (docs/tenants.md): ``security`` names the admin token
+alone for the admin's routes, the admin's or a tenant's token for the others, and
+``x-asyncmail-access`` says the same in one word: public, session, admin or tenant.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from importlib import metadata
 from pydantic import BaseModel
 
 from common.models import MAX_BATCH, Account
+from common.tenants import NewTenant, TenantSettings
 from web.schemas import (
     AccountAnswer,
     AccountsAnswer,
@@ -29,6 +35,7 @@ from web.schemas import (
     DeleteAccountQuery,
     DeleteMessagesAnswer,
     DeleteMessagesRequest,
+    DeleteTenantQuery,
     Error,
     Health,
     HealthDown,
@@ -45,19 +52,36 @@ from web.schemas import (
     SuppressionRequest,
     SuppressionsPage,
     SuppressionsQuery,
+    TenantAnswer,
+    TenantDeleted,
+    TenantsAnswer,
+    TenantToken,
     UsageAnswer,
 )
 from web.session import COOKIE
 
 REF = "#/components/schemas/{model}"
-SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # either header; /health needs neither
+SECURITY = [{"apiToken": []}, {"bearerToken": []}]  # the admin token, either header
+TENANT_SECURITY = [*SECURITY, {"tenantToken": []}, {"tenantBearer": []}]  # or a tenant's
+TENANT_HEADER = {
+    "name": "X-Tenant",
+    "in": "header",
+    "required": False,
+    "description": "The tenant to act in: any, for the admin token (default: the default "
+    "tenant; the service-wide routes then act on the whole service); only its own, for a "
+    "tenant token.",
+    "schema": {"type": "string"},
+}
 ERRORS = {  # the description of each failure status; the body is always an Error
     400: "The request is invalid; 'error' says why.",
     401: "Missing or wrong token (or a remote client while no api_token is configured).",
-    403: "No api_token is configured and the request names a Host or Origin that is not local.",
-    404: "No such resource (message, account or suppressed address).",
+    403: "A tenant token on an admin route or naming another tenant in X-Tenant; or no "
+    "api_token is configured and the request names a Host or Origin that is not local.",
+    404: "No such resource (message, account, suppressed address, tenant) in the tenant "
+    "acted in, or X-Tenant names no tenant.",
     408: "The body arrived too slowly; the connection is closed.",
-    409: "The account still has unsent messages.",
+    409: "The account still has unsent messages; or the tenant has unsent messages or "
+    "unreported outcomes, or exists already.",
     413: "The body exceeds max_request_bytes.",
     415: "No api_token is configured and the body is not sent as application/json.",
     500: "A bug; it has been logged.",
@@ -104,6 +128,16 @@ class Route:
     public: bool = False  # answered without a token
     database: bool = True  # False: never waits for the database, so never answers 503
     session: bool = False  # the status page: its session cookie instead of the token
+    admin: bool = False  # the admin token alone; a tenant token gets 403
+
+    @property
+    def access(self) -> str:
+        """Who may call it: public, session, admin or tenant (the admin or a tenant)."""
+        if self.public:
+            return "public"
+        if self.session:
+            return "session"
+        return "admin" if self.admin else "tenant"
 
 
 BAD_BODY = {400: Error, 413: Error}  # every route that reads a JSON body
@@ -160,9 +194,33 @@ ROUTES = (
           {200: SuppressionRemoved, 404: Error}),
     Route("metrics", "GET", "/metrics",
           "Prometheus text format (open when metrics_public is true).",
-          {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}),
+          {200: Media("Prometheus text format.", {"type": "string"}, "text/plain")}, admin=True),
     Route("openapi", "GET", "/openapi.json", "This document.",
-          {200: Media("The OpenAPI 3.1 document.", {"type": "object"})}, database=False),
+          {200: Media("The OpenAPI 3.1 document.", {"type": "object"})}),
+    # tenants: the admin's alone (docs/tenants.md)
+    Route("createTenant", "POST", "/tenants",
+          "Create a tenant; the answer carries its API token, the only time it is shown.",
+          {201: TenantToken, **BAD_BODY, 409: Error}, body=NewTenant, admin=True),
+    Route("listTenants", "GET", "/tenants", "Every tenant, the default one first.",
+          {200: TenantsAnswer}, admin=True),
+    Route("getTenant", "GET", "/tenants/{tenant_id}",
+          "One tenant (never its token nor its report secrets).",
+          {200: TenantAnswer}, admin=True),
+    Route("changeTenant", "PATCH", "/tenants/{tenant_id}",
+          "Change a tenant's name, report upstream or limits; null clears an optional field.",
+          {200: TenantAnswer, **BAD_BODY}, body=TenantSettings, admin=True),
+    Route("deleteTenant", "DELETE", "/tenants/{tenant_id}",
+          "Remove a tenant and all its data; 409 while it owes mail or reports, unless "
+          "?purge=true.",
+          {200: TenantDeleted, 400: Error, 409: Error}, query=DeleteTenantQuery, admin=True),
+    Route("rotateTenantToken", "POST", "/tenants/{tenant_id}/rotate-token",
+          "A new API token for the tenant; the old one stops working at once.",
+          {200: TenantToken, 400: Error}, admin=True),
+    Route("suspendTenant", "POST", "/tenants/{tenant_id}/suspend",
+          "Stop the tenant's mail (only its mail; its reports go on).",
+          {200: TenantAnswer}, admin=True),
+    Route("activateTenant", "POST", "/tenants/{tenant_id}/activate",
+          "Resume the tenant's mail.", {200: TenantAnswer}, admin=True),
     # the status page: HTML for people (docs/operations.md), behind a session cookie
     Route("statusPage", "GET", "/ui", "The status page (HTML, refreshes itself).",
           {200: PAGE, 303: html("No session: to the login form.")},
@@ -210,7 +268,9 @@ def _answers(route: Route) -> dict[int, Answer]:
     common = {500: Error}
     if not route.public:
         common.update({401: Error, 403: Error})
-    if route.method == "POST":
+    if route.access in {"admin", "tenant"}:
+        common[404] = Error  # X-Tenant may name no tenant
+    if route.method in {"POST", "PATCH"}:
         common[415] = Error
     if route.body is not None:
         common[408] = Error
@@ -237,6 +297,8 @@ def _parameters(route: Route, defs: dict) -> list[dict]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"{(\w+)}", route.path)
     ]
+    if route.access in {"admin", "tenant"}:
+        path.append(TENANT_HEADER)
     if route.query is None:
         return path
     query = _collect(defs, route.query.model_json_schema(ref_template=REF))
@@ -256,6 +318,7 @@ def _operation(route: Route, defs: dict) -> dict:
     operation = {
         "operationId": route.operation_id,
         "summary": route.summary,
+        "x-asyncmail-access": route.access,
         "responses": {str(status): _response(status, a) for status, a in _answers(route).items()},
     }
     parameters = _parameters(route, defs)
@@ -270,6 +333,8 @@ def _operation(route: Route, defs: dict) -> dict:
         operation["security"] = []
     elif route.session:
         operation["security"] = [{"uiSession": []}]
+    else:
+        operation["security"] = SECURITY if route.admin else TENANT_SECURITY
     return operation
 
 
@@ -305,7 +370,10 @@ def openapi_document() -> dict:
             "failures add 'error'. Timestamps are epoch seconds. Unknown routes answer 404 "
             "and wrong methods 405, both JSON. Without a configured api_token only loopback "
             "clients are served. The /ui paths are the status page for people: HTML, with a "
-            "session cookie from its login form.",
+            "session cookie from its login form. Tenants: [server] api_token is the admin "
+            "token (every route; X-Tenant picks the tenant it acts in); a tenant token acts "
+            "in its own tenant only and never reaches the admin routes "
+            "(x-asyncmail-access: admin); another tenant's ids answer 404.",
         },
         "security": SECURITY,
         "paths": paths,
@@ -313,6 +381,17 @@ def openapi_document() -> dict:
             "securitySchemes": {
                 "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"},
                 "bearerToken": {"type": "http", "scheme": "bearer"},
+                "tenantToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Token",
+                    "description": "A tenant's token (amt_...): its own tenant only.",
+                },
+                "tenantBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tenant's token (amt_...): its own tenant only.",
+                },
                 "uiSession": {"type": "apiKey", "in": "cookie", "name": COOKIE},
             },
             "schemas": _components(defs),

@@ -107,6 +107,16 @@ class DeleteAccountQuery(BaseModel):
     purge: bool = Field(False, description="Also delete its unsent messages (true, 1, yes or on).")
 
 
+class DeleteTenantQuery(BaseModel):
+    """DELETE /tenants options."""
+
+    purge: bool = Field(
+        False,
+        description="Also while it has unsent messages or unreported outcomes: its mail and "
+        "reports stop, and everything of it is removed (true, 1, yes or on).",
+    )
+
+
 # -- answers -----------------------------------------------------------------------------------
 
 
@@ -170,6 +180,7 @@ class Heartbeat(Shape):
 class Circuit(Shape):
     """An account whose SMTP server failed to connect; its messages wait while it is open."""
 
+    tenant_id: str = Field(description="The tenant of the account.")
     account_id: str | None = Field(description="null: the [smtp] default account.")
     open: bool = Field(description="true: no message of the account is tried before open_until.")
     open_until: int = Field(description="Epoch seconds: the next probe of the server.")
@@ -200,22 +211,39 @@ class Replication(Shape):
     problem: str | None = Field(description="Why up is false or the lag is unknown.")
 
 
-class ServiceStatus(Answer):
-    """The scheduler switch, message counts and process heartbeats."""
+PendingByPriority = dict[Literal["0", "1", "2", "3"], int]
 
-    active: bool = Field(description="false while suspended.")
+
+class TenantStatus(Shape):
+    """One tenant's switches, queue and reports (the admin's /status)."""
+
+    id: str
+    name: str
+    active: bool = Field(description="The operator's switch: false while suspended.")
+    dispatching: bool = Field(description="The tenant's own switch (its /commands/suspend).")
+    counts: StatusCounts
+    pending_by_priority: PendingByPriority
+    oldest_ready_age_seconds: float
+    unreported: int = Field(description="Outcomes whose delivery report is not acknowledged yet.")
+
+
+class ServiceStatus(Answer):
+    """The scheduler switch, message counts and process heartbeats: of the caller's tenant, or
+    of the whole service with a breakdown per tenant (the admin naming no tenant)."""
+
+    active: bool = Field(description="false while suspended (for a tenant: by anyone).")
     test_mode: bool
     counts: StatusCounts
-    pending_by_priority: dict[Literal["0", "1", "2", "3"], int] = Field(
-        description="Unsent messages per priority."
-    )
+    pending_by_priority: PendingByPriority = Field(description="Unsent messages per priority.")
     oldest_ready_age_seconds: float = Field(description="0 when no message is ready.")
     processes: list[Heartbeat]
-    replication: Replication
+    replication: Replication = omittable("The whole service's view only.")
     circuits: list[Circuit] = Field(
         description="Accounts whose server failed to connect lately (closed again once a "
         "probe gets through)."
     )
+    tenant: str = omittable("The tenant this status is about (absent: the whole service).")
+    tenants: list[TenantStatus] = omittable("The whole service's view: each tenant's own.")
 
 
 class AddMessagesAnswer(Answer):
@@ -440,3 +468,58 @@ class SuppressionRemoved(Answer):
     """The address is off the list."""
 
     removed: str
+
+
+class Tenant(Shape):
+    """A tenant as stored: never its token nor its report secrets."""
+
+    id: str
+    name: str
+    default: bool = Field(description="The tenant that always exists (its upstream: [client]).")
+    active: bool = Field(description="The operator's switch (/tenants/{id}/suspend|activate).")
+    dispatching: bool = Field(description="The tenant's own switch (its /commands/suspend).")
+    client_sync_url: str | None = Field(description="Its report upstream, credentials hidden.")
+    client_sync_user: str | None
+    report_format: Literal["delivery_report", "reports"]
+    has_password: bool = Field(description="A basic auth password is set (never shown).")
+    has_token: bool = Field(description="A bearer token for the upstream is set (never shown).")
+    signed: bool = Field(description="Reports are signed: a signing key is set (never shown).")
+    limit_per_minute: int | None = Field(description="Across all its accounts; null: none.")
+    limit_per_hour: int | None
+    limit_per_day: int | None
+    limit_behavior: Literal["defer", "reject"]
+    created_at: int = Field(description="Epoch seconds.")
+    updated_at: int = Field(description="Epoch seconds.")
+
+
+class TenantAnswer(Answer):
+    """The tenant as it is now."""
+
+    tenant: Tenant
+
+
+class TenantToken(Answer):
+    """The tenant and its new API token: the only time the token is shown."""
+
+    tenant: Tenant
+    token: str = Field(
+        description="Its API token (X-API-Token or Authorization: Bearer); keep it, it is not "
+        "stored (only its hash) and never shown again.",
+        examples=["amt_..."],
+    )
+
+
+class TenantsAnswer(Answer):
+    """Every tenant, the default one first."""
+
+    tenants: list[Tenant]
+
+
+class TenantDeleted(Answer):
+    """The tenant is gone, with its accounts, messages and suppressions."""
+
+    removed: str = Field(description="The tenant id.")
+    purged_messages: int = Field(description="Messages removed with it.")
+    in_flight: list[str] = Field(
+        description="Messages a dispatcher was sending: removed once that attempt ends."
+    )

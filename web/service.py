@@ -7,6 +7,7 @@ import time
 from flask import Blueprint, Response, jsonify
 
 from common import metrics, operations, store
+from web.caller import admin_only, scope
 from web.db import get_config, get_conn
 
 blueprint = Blueprint("service", __name__)
@@ -24,11 +25,13 @@ def health():
 
 @blueprint.get("/status")
 def status():
-    """Scheduler switch, counts by status and priority, process heartbeats."""
-    return jsonify(ok=True, **operations.status(get_conn(), get_config(), time.time()))
+    """Scheduler switch, counts by status and priority, process heartbeats: of the caller's
+    tenant, or of the whole service with a breakdown per tenant (the admin naming none)."""
+    return jsonify(ok=True, **operations.status(get_conn(), get_config(), time.time(), scope()))
 
 
 @blueprint.get("/metrics")
+@admin_only  # every tenant's series: the operator's, unless metrics_public
 def scrape():
     """Prometheus text: every process's counters plus database gauges."""
     body = metrics.render(get_conn, get_config())

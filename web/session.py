@@ -1,8 +1,11 @@
-"""The status page's session: a login form trades the API token for a cookie.
+"""The status page's session: a login form trades the API token (the admin's, or a
+tenant's) for a cookie.
 
-The cookie is never the token: it is ``<expiry>.<HMAC-SHA256(key, expiry and token)>``, with
+The cookie is never the token: it is ``<expiry>.<tenant>.<HMAC-SHA256(key, expiry, tenant
+and token)>`` (tenant empty for the admin; a tenant's token enters as its stored hash), with
 a random key kept in the settings table.  A stolen cookie opens the status page until it
-expires and cannot be turned back into the token; changing ``api_token`` ends every session.
+expires and cannot be turned back into the token; changing ``api_token`` ends every admin
+session, rotating a tenant's token ends that tenant's.
 It is HttpOnly, SameSite=Strict and scoped to /ui; the login and logout POSTs also need an
 Origin (or Referer) of this server, so no other site can forge them.
 """
@@ -15,9 +18,10 @@ import secrets
 import time
 from urllib.parse import urlsplit
 
-from flask import Response, redirect, request
+from flask import Response, g, redirect, request
 
 from common import store
+from web.caller import ADMIN, Caller
 from web.db import get_config, get_conn
 
 PREFIX = "/ui"
@@ -38,18 +42,24 @@ def token_matches(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def _mac(conn, token: str, expires: int) -> str:
+def _mac(conn, secret: str, who: str, expires: int) -> str:
     key = store.settings.get_or_create(conn, KEY_SETTING, secrets.token_hex(32))
-    message = f"asyncmail-ui|{expires}|{token}".encode()
+    message = f"asyncmail-ui|{expires}|{who}|{secret}".encode()
     return hmac.new(bytes.fromhex(key), message, hashlib.sha256).hexdigest()
 
 
-def open_session(response: Response, conn, token: str, now: float) -> None:
-    """Set the session cookie for this (already checked) token on the response."""
+def _secret(conn, who: str) -> str | None:
+    """What a session of ``who`` ('' the admin, else a tenant id) is bound to."""
+    return get_config().api_token if who == "" else store.tenants.token_hash(conn, who)
+
+
+def open_session(response: Response, conn, caller: Caller, now: float) -> None:
+    """Set the session cookie for this (already checked) caller on the response."""
     expires = int(now) + SESSION_SECONDS
+    who = "" if caller.admin else caller.tenant
     response.set_cookie(
         COOKIE,
-        f"{expires}.{_mac(conn, token, expires)}",
+        f"{expires}.{who}.{_mac(conn, _secret(conn, who), who, expires)}",
         max_age=SESSION_SECONDS,
         path=PREFIX,
         secure=request.is_secure,
@@ -63,13 +73,19 @@ def close_session(response: Response) -> None:
     response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Strict")
 
 
-def _valid(conn, value: str, token: str, now: float) -> bool:
-    expires, _, mac = value.partition(".")
+def _caller(conn, value: str, now: float) -> Caller | None:
+    """The caller a cookie value stands for, while it is valid."""
+    expires, _, rest = value.partition(".")
+    who, _, mac = rest.partition(".")
     if not expires.isdigit() or int(expires) <= now:
-        return False
-    return hmac.compare_digest(
-        mac.encode("ascii", "replace"), _mac(conn, token, int(expires)).encode()
-    )
+        return None
+    secret = _secret(conn, who)
+    if secret is None:  # the tenant is gone
+        return None
+    good = _mac(conn, secret, who, int(expires)).encode()
+    if not hmac.compare_digest(mac.encode("ascii", "replace"), good):
+        return None
+    return ADMIN if who == "" else Caller(who, False)
 
 
 def same_origin() -> bool:
@@ -88,6 +104,8 @@ def require_session() -> Response | None:
     if request.path in OPEN:
         return None
     value = request.cookies.get(COOKIE, "")
-    if value and _valid(get_conn(), value, get_config().api_token, time.time()):
-        return None
-    return redirect(LOGIN, 303)
+    caller = _caller(get_conn(), value, time.time()) if value else None
+    if caller is None:
+        return redirect(LOGIN, 303)
+    g.caller = caller
+    return None

@@ -1,4 +1,5 @@
-"""The suppression list: list, add, remove (``common.operations``; docs/bounces.md)."""
+"""The caller's tenant's suppression list: list, add, remove (``common.operations``;
+docs/bounces.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from flask import Blueprint, abort, jsonify, request
 
 from common import operations
+from web.caller import tenant
 from web.db import get_conn
 from web.inputs import int_arg, json_body
 
@@ -19,7 +21,9 @@ PAGE_SIZE = 100
 def suppressions():
     """A page of the suppression list in address order, with the next page's cursor."""
     limit = int_arg("limit", PAGE_SIZE, 1, operations.MAX_SUPPRESSIONS_PAGE)
-    rows, cursor = operations.suppressions(get_conn(), limit, request.args.get("cursor", ""))
+    rows, cursor = operations.suppressions(
+        get_conn(), tenant(), limit, request.args.get("cursor", "")
+    )
     return jsonify(ok=True, suppressions=rows, next_cursor=cursor)
 
 
@@ -29,7 +33,7 @@ def suppress():
     body = json_body()
     try:
         entry = operations.suppress(
-            get_conn(), body.get("address"), body.get("reason", "manual"), time.time()
+            get_conn(), tenant(), body.get("address"), body.get("reason", "manual"), time.time()
         )
     except operations.Refused as exc:
         abort(400, str(exc) + ".")
@@ -40,7 +44,7 @@ def suppress():
 def unsuppress(address: str):
     """Send to an address again."""
     try:
-        operations.unsuppress(get_conn(), address)
+        operations.unsuppress(get_conn(), tenant(), address)
     except operations.Refused as exc:
         abort(404, str(exc))
     return jsonify(ok=True, removed=address.strip().lower())

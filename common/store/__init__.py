@@ -28,9 +28,11 @@ from common.store import (
     heartbeats,
     messages,
     reports,
+    schema,
     settings,
     status,
     suppressions,
+    tenants,
 )
 
 __all__ = [
@@ -44,7 +46,9 @@ __all__ = [
     "heartbeats",
     "messages",
     "reports",
+    "schema",
     "settings",
     "status",
     "suppressions",
+    "tenants",
 ]

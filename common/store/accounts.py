@@ -5,6 +5,8 @@ are in a dispatcher's hands, stays behind as a tombstone (``deleted_at`` set, no
 invisible to every reader here, so intake refuses new messages for it, while those
 messages keep their foreign key and their reports go out carrying the account id.  The
 reporter's purge drops the tombstone once no message refers to it (``drop_tombstones``).
+
+Account ids are unique within a tenant: every function names the tenant it works in.
 """
 
 from __future__ import annotations
@@ -19,21 +21,22 @@ ACCOUNT_COLUMNS = (
     "max_recipients_per_transaction, created_at, updated_at"
 )
 _LIVE = "deleted_at IS NULL"
-_UNSENT = "account_id = ? AND sent_ts IS NULL AND error_ts IS NULL"
+_UNSENT = "tenant_id = :tenant AND account_id = :id AND sent_ts IS NULL AND error_ts IS NULL"
 
 
-def upsert(conn, account: dict, now: int) -> None:
+def upsert(conn, tenant: str, account: dict, now: int) -> None:
     """Create or replace an account (a tombstone comes back to life); the password is
     already in stored form."""
-    columns = [c for c in account if c not in {"created_at", "updated_at", "deleted_at"}]
+    skip = {"created_at", "updated_at", "deleted_at", "tenant_id"}
+    columns = [c for c in account if c not in skip]
     placeholders = ", ".join(f":{c}" for c in columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
     with write(conn):
         conn.execute(
-            f"INSERT INTO accounts({', '.join(columns)}, created_at, updated_at) "
-            f"VALUES ({placeholders}, :now, :now) "
-            f"ON CONFLICT(id) DO UPDATE SET {updates}, updated_at = :now, deleted_at = NULL",
-            {**account, "now": now},
+            f"INSERT INTO accounts(tenant_id, {', '.join(columns)}, created_at, updated_at) "
+            f"VALUES (:tenant_id, {placeholders}, :now, :now) ON CONFLICT(tenant_id, id) "
+            f"DO UPDATE SET {updates}, updated_at = :now, deleted_at = NULL",
+            {**account, "tenant_id": tenant, "now": now},
         )
 
 
@@ -44,24 +47,35 @@ def _account_out(row: dict) -> dict:
     return row
 
 
-def list_all(conn) -> list[dict]:
-    """Every account, without passwords."""
+def list_all(conn, tenant: str) -> list[dict]:
+    """Every account of the tenant, without passwords."""
     rows = conn.execute(
-        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {_LIVE} ORDER BY id"
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = ? AND {_LIVE} ORDER BY id",
+        (tenant,),
     ).fetchall()
     return [_account_out(row) for row in rows]
 
 
-def get(conn, account_id: str, with_password: bool = False) -> dict | None:
+def get(conn, tenant: str, account_id: str, with_password: bool = False) -> dict | None:
+    """One account of the tenant (its password only when asked for), or None."""
     columns = ACCOUNT_COLUMNS + (", password" if with_password else "")
     row = conn.execute(
-        f"SELECT {columns} FROM accounts WHERE id = ? AND {_LIVE}", (account_id,)
+        f"SELECT {columns} FROM accounts WHERE tenant_id = ? AND id = ? AND {_LIVE}",
+        (tenant, account_id),
     ).fetchone()
     return None if row is None else _account_out(row)
 
 
-def ids(conn) -> set[str]:
-    return {row["id"] for row in conn.execute(f"SELECT id FROM accounts WHERE {_LIVE}")}
+def ids(conn, tenant: str) -> set[str]:
+    """The ids of the tenant's accounts."""
+    rows = conn.execute(f"SELECT id FROM accounts WHERE tenant_id = ? AND {_LIVE}", (tenant,))
+    return {row["id"] for row in rows}
+
+
+def every_id(conn) -> set[tuple[str, str]]:
+    """(tenant, account id) of every account of every tenant."""
+    rows = conn.execute(f"SELECT tenant_id, id FROM accounts WHERE {_LIVE}")
+    return {(row["tenant_id"], row["id"]) for row in rows}
 
 
 @dataclass
@@ -76,7 +90,7 @@ class Deletion:
     awaiting_report: int = 0  # sent or failed, report not yet acknowledged: kept
 
 
-def delete(conn, account_id: str, purge: bool, now: float) -> Deletion:
+def delete(conn, tenant: str, account_id: str, purge: bool, now: float) -> Deletion:
     """Delete an account; refused while unsent messages exist unless ``purge``.
 
     Purging never deletes a row a dispatcher holds (its outcome is still to be written):
@@ -84,53 +98,46 @@ def delete(conn, account_id: str, purge: bool, now: float) -> Deletion:
     Messages whose delivery report is not out yet are kept, and the account with them as a
     tombstone, so every report still reaches the client.
     """
+    key = {"tenant": tenant, "id": account_id, "now": now, "now_s": int(now)}
+    mine = "tenant_id = :tenant AND account_id = :id"
     with write(conn):
-        if (
-            conn.execute(
-                f"SELECT 1 FROM accounts WHERE id = ? AND {_LIVE}", (account_id,)
-            ).fetchone()
-            is None
-        ):
+        if get(conn, tenant, account_id) is None:
             return Deletion(found=False)
         unsent = conn.execute(f"SELECT count(*) AS n FROM messages WHERE {_UNSENT}",
-                              (account_id,)).fetchone()["n"]  # fmt: skip
+                              key).fetchone()["n"]  # fmt: skip
         if unsent and not purge:
             return Deletion(found=True, unsent=unsent)
         in_flight = [r["id"] for r in conn.execute(
-            f"SELECT id FROM messages WHERE {_UNSENT} AND lease_expires > ?", (account_id, now)
+            f"SELECT id FROM messages WHERE {_UNSENT} AND lease_expires > :now", key
         )]  # fmt: skip
         conn.execute(
-            f"DELETE FROM messages WHERE {_UNSENT} AND coalesce(lease_expires, 0) <= ?",
-            (account_id, now),
+            f"DELETE FROM messages WHERE {_UNSENT} AND coalesce(lease_expires, 0) <= :now", key
         )
         purged = conn.changes()
-        conn.execute(
-            "DELETE FROM messages WHERE account_id = ? AND reported_ts IS NOT NULL", (account_id,)
-        )
-        kept = conn.execute(
-            "SELECT count(*) AS n FROM messages WHERE account_id = ?", (account_id,)
-        ).fetchone()["n"]
+        conn.execute(f"DELETE FROM messages WHERE {mine} AND reported_ts IS NOT NULL", key)
+        kept = conn.execute(f"SELECT count(*) AS n FROM messages WHERE {mine}", key).fetchone()["n"]
         if kept:
             conn.execute(
-                "UPDATE accounts SET deleted_at = ?, password = NULL, updated_at = ? WHERE id = ?",
-                (int(now), int(now), account_id),
+                "UPDATE accounts SET deleted_at = :now_s, password = NULL, updated_at = :now_s "
+                "WHERE tenant_id = :tenant AND id = :id",
+                key,
             )
         else:
-            conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+            conn.execute("DELETE FROM accounts WHERE tenant_id = :tenant AND id = :id", key)
     return Deletion(True, True, unsent, purged, in_flight, kept - len(in_flight))
 
 
 def drop_tombstones(conn) -> int:
     """Delete tombstones no message refers to any more; how many went."""
     dropped = 0
-    rows = conn.execute("SELECT id FROM accounts WHERE deleted_at IS NOT NULL").fetchall()
-    tombstones = [r["id"] for r in rows]
-    for account_id in tombstones:
+    rows = conn.execute("SELECT tenant_id, id FROM accounts WHERE deleted_at IS NOT NULL")
+    for key in rows.fetchall():
         with write(conn):
             conn.execute(
-                "DELETE FROM accounts WHERE id = ? AND deleted_at IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM messages WHERE account_id = ?)",
-                (account_id, account_id),
+                "DELETE FROM accounts WHERE tenant_id = :tenant_id AND id = :id "
+                "AND deleted_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM messages "
+                "WHERE tenant_id = :tenant_id AND account_id = :id)",
+                key,
             )
             dropped += conn.changes()
     return dropped

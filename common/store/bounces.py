@@ -4,6 +4,9 @@ suppressions it causes) in one transaction, and the late ``bounced`` reports it 
 The bouncer records a mail of the bounce mailbox here before it moves the mail to another
 folder, keyed by the SHA-256 of its bytes: a connection lost between the two leaves the mail
 in place, and the next pass finds it recorded and only moves it.
+
+Notifications are matched to messages across tenants (a VERP token or a Message-ID names
+one message); what they record belongs to that message's tenant.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from common.store import suppressions
 from common.store.db import write
 
-_MESSAGE = "SELECT id, account_id, payload, sent_ts FROM messages"
+_MESSAGE = "SELECT tenant_id, id, account_id, payload, sent_ts FROM messages"
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,10 @@ def record_mail(
     events: list[Event],
     suppress: list[Suppress],
     now: float,
+    tenant: str | None,
 ) -> bool:
-    """Record a handled mail, its events and suppressions at once; False if it was known."""
+    """Record a handled mail, its events and suppressions (in the tenant of the message they
+    are about; None: an unmatched mail) at once; False if it was known."""
     with write(conn):
         conn.execute(
             "INSERT INTO bounce_mails(key, result, shape, ts) VALUES (?, ?, ?, ?) "
@@ -76,13 +81,13 @@ def record_mail(
         if not conn.changes():
             return False
         conn.executemany(
-            "INSERT INTO bounces(message_id, recipient, kind, action, status, diagnostic, "
-            "bounced_ts, mail_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e.message_id, e.recipient, e.kind, e.action, e.status, e.diagnostic, now, key)
-             for e in events],
+            "INSERT INTO bounces(tenant_id, message_id, recipient, kind, action, status, "
+            "diagnostic, bounced_ts, mail_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(tenant, e.message_id, e.recipient, e.kind, e.action, e.status, e.diagnostic,
+              now, key) for e in events],
         )  # fmt: skip
         for s in suppress:
-            suppressions.add_in(conn, s.address, s.reason, s.status, s.diagnostic, now)
+            suppressions.add_in(conn, tenant, s.address, s.reason, s.status, s.diagnostic, now)
     return True
 
 
@@ -99,15 +104,17 @@ _UNREPORTED = """
 SELECT b.id AS bounce_id, b.recipient, b.kind, b.status AS bounce_status, b.diagnostic,
        b.bounced_ts, m.id, m.account_id, m.priority, m.sent_ts, m.error_ts, m.error,
        m.deferred_ts, m.attempts, m.smtp_code, m.refused, m.possible_duplicate
-FROM bounces AS b INDEXED BY bounces_unreported JOIN messages AS m ON m.id = b.message_id
-WHERE b.reported_ts IS NULL AND b.action = 'failed' AND m.reported_ts IS NOT NULL
+FROM bounces AS b INDEXED BY bounces_unreported
+JOIN messages AS m ON m.tenant_id = b.tenant_id AND m.id = b.message_id
+WHERE b.tenant_id = ? AND b.reported_ts IS NULL AND b.action = 'failed'
+  AND m.reported_ts IS NOT NULL
 ORDER BY b.id LIMIT ?
 """
 
 
-def fetch_unreported(conn, limit: int) -> list[dict]:
-    """Failed-delivery notifications owed to the upstream, oldest first, at most ``limit``."""
-    return conn.execute(_UNREPORTED, (limit,)).fetchall() if limit > 0 else []
+def fetch_unreported(conn, tenant: str, limit: int) -> list[dict]:
+    """The tenant's failed-delivery notifications owed to its upstream, oldest first."""
+    return conn.execute(_UNREPORTED, (tenant, limit)).fetchall() if limit > 0 else []
 
 
 def mark_reported(conn, rows: list[dict], reported_ts: int) -> None:
@@ -119,31 +126,36 @@ def mark_reported(conn, rows: list[dict], reported_ts: int) -> None:
         )
 
 
-def of_message(conn, message_id: str) -> list[dict]:
+def of_message(conn, tenant: str, message_id: str) -> list[dict]:
     """Every notification recorded for a message, oldest first."""
     rows = conn.execute(
         "SELECT recipient, kind, action, status, diagnostic, bounced_ts, reported_ts "
-        "FROM bounces WHERE message_id = ? ORDER BY id",
-        (message_id,),
+        "FROM bounces WHERE tenant_id = ? AND message_id = ? ORDER BY id",
+        (tenant, message_id),
     )
     return [{**row, "bounced_ts": int(row["bounced_ts"])} for row in rows]
 
 
-def recent(conn, since: float, limit: int) -> list[dict]:
-    """The latest notifications recorded since ``since``, newest first (the status page)."""
+def recent(conn, since: float, limit: int, tenant: str | None) -> list[dict]:
+    """The latest notifications recorded since ``since`` (of the tenant; None: of all),
+    newest first (the status page)."""
     return conn.execute(
-        "SELECT b.message_id, m.account_id, b.recipient, b.kind, b.action, b.status, "
-        "b.diagnostic, b.bounced_ts FROM bounces AS b JOIN messages AS m ON m.id = b.message_id "
-        "WHERE b.bounced_ts >= ? ORDER BY b.id DESC LIMIT ?",
-        (since, limit),
+        "SELECT b.tenant_id, b.message_id, m.account_id, b.recipient, b.kind, b.action, "
+        "b.status, b.diagnostic, b.bounced_ts FROM bounces AS b JOIN messages AS m "
+        "ON m.tenant_id = b.tenant_id AND m.id = b.message_id "
+        "WHERE b.bounced_ts >= :since AND (:tenant IS NULL OR b.tenant_id = :tenant) "
+        "ORDER BY b.id DESC LIMIT :limit",
+        {"since": since, "limit": limit, "tenant": tenant},
     ).fetchall()
 
 
-def kinds_since(conn, since: float) -> dict[str, int]:
-    """Notifications recorded since ``since``, per kind (hard, soft)."""
+def kinds_since(conn, since: float, tenant: str | None) -> dict[str, int]:
+    """Notifications recorded since ``since`` (of the tenant; None: of all), per kind."""
     found = {"hard": 0, "soft": 0}
     for row in conn.execute(
-        "SELECT kind, count(*) AS n FROM bounces WHERE bounced_ts >= ? GROUP BY kind", (since,)
+        "SELECT kind, count(*) AS n FROM bounces WHERE bounced_ts >= :since "
+        "AND (:tenant IS NULL OR tenant_id = :tenant) GROUP BY kind",
+        {"since": since, "tenant": tenant},
     ):
         found[row["kind"]] = row["n"]
     return found

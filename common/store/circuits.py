@@ -6,8 +6,8 @@ half-open: the first claim takes one row of the account, the probe, and holds th
 for a lease (``claims.claim``), so only one dispatcher probes.  A probe that gets through
 closes the circuit; one that fails opens it again for longer.  Failures of attempts that
 began before the circuit last opened (other dispatchers' attempts of the same round) do not
-count again.  The default ``[smtp]`` account's key is ''.  One row per account, whatever
-the queue holds, so an outage costs one attempt row per probe, not one per message.
+count again.  The default ``[smtp]`` account's key is ''.  One row per (tenant, account),
+whatever the queue holds, so an outage costs one attempt row per probe, not one per message.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def key(account_id: str | None) -> str:
 
 def trip(
     conn,
+    tenant: str,
     account_id: str | None,
     now: float,
     started: float,
@@ -34,51 +35,65 @@ def trip(
     after an attempt begun at ``started`` failed to connect; when it may be probed again."""
     with write(conn):
         row = conn.execute(
-            "SELECT failures, open_until, opened_at FROM circuits WHERE account = ?",
-            (key(account_id),),
+            "SELECT failures, open_until, opened_at FROM circuits "
+            "WHERE tenant_id = ? AND account = ?",
+            (tenant, key(account_id)),
         ).fetchone()
         if row is not None and row["opened_at"] >= started:
             return row["open_until"]  # the same round: another dispatcher counted it
         failures = 1 if row is None else row["failures"] + 1
         until = now + backoff(failures)
         conn.execute(
-            "INSERT INTO circuits(account, open_until, failures, since, opened_at, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET "
+            "INSERT INTO circuits(tenant_id, account, open_until, failures, since, opened_at, "
+            "reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tenant_id, account) DO UPDATE SET "
             "open_until = excluded.open_until, failures = excluded.failures, "
             "opened_at = excluded.opened_at, reason = excluded.reason",
-            (key(account_id), until, failures, now, now, reason),
+            (tenant, key(account_id), until, failures, now, now, reason),
         )
     return until
 
 
-def unprobed(conn, account_id: str | None, now: float) -> None:
+def unprobed(conn, tenant: str, account_id: str | None, now: float) -> None:
     """The probe never reached the server (its attachment failed, the rate limit held it):
     half-open again at once, for the next claim's probe."""
     with write(conn):
         conn.execute(
-            "UPDATE circuits SET open_until = min(open_until, ?) WHERE account = ?",
-            (now, key(account_id)),
+            "UPDATE circuits SET open_until = min(open_until, ?) "
+            "WHERE tenant_id = ? AND account = ?",
+            (now, tenant, key(account_id)),
         )
 
 
-def close(conn, account_id: str | None) -> None:
+def close(conn, tenant: str, account_id: str | None) -> None:
     """The server took a transaction again: forget the account's failures."""
     with write(conn):
-        conn.execute("DELETE FROM circuits WHERE account = ?", (key(account_id),))
+        conn.execute(
+            "DELETE FROM circuits WHERE tenant_id = ? AND account = ?", (tenant, key(account_id))
+        )
 
 
-def probe_now(conn, now: float) -> int:
-    """Make every open circuit half-open now (run-now --flush: the operator says the servers
-    are back); one probe per account still goes first.  How many were open."""
+def probe_now(conn, now: float, tenant: str | None) -> int:
+    """Make every open circuit (of the tenant; None: of all) half-open now (run-now --flush:
+    the servers are back); one probe per account still goes first.  How many were open."""
     with write(conn):
-        conn.execute("UPDATE circuits SET open_until = ? WHERE open_until > ?", (now, now))
+        conn.execute(
+            "UPDATE circuits SET open_until = :now WHERE open_until > :now "
+            "AND (:tenant IS NULL OR tenant_id = :tenant)",
+            {"now": now, "tenant": tenant},
+        )
         return conn.changes()
 
 
-def list_all(conn, now: float) -> list[dict]:
-    """Every circuit on record, with whether it is open right now (for /status)."""
+def list_all(conn, now: float, tenant: str | None) -> list[dict]:
+    """The circuits on record (of the tenant; None: of all), open or not (for /status)."""
+    rows = conn.execute(
+        "SELECT * FROM circuits WHERE :tenant IS NULL OR tenant_id = :tenant "
+        "ORDER BY tenant_id, account",
+        {"tenant": tenant},
+    )
     return [
         {
+            "tenant_id": row["tenant_id"],
             "account_id": row["account"] or None,
             "open": row["open_until"] > now,
             "open_until": int(row["open_until"]),
@@ -86,5 +101,5 @@ def list_all(conn, now: float) -> list[dict]:
             "since": int(row["since"]),
             "reason": row["reason"],
         }
-        for row in conn.execute("SELECT * FROM circuits ORDER BY account")
+        for row in rows
     ]

@@ -21,6 +21,11 @@ the owner (name:pid) is the fencing token; no generation number is needed.
 Accounts whose circuit is open (``circuits``) are not claimed at all until ``open_until``;
 then one claim takes a single row, the probe, and holds the circuit for its lease.
 
+Tenants (docs/tenants.md): only the rows of tenants switched on are claimed, and a claim's
+rows are ordered for fairness, round-robin across tenants first, then round-robin across
+the accounts of a tenant, then by priority and age within an account.  Message ids are
+unique within a tenant only, so a row is named by its key (tenant, id).
+
 ``maybe_sent`` makes crash resends visible: the holder sets it, in the transactions it commits
 anyway, on the rows it may send before its next commit; outcomes and releases clear it.  A
 claim that still finds it set took the row from a holder that died mid-batch, and marks the
@@ -30,14 +35,25 @@ message ``possible_duplicate``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.enums import MAYBE_DELIVERED, PRIORITIES, UNCOUNTED_OUTCOMES, Next, Outcome
+from common.enums import (
+    DEFAULT_TENANT,
+    MAYBE_DELIVERED,
+    PRIORITIES,
+    UNCOUNTED_OUTCOMES,
+    Next,
+    Outcome,
+)
 from common.store.db import BUSY_TIMEOUT_MS, set_synchronous, write
+
+Key = tuple[str, str]  # a message: (tenant, id)
+AccountKey = tuple[str, str | None]  # an account: (tenant, id; None: the [smtp] account)
 
 # SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ... while a dispatcher's write holds
 # the lock for ~50 µs: retry sooner, backing off to BUSY_MAX_WAIT, within the same deadline.
@@ -45,19 +61,31 @@ BUSY_FIRST_WAIT = 0.00005
 BUSY_MAX_WAIT = 0.005
 
 _READY = """
-SELECT id, account_id, priority, payload, attempts, enqueued_at, deferred_ts, ready_at,
-       message_id_header, verp_token, refused, rcpt_done
+SELECT tenant_id, id, account_id, priority, payload, attempts, enqueued_at, deferred_ts,
+       ready_at, message_id_header, verp_token, refused, rcpt_done
 FROM messages INDEXED BY messages_claim
-WHERE account_id IS :account_id AND priority = :priority
+WHERE tenant_id = :tenant AND account_id IS :account_id AND priority = :priority
   AND sent_ts IS NULL AND error_ts IS NULL AND ready_at <= :now
 ORDER BY ready_at LIMIT :limit
 """
 
 _NEXT_READY = """
 SELECT ready_at FROM messages INDEXED BY messages_claim
-WHERE account_id IS :account_id AND priority = :priority
+WHERE tenant_id = :tenant AND account_id IS :account_id AND priority = :priority
   AND sent_ts IS NULL AND error_ts IS NULL
 ORDER BY ready_at LIMIT 1
+"""
+
+# The accounts of the tenants whose mail may go now (switched on by the operator and by
+# themselves, not being deleted).
+_SENDING_ACCOUNTS = """
+SELECT a.* FROM accounts AS a JOIN tenants AS t ON t.id = a.tenant_id
+WHERE t.deleted_at IS NULL AND t.active AND t.dispatching
+ORDER BY a.tenant_id, a.id
+"""
+_SENDING_TENANTS = """
+SELECT id, limit_per_minute, limit_per_hour, limit_per_day, limit_behavior FROM tenants
+WHERE deleted_at IS NULL AND active AND dispatching ORDER BY id
 """
 
 
@@ -80,19 +108,26 @@ class BusyWait:
 
 @dataclass
 class Claim:
-    """What one claim took: messages in sending order, every live account row (read fresh),
-    and the circuits on record (account key -> failures; '' is the default account)."""
+    """What one claim took: messages in sending order, every live account row of the tenants
+    that send (read fresh), the circuits on record ((tenant, account key) -> failures; '' is
+    the default account), and the sending tenants' rows (their tenant-wide limits)."""
 
     messages: list[dict]
-    accounts: dict[str, dict] = field(default_factory=dict)
+    accounts: dict[AccountKey, dict] = field(default_factory=dict)
     lease_expires: float = 0.0
-    circuits: dict[str, int] = field(default_factory=dict)
+    circuits: dict[tuple[str, str], int] = field(default_factory=dict)
+    tenants: dict[str, dict] = field(default_factory=dict)
+
+
+def key(row: dict) -> Key:
+    """The key of a messages row."""
+    return row["tenant_id"], row["id"]
 
 
 _LEASE = """
 UPDATE messages SET lease_owner = ?, lease_expires = ?, ready_at = ?,
     possible_duplicate = max(possible_duplicate, maybe_sent), maybe_sent = ?
-WHERE id = ?
+WHERE tenant_id = ? AND id = ?
 """
 
 
@@ -105,48 +140,73 @@ def claim(
     include_default: bool,
     sending_ahead: int = 0,
 ) -> Claim:
-    """Lease up to each account's batch of ready messages; ordered by (priority, ready_at).
+    """Lease up to each account's batch of ready messages, of the tenants switched on; in
+    fair order (the module docstring).  The first ``sending_ahead`` rows get ``maybe_sent``.
 
-    The first ``sending_ahead`` rows in that order get ``maybe_sent``.
+    ``include_default``: the [smtp] account exists (it belongs to the default tenant).
     """
     expires = now + lease_seconds
-    rows: list[dict] = []
+    by_account: dict[AccountKey, list[dict]] = {}
     with write(conn):
-        accounts = {a["id"]: a for a in conn.execute("SELECT * FROM accounts ORDER BY id")}
-        circuits = {c["account"]: c for c in conn.execute("SELECT * FROM circuits")}
-        batches = [(a_id, a["batch_size"] or default_batch) for a_id, a in accounts.items()]
-        if include_default:
-            batches.append((None, default_batch))
-        for account_id, limit in batches:
-            circuit = circuits.get(account_id or "")
-            if circuit is None or accounts.get(account_id, {}).get("deleted_at"):
-                rows.extend(_ready_rows(conn, account_id, now, limit))
+        tenants = {t["id"]: t for t in conn.execute(_SENDING_TENANTS)}
+        accounts = {(a["tenant_id"], a["id"]): a for a in conn.execute(_SENDING_ACCOUNTS)}
+        circuits = {
+            (c["tenant_id"], c["account"]): c for c in conn.execute("SELECT * FROM circuits")
+        }
+        batches = [(k, a["batch_size"] or default_batch) for k, a in accounts.items()]
+        if include_default and DEFAULT_TENANT in tenants:
+            batches.append(((DEFAULT_TENANT, None), default_batch))
+        for account, limit in batches:
+            circuit = circuits.get((account[0], account[1] or ""))
+            if circuit is None or accounts.get(account, {}).get("deleted_at"):
+                by_account[account] = _ready_rows(conn, account, now, limit)
             elif circuit["open_until"] <= now:  # half-open: one probe, and no other prober
-                probe = _ready_rows(conn, account_id, now, 1)
-                rows.extend(probe)
+                by_account[account] = probe = _ready_rows(conn, account, now, 1)
                 conn.executemany(
-                    "UPDATE circuits SET open_until = ? WHERE account = ?",
-                    [(expires, circuit["account"])] if probe else [],
+                    "UPDATE circuits SET open_until = ? WHERE tenant_id = ? AND account = ?",
+                    [(expires, circuit["tenant_id"], circuit["account"])] if probe else [],
                 )
-        rows.sort(key=lambda row: (row["priority"], row["ready_at"]))
+        rows = fair_order(by_account)
         conn.executemany(
             _LEASE,
             [
-                (owner, expires, expires, int(n < sending_ahead), row["id"])
+                (owner, expires, expires, int(n < sending_ahead), row["tenant_id"], row["id"])
                 for n, row in enumerate(rows)
             ],
         )
-    live = {a_id: a for a_id, a in accounts.items() if a["deleted_at"] is None}
-    return Claim(rows, live, expires, {k: c["failures"] for k, c in circuits.items()})
+    live = {k: a for k, a in accounts.items() if a["deleted_at"] is None}
+    failures = {k: c["failures"] for k, c in circuits.items()}
+    return Claim(rows, live, expires, failures, tenants)
 
 
-def _ready_rows(conn, account_id: str | None, now: float, limit: int) -> list[dict]:
+def fair_order(by_account: dict[AccountKey, list[dict]]) -> list[dict]:
+    """Round-robin across tenants, then across a tenant's accounts; each account's rows in
+    the order given (priority, then age)."""
+    by_tenant: dict[str, list[list[dict]]] = {}
+    for (tenant, _), rows in sorted(by_account.items(), key=lambda item: _sortable(item[0])):
+        if rows:
+            by_tenant.setdefault(tenant, []).append(rows)
+    return _interleave([_interleave(queues) for queues in by_tenant.values()])
+
+
+def _sortable(account: AccountKey) -> tuple[str, str]:
+    return account[0], account[1] or ""
+
+
+def _interleave(queues: list[list[dict]]) -> list[dict]:
+    """One item from each queue in turn, until every queue is empty."""
+    turns = itertools.zip_longest(*queues)
+    return [item for turn in turns for item in turn if item is not None]
+
+
+def _ready_rows(conn, account: AccountKey, now: float, limit: int) -> list[dict]:
     found: list[dict] = []
     for priority in PRIORITIES:
         if len(found) >= limit:
             break
         params = {
-            "account_id": account_id,
+            "tenant": account[0],
+            "account_id": account[1],
             "priority": priority,
             "now": now,
             "limit": limit - len(found),
@@ -155,42 +215,45 @@ def _ready_rows(conn, account_id: str | None, now: float, limit: int) -> list[di
     return found
 
 
-def next_ready_at(conn, account_ids: list[str | None]) -> float | None:
+def next_ready_at(conn, accounts: list[AccountKey]) -> float | None:
     """When a message of these accounts may next be claimed (None: nothing queued): the
     earliest ready_at, or for an account whose circuit is open, the circuit's open_until."""
-    circuits = {c["account"]: c["open_until"] for c in conn.execute("SELECT * FROM circuits")}
+    circuits = {
+        (c["tenant_id"], c["account"]): c["open_until"]
+        for c in conn.execute("SELECT * FROM circuits")
+    }
     earliest = None
-    for account_id in account_ids:
+    for tenant, account_id in accounts:
         for priority in PRIORITIES:
             row = conn.execute(
-                _NEXT_READY, {"account_id": account_id, "priority": priority}
+                _NEXT_READY, {"tenant": tenant, "account_id": account_id, "priority": priority}
             ).fetchone()
             if row is None:
                 continue
-            due = max(row["ready_at"], circuits.get(account_id or "", 0.0))
+            due = max(row["ready_at"], circuits.get((tenant, account_id or ""), 0.0))
             if earliest is None or due < earliest:
                 earliest = due
     return earliest
 
 
-def extend_lease(conn, ids: list[str], owner: str, expires: float) -> list[str]:
-    """Push the lease of rows still held forward; the ids no longer held (taken over)."""
+def extend_lease(conn, keys: list[Key], owner: str, expires: float) -> list[Key]:
+    """Push the lease of rows still held forward; the keys no longer held (taken over)."""
     lost = []
     with write(conn):
-        for message_id in ids:
+        for tenant, message_id in keys:
             conn.execute(
-                "UPDATE messages SET lease_expires = ?, ready_at = ? "
-                "WHERE id = ? AND lease_owner = ? AND sent_ts IS NULL AND error_ts IS NULL",
-                (expires, expires, message_id, owner),
+                "UPDATE messages SET lease_expires = ?, ready_at = ? WHERE tenant_id = ? "
+                "AND id = ? AND lease_owner = ? AND sent_ts IS NULL AND error_ts IS NULL",
+                (expires, expires, tenant, message_id, owner),
             )
             if not conn.changes():
-                lost.append(message_id)
+                lost.append((tenant, message_id))
     return lost
 
 
 def release(
     conn,
-    ids: list[str],
+    keys: list[Key],
     owner: str,
     now: float,
     ready_at: float | None = None,
@@ -201,18 +264,19 @@ def release(
     ``possible_duplicate``: a copy may have reached the server (its outcome could not be
     recorded), so the resend is flagged.
     """
-    if not ids:
+    if not keys:
         return
     with write(conn):
         conn.executemany(
             "UPDATE messages SET lease_owner = NULL, lease_expires = NULL, maybe_sent = 0, "
             "possible_duplicate = max(possible_duplicate, :dup), "
             "ready_at = max(:now, coalesce(deferred_ts, 0), coalesce(:ready_at, 0)) "
-            "WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL",
+            "WHERE tenant_id = :tenant AND id = :id AND lease_owner = :owner "
+            "AND sent_ts IS NULL AND error_ts IS NULL",
             [
-                {"id": i, "owner": owner, "now": now, "ready_at": ready_at,
+                {"tenant": tenant, "id": i, "owner": owner, "now": now, "ready_at": ready_at,
                  "dup": int(possible_duplicate)}
-                for i in ids
+                for tenant, i in keys
             ],
         )  # fmt: skip
 
@@ -228,6 +292,12 @@ class Attempt:
     smtp_code: int | None = None
     detail: str = ""
     duration: float | None = None
+    tenant_id: str = DEFAULT_TENANT
+
+    @property
+    def key(self) -> Key:
+        """The key of the message attempted."""
+        return self.tenant_id, self.message_id
 
 
 @dataclass(frozen=True)
@@ -249,7 +319,8 @@ UPDATE messages SET sent_ts = :now_s, outcome_at = :now, updated_at = :now_s,
     error = NULL, smtp_code = :code, refused = :refused, attempts = attempts + 1,
     possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
+WHERE tenant_id = :tenant AND id = :id AND lease_owner = :owner
+  AND sent_ts IS NULL AND error_ts IS NULL
 """
 _ERROR = """
 UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
@@ -257,7 +328,8 @@ UPDATE messages SET error_ts = :now_s, outcome_at = :now, updated_at = :now_s,
     refused = coalesce(:refused, refused),
     attempts = attempts + :counted, possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
+WHERE tenant_id = :tenant AND id = :id AND lease_owner = :owner
+  AND sent_ts IS NULL AND error_ts IS NULL
 """
 _RETRY = """
 UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at = :now_s,
@@ -266,7 +338,8 @@ UPDATE messages SET deferred_ts = :deferred_ts, ready_at = :ready_at, updated_at
     attempts = attempts + :counted,
     possible_duplicate = max(possible_duplicate, :dup),
     lease_owner = NULL, lease_expires = NULL, maybe_sent = 0
-WHERE id = :id AND lease_owner = :owner AND sent_ts IS NULL AND error_ts IS NULL
+WHERE tenant_id = :tenant AND id = :id AND lease_owner = :owner
+  AND sent_ts IS NULL AND error_ts IS NULL
 """
 _STATEMENTS = {Next.SENT: _SENT, Next.ERROR: _ERROR, Next.RETRY: _RETRY, Next.DEFERRED: _RETRY}
 
@@ -295,7 +368,7 @@ def record(
     process: str,
     owner: str,
     durable: str | None = None,
-    sending_next: list[str] | None = None,
+    sending_next: list[Key] | None = None,
 ) -> list[Transition]:
     """Apply the owner's outcomes and write their attempts rows, in one short transaction.
 
@@ -310,8 +383,9 @@ def record(
                 stale.append(t)
         if sending_next:
             conn.executemany(
-                "UPDATE messages SET maybe_sent = 1 WHERE id = ? AND lease_owner = ?",
-                [(message_id, owner) for message_id in sending_next],
+                "UPDATE messages SET maybe_sent = 1 WHERE tenant_id = ? AND id = ? "
+                "AND lease_owner = ?",
+                [(tenant, message_id, owner) for tenant, message_id in sending_next],
             )
     return stale
 
@@ -322,6 +396,7 @@ def _apply(conn, t: Transition, process: str, owner: str) -> bool:
     conn.execute(
         _STATEMENTS[t.state],
         {
+            "tenant": a.tenant_id,
             "id": a.message_id,
             "owner": owner,
             "now": t.now,
@@ -338,15 +413,20 @@ def _apply(conn, t: Transition, process: str, owner: str) -> bool:
     )
     applied = conn.changes() > 0
     if not applied and a.outcome in MAYBE_DELIVERED:  # a stale holder's copy went out
-        conn.execute("UPDATE messages SET possible_duplicate = 1 WHERE id = ?", (a.message_id,))
+        conn.execute(
+            "UPDATE messages SET possible_duplicate = 1 WHERE tenant_id = ? AND id = ?", a.key
+        )
     # the attempt happened, so it is recorded (the rate-limit ledger counts it) while the
     # message exists: one deleted under a stale holder leaves nothing to attach it to
-    if applied or conn.execute("SELECT 1 FROM messages WHERE id = ?", (a.message_id,)).fetchone():
+    if (
+        applied
+        or conn.execute("SELECT 1 FROM messages WHERE tenant_id = ? AND id = ?", a.key).fetchone()
+    ):
         conn.execute(
-            "INSERT INTO attempts(message_id, account_id, ts, outcome, smtp_code, detail, "
-            "duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail, a.duration,
-             process),
+            "INSERT INTO attempts(tenant_id, message_id, account_id, ts, outcome, smtp_code, "
+            "detail, duration, process) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (a.tenant_id, a.message_id, a.account_id, a.ts, a.outcome, a.smtp_code, a.detail,
+             a.duration, process),
         )  # fmt: skip
     return applied
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import apsw
 
 from common.addresses import angle_brackets
+from common.store.schema import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000  # a queue waits for its turn; a dispatcher's write lasts milliseconds
 # Fallback only (SQLite's default is 1000 pages, ~4 MiB): while the reporter checkpoints the
@@ -37,176 +38,6 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after it resta
 # seconds between two tries of a caller with a shorter patience (``Patience``): quick at
 # first, since most locks are held for milliseconds, then every 50 ms
 RETRY_STEPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
-
-# Each entry moves the schema from user_version N to N+1.  Never edit a released entry:
-# append a new one.
-MIGRATIONS: list[str] = [
-    # 1: the whole first schema
-    """
-    CREATE TABLE accounts (
-        id               TEXT PRIMARY KEY,
-        host             TEXT NOT NULL,
-        port             INTEGER NOT NULL,
-        user             TEXT,
-        password         TEXT,              -- 'enc:'-prefixed when ASYNCMAIL_SECRET_KEY is set
-        use_tls          INTEGER,           -- NULL: implicit TLS when port is 465
-        starttls         INTEGER NOT NULL DEFAULT 0,
-        ttl              INTEGER NOT NULL DEFAULT 300,
-        timeout          REAL NOT NULL DEFAULT 30,
-        limit_per_second INTEGER,
-        limit_per_minute INTEGER,
-        limit_per_hour   INTEGER,
-        limit_per_day    INTEGER,
-        limit_behavior   TEXT NOT NULL DEFAULT 'defer',
-        batch_size       INTEGER,
-        created_at       INTEGER NOT NULL,
-        updated_at       INTEGER NOT NULL
-    );
-
-    CREATE TABLE messages (
-        id                 TEXT PRIMARY KEY,
-        account_id         TEXT REFERENCES accounts(id),   -- NULL: the [smtp] default account
-        priority           INTEGER NOT NULL DEFAULT 2,
-        payload            TEXT NOT NULL,
-        created_at         INTEGER NOT NULL,
-        updated_at         INTEGER NOT NULL,
-        deferred_ts        INTEGER,
-        sent_ts            INTEGER,
-        error_ts           INTEGER,
-        error              TEXT,
-        reported_ts        INTEGER,
-        -- scheduling: the earliest moment a dispatcher may claim the row
-        -- (max of enqueue time, deferred_ts and lease expiry), so claiming is a range scan
-        ready_at           REAL NOT NULL,
-        enqueued_at        REAL NOT NULL,    -- precise enqueue time, for latency metrics
-        lease_owner        TEXT,
-        lease_expires      REAL,
-        attempts           INTEGER NOT NULL DEFAULT 0,
-        smtp_code          INTEGER,
-        refused            TEXT,             -- JSON {address: [code, text]} of refused recipients
-        possible_duplicate INTEGER NOT NULL DEFAULT 0,
-        outcome_at         REAL              -- precise time of the terminal outcome
-    );
-    -- claiming: per account and priority, the oldest ready rows
-    CREATE INDEX messages_claim ON messages(account_id, priority, ready_at)
-        WHERE sent_ts IS NULL AND error_ts IS NULL;
-    -- reporting: terminal outcomes not yet reported, oldest first
-    CREATE INDEX messages_unreported ON messages(outcome_at)
-        WHERE reported_ts IS NULL AND outcome_at IS NOT NULL;
-    -- retention purge
-    CREATE INDEX messages_reported ON messages(reported_ts) WHERE reported_ts IS NOT NULL;
-
-    CREATE TABLE attempts (
-        id          INTEGER PRIMARY KEY,
-        message_id  TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-        account_id  TEXT,
-        ts          REAL NOT NULL,
-        outcome     TEXT NOT NULL,   -- sent, temporary, permanent, uncertain, deferred, rejected
-        smtp_code   INTEGER,
-        detail      TEXT,
-        duration    REAL,
-        process     TEXT
-    );
-    CREATE INDEX attempts_message ON attempts(message_id, id);
-    CREATE INDEX attempts_account_ts ON attempts(account_id, ts);
-
-    CREATE TABLE settings (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-
-    CREATE TABLE heartbeats (
-        process TEXT PRIMARY KEY,
-        kind    TEXT NOT NULL,
-        pid     INTEGER NOT NULL,
-        ts      REAL NOT NULL
-    );
-    """,
-    # 2: crash-resend visibility (dispatcher).  1 while the lease holder may already have sent
-    # the row without its outcome being committed; a claim that finds it set on an expired
-    # lease (the holder died) marks the message possible_duplicate.
-    """
-    ALTER TABLE messages ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 3: the Message-ID header, chosen once at intake (the client's, else <random@domain>) so
-    # every attempt and any duplicate carry the same one, and a bounce can find its message.
-    # Rows stored before get the one the dispatcher derived for them until now, so a message
-    # retried across the upgrade keeps its Message-ID.
-    """
-    ALTER TABLE messages ADD COLUMN message_id_header TEXT;
-    UPDATE messages
-        SET message_id_header = legacy_message_id(id, json_extract(payload, '$.message_id'));
-    CREATE INDEX messages_message_id_header ON messages(message_id_header);
-    """,
-    # 4: bounces and suppression (docs/bounces.md).  One suppression list for now; tenants
-    # will add their key in front of `address`.
-    """
-    CREATE TABLE suppressions (
-        address     TEXT PRIMARY KEY,   -- lower-cased
-        reason      TEXT NOT NULL,      -- hard_bounce, complaint, manual
-        status      TEXT,               -- what said so: "550 5.1.1" (SMTP) or "5.1.1" (DSN)
-        diagnostic  TEXT,
-        first_seen  INTEGER NOT NULL,
-        last_seen   INTEGER NOT NULL,
-        count       INTEGER NOT NULL DEFAULT 1
-    ) WITHOUT ROWID;
-
-    -- the VERP token of the envelope sender bounce+<token>@verp_domain, set at intake while
-    -- [bounces] verp_domain is configured
-    ALTER TABLE messages ADD COLUMN verp_token TEXT;
-    CREATE UNIQUE INDEX messages_verp_token ON messages(verp_token)
-        WHERE verp_token IS NOT NULL;
-
-    -- what a delivery status notification said about one recipient of a sent message
-    CREATE TABLE bounces (
-        id          INTEGER PRIMARY KEY,
-        message_id  TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-        recipient   TEXT NOT NULL,
-        kind        TEXT NOT NULL,      -- hard (5.x.x), soft (4.x.x or no status)
-        action      TEXT NOT NULL,      -- failed (reported as "bounced"), delayed (not reported)
-        status      TEXT,               -- the DSN's status code, "5.1.1"
-        diagnostic  TEXT,
-        bounced_ts  REAL NOT NULL,      -- when the DSN was processed
-        mail_key    TEXT NOT NULL,      -- the notification it came from (bounce_mails.key)
-        reported_ts INTEGER
-    );
-    CREATE INDEX bounces_message ON bounces(message_id);
-    CREATE INDEX bounces_ts ON bounces(bounced_ts);
-    CREATE INDEX bounces_unreported ON bounces(id) WHERE reported_ts IS NULL AND action = 'failed';
-
-    -- every mail of the bounce mailbox already handled, recorded before it is moved, so a
-    -- connection lost between the two processes nothing twice
-    CREATE TABLE bounce_mails (
-        key     TEXT PRIMARY KEY,       -- the SHA-256 of its bytes
-        result  TEXT NOT NULL,          -- processed, unmatched
-        shape   TEXT,                   -- the DSN shape recognised (docs/bounces.md)
-        ts      REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX bounce_mails_ts ON bounce_mails(ts);
-    """,
-    # 5: slow and hostile peers.
-    #  accounts.deleted_at: an account deleted while some of its messages still owe a delivery
-    #    report (or are in a dispatcher's hands) stays as a tombstone, without its password,
-    #    until the reporter's purge finds none left; messages.account_id keeps its foreign key.
-    #  accounts.max_recipients_per_transaction: RCPTs per SMTP transaction (RFC 5321 §4.5.3.1.8
-    #    requires servers to take at least 100).
-    #  messages.rcpt_done: JSON list of recipients a server already accepted in an earlier
-    #    transaction of the message (452 or a 4xx for some recipients): never sent to again.
-    #  circuits: the per-account circuit breaker, shared by every dispatcher ('' = [smtp]).
-    """
-    ALTER TABLE accounts ADD COLUMN deleted_at INTEGER;
-    ALTER TABLE accounts ADD COLUMN max_recipients_per_transaction INTEGER NOT NULL DEFAULT 100;
-    ALTER TABLE messages ADD COLUMN rcpt_done TEXT;
-    CREATE TABLE circuits (
-        account     TEXT PRIMARY KEY,   -- accounts.id, or '' for the [smtp] default account
-        open_until  REAL NOT NULL,      -- no dispatcher claims the account's rows before this
-        failures    INTEGER NOT NULL,   -- connection failures in a row
-        since       REAL NOT NULL,      -- the first of them
-        opened_at   REAL NOT NULL,      -- the last of them (attempts begun earlier: same round)
-        reason      TEXT
-    );
-    """,
-]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -338,17 +169,26 @@ def migrate_schema(conn: apsw.Connection) -> int:
     if schema_version(conn) >= SCHEMA_VERSION:
         return SCHEMA_VERSION
     conn.create_scalar_function("legacy_message_id", legacy_message_id, 2, deterministic=True)
-    with write(conn):
-        current = schema_version(conn)  # re-read under the lock: another process may have won
-        if current == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-            # e.g. db_path of a reference config.ini still naming the reference's database
-            raise ForeignDatabase(
-                f"{conn.filename} holds tables but no async-mail-service schema (another "
-                "service's database?); set [storage] db_path to a new file (docs/migration.md)"
-            )
-        for number in range(current, SCHEMA_VERSION):
-            conn.execute(MIGRATIONS[number])
-            conn.execute(f"PRAGMA user_version={number + 1}")
+    # A migration that rebuilds a table drops the old one: with foreign keys on, that would
+    # delete (and cascade) its rows first.  The pragma is ignored inside a transaction.
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with write(conn):
+            current = schema_version(conn)  # re-read under the lock: another process may have won
+            if current == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                # e.g. db_path of a reference config.ini still naming the reference's database
+                raise ForeignDatabase(
+                    f"{conn.filename} holds tables but no async-mail-service schema (another "
+                    "service's database?); set [storage] db_path to a new file (docs/migration.md)"
+                )
+            for number in range(current, SCHEMA_VERSION):
+                conn.execute(MIGRATIONS[number])
+                conn.execute(f"PRAGMA user_version={number + 1}")
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:  # rolled back: the database stays as it was
+                raise apsw.ConstraintError(f"the migration broke foreign keys: {broken[:3]}")
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
     return SCHEMA_VERSION
 
 

@@ -1,8 +1,9 @@
 """Messages seen from the API and the CLI: enqueue, delete, list, read, count.
 
-Every function takes an open connection and the current time where the answer depends on it,
-so tests can pass a fixed clock.  Dispatch-side SQL is in ``claims``, report-side in
-``reports``.
+Every function takes an open connection, the tenant whose messages it reads or writes
+(ids are unique within a tenant; an aggregate may take ``tenant=None``: every tenant), and
+the current time where the answer depends on it, so tests can pass a fixed clock.
+Dispatch-side SQL is in ``claims``, report-side in ``reports``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ class NewMessage:
 # an earlier attempt under this id may have been delivered, and its copy must stay
 # recognisable.  (SET expressions see the row as it was before the update.)
 _UPSERT = """
-INSERT INTO messages (id, account_id, priority, payload, created_at, updated_at, deferred_ts,
-                      ready_at, enqueued_at, message_id_header, verp_token)
-VALUES (:id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts, :ready_at, :now,
-        :message_id_header, :verp_token)
-ON CONFLICT(id) DO UPDATE SET
+INSERT INTO messages (tenant_id, id, account_id, priority, payload, created_at, updated_at,
+                      deferred_ts, ready_at, enqueued_at, message_id_header, verp_token)
+VALUES (:tenant, :id, :account_id, :priority, :payload, :now_s, :now_s, :deferred_ts,
+        :ready_at, :now, :message_id_header, :verp_token)
+ON CONFLICT(tenant_id, id) DO UPDATE SET
     verp_token = coalesce(messages.verp_token, excluded.verp_token),
     message_id_header = CASE
         WHEN coalesce(json_extract(messages.payload, '$.message_id'), '') = ''
@@ -63,7 +64,7 @@ WHERE sent_ts IS NULL AND (lease_expires IS NULL OR lease_expires <= :now)
 """
 
 
-def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str | None]:
+def enqueue(conn, tenant: str, messages: Iterable[NewMessage], now: float) -> dict[str, str | None]:
     """Store messages in one transaction: {id: None if queued, else the rejection reason}.
 
     A known id is replaced while no dispatcher holds it and it has not been sent (an
@@ -73,6 +74,7 @@ def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str |
     with write(conn):
         for msg in messages:
             params = {
+                "tenant": tenant,
                 "id": msg.id,
                 "account_id": msg.account_id,
                 "priority": msg.priority,
@@ -89,28 +91,30 @@ def enqueue(conn, messages: Iterable[NewMessage], now: float) -> dict[str, str |
             except apsw.ConstraintError:  # its account was deleted since the caller checked
                 results[msg.id] = f"unknown account_id {msg.account_id!r}"
                 continue
-            results[msg.id] = None if conn.changes() else _why_not_replaced(conn, msg.id)
+            results[msg.id] = None if conn.changes() else _why_not_replaced(conn, tenant, msg.id)
     return results
 
 
-def _why_not_replaced(conn, message_id: str) -> str:
-    row = conn.execute("SELECT sent_ts FROM messages WHERE id = ?", (message_id,)).fetchone()
+def _why_not_replaced(conn, tenant: str, message_id: str) -> str:
+    row = conn.execute(
+        "SELECT sent_ts FROM messages WHERE tenant_id = ? AND id = ?", (tenant, message_id)
+    ).fetchone()
     return "already sent" if row and row["sent_ts"] is not None else "in flight"
 
 
-def delete(conn, ids: list[str], now: float) -> dict[str, list[str]]:
+def delete(conn, tenant: str, ids: list[str], now: float) -> dict[str, list[str]]:
     """Remove messages no dispatcher holds; report which were missing or in flight."""
     out: dict[str, list[str]] = {"removed": [], "not_found": [], "in_flight": []}
     with write(conn):
         for message_id in dict.fromkeys(ids):
             conn.execute(  # a NULL lease_expires means not leased: coalesce, or NOT NULL is NULL
-                "DELETE FROM messages WHERE id = ? AND NOT "
+                "DELETE FROM messages WHERE tenant_id = ? AND id = ? AND NOT "
                 "(sent_ts IS NULL AND error_ts IS NULL AND coalesce(lease_expires, 0) > ?)",
-                (message_id, now),
+                (tenant, message_id, now),
             )
             if conn.changes():
                 out["removed"].append(message_id)
-            elif conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone():
+            elif _exists(conn, tenant, message_id):
                 out["in_flight"].append(message_id)
             else:
                 out["not_found"].append(message_id)
@@ -143,6 +147,7 @@ def _message_out(row: dict, now: float) -> dict:
 
 def list_page(
     conn,
+    tenant: str,
     now: float,
     *,
     status: Status | None = None,
@@ -159,8 +164,9 @@ def list_page(
     also ends after the record whose stored payload brings the page to that many bytes
     (one record at least), for a caller that reads them with ``payload_pieces``.
     """
-    where = ["rowid > :cursor"]
-    params = {"cursor": cursor, "now": now, "limit": limit + 1}  # one more: is there a next page?
+    where = ["rowid > :cursor", "tenant_id = :tenant"]
+    # one more row than asked: is there a next page?
+    params = {"cursor": cursor, "tenant": tenant, "now": now, "limit": limit + 1}
     if status is not None:
         where.append(f"({STATUS_SQL[status]})")
     if active_only:
@@ -193,9 +199,11 @@ def _within_budget(rows: list[dict], byte_budget: int | None) -> list[dict]:
     return rows
 
 
-def payload_pieces(conn, message_id: str) -> Iterator[bytes] | None:
+def payload_pieces(conn, tenant: str, message_id: str) -> Iterator[bytes] | None:
     """The stored payload (JSON text, UTF-8) in pieces, never whole in memory; None if gone."""
-    row = conn.execute("SELECT rowid AS r FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = conn.execute(
+        "SELECT rowid AS r FROM messages WHERE tenant_id = ? AND id = ?", (tenant, message_id)
+    ).fetchone()
     if row is None:
         return None
     blob = conn.blob_open("main", "messages", "payload", row["r"], False)
@@ -208,10 +216,11 @@ def payload_pieces(conn, message_id: str) -> Iterator[bytes] | None:
     return pieces()
 
 
-def get(conn, message_id: str, now: float) -> dict | None:
+def get(conn, tenant: str, message_id: str, now: float) -> dict | None:
     """One message with its attempts, or None."""
     row = conn.execute(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ? AND id = ?",
+        (tenant, message_id),
     ).fetchone()
     if row is None:
         return None
@@ -220,65 +229,77 @@ def get(conn, message_id: str, now: float) -> dict | None:
         {**a, "ts": int(a["ts"])}
         for a in conn.execute(
             "SELECT ts, outcome, smtp_code, detail, duration, process FROM attempts "
-            "WHERE message_id = ? ORDER BY id",
-            (message_id,),
+            "WHERE tenant_id = ? AND message_id = ? ORDER BY id",
+            (tenant, message_id),
         )
     ]
-    record["bounces"] = bounces.of_message(conn, message_id)
+    record["bounces"] = bounces.of_message(conn, tenant, message_id)
     return record
 
 
-def status_counts(conn, now: float) -> dict[str, int]:
+def _of(tenant: str | None) -> str:
+    """The condition that keeps one tenant's rows (:tenant), or every row (None)."""
+    return "1" if tenant is None else "tenant_id = :tenant"
+
+
+def status_counts(conn, now: float, tenant: str | None = None) -> dict[str, int]:
+    """How many messages have each status (of one tenant, or of all)."""
     counts = {s.value: 0 for s in Status}
     for row in conn.execute(
-        f"SELECT {STATUS_CASE_SQL} AS status, count(*) AS n FROM messages GROUP BY 1",
-        {"now": now},
+        f"SELECT {STATUS_CASE_SQL} AS status, count(*) AS n FROM messages "
+        f"WHERE {_of(tenant)} GROUP BY 1",
+        {"now": now, "tenant": tenant},
     ):
         counts[row["status"]] = row["n"]
     return counts
 
 
-def pending_by_priority(conn) -> dict[int, int]:
+def pending_by_priority(conn, tenant: str | None = None) -> dict[int, int]:
+    """Unsent messages per priority (of one tenant, or of all)."""
     counts = {p: 0 for p in range(4)}
     for row in conn.execute(
         "SELECT priority, count(*) AS n FROM messages "
-        "WHERE sent_ts IS NULL AND error_ts IS NULL GROUP BY priority"
+        f"WHERE sent_ts IS NULL AND error_ts IS NULL AND {_of(tenant)} GROUP BY priority",
+        {"tenant": tenant},
     ):
         counts[row["priority"]] = row["n"]
     return counts
 
 
-def due_by_account(conn, now: float) -> dict[str | None, int]:
-    """Unsent messages whose time has come, per account (None: the default account).
+def due_by_account(conn, now: float) -> dict[tuple[str, str | None], int]:
+    """Unsent messages whose time has come, per (tenant, account) (None: [smtp]'s).
 
     Due means ready now, or waiting to retry after a failed attempt; a message the client
     scheduled for later, or one held back by a rate limit, is not due yet.
     """
     rows = conn.execute(
-        "SELECT account_id, count(*) AS n FROM messages INDEXED BY messages_claim "
+        "SELECT tenant_id, account_id, count(*) AS n FROM messages INDEXED BY messages_claim "
         "WHERE sent_ts IS NULL AND error_ts IS NULL AND (ready_at <= ? OR attempts > 0) "
-        "GROUP BY account_id",
+        "GROUP BY tenant_id, account_id",
         (now,),
     )
-    return {row["account_id"]: row["n"] for row in rows}
+    return {(row["tenant_id"], row["account_id"]): row["n"] for row in rows}
 
 
-def oldest_ready_age(conn, now: float) -> float:
+def oldest_ready_age(conn, now: float, tenant: str | None = None) -> float:
     """Seconds the oldest claimable message has waited (0 when none is ready)."""
     row = conn.execute(
         "SELECT min(ready_at) AS t FROM messages WHERE sent_ts IS NULL AND error_ts IS NULL "
-        "AND ready_at <= ?",
-        (now,),
+        f"AND ready_at <= :now AND {_of(tenant)}",
+        {"now": now, "tenant": tenant},
     ).fetchone()
     return 0.0 if row["t"] is None else max(0.0, now - row["t"])
 
 
-def counts_by_status_and_priority(conn, now: float) -> dict[str, dict[int, int]]:
-    """{status: {priority: count}} over every stored message, in one scan."""
+def counts_by_status_and_priority(
+    conn, now: float, tenant: str | None = None
+) -> dict[str, dict[int, int]]:
+    """{status: {priority: count}} over the stored messages (of one tenant), in one scan."""
     counts = {s.value: {p: 0 for p in range(4)} for s in Status}
     for row in conn.execute(
-        f"SELECT {STATUS_CASE_SQL} AS status, priority, count(*) AS n FROM messages GROUP BY 1, 2",
-        {"now": now},
+        f"SELECT {STATUS_CASE_SQL} AS status, priority, count(*) AS n FROM messages "
+        f"WHERE {_of(tenant)} GROUP BY 1, 2",
+        {"now": now, "tenant": tenant},
     ):
         counts[row["status"]][row["priority"]] = row["n"]
     return counts
@@ -303,23 +324,24 @@ _REQUEUE = """
 UPDATE messages SET error_ts = NULL, outcome_at = NULL, reported_ts = NULL, deferred_ts = NULL,
     ready_at = :now, updated_at = :now_s,
     attempts = CASE WHEN :reset THEN 0 ELSE attempts END
-WHERE id = :id AND ({retryable})
+WHERE tenant_id = :tenant AND id = :id AND ({retryable})
 """
 
 
 def retryable_ids(
-    conn, now: float, statuses: Iterable[Status], account_id: str | None = None
+    conn, tenant: str, now: float, statuses: Iterable[Status], account_id: str | None = None
 ) -> list[str]:
     """Ids of the rows ``requeue`` would take, of these statuses (and this account)."""
     where = " OR ".join(f"({RETRYABLE_SQL[s]})" for s in statuses)
-    params: dict = {"now": now}
+    where = f"tenant_id = :tenant AND ({where})"
+    params: dict = {"now": now, "tenant": tenant}
     if account_id is not None:
-        where = f"({where}) AND account_id = :account_id"
+        where = f"{where} AND account_id = :account_id"
         params["account_id"] = account_id
     return [row["id"] for row in conn.execute(f"SELECT id FROM messages WHERE {where}", params)]
 
 
-def requeue(conn, ids: list[str], now: float, reset_attempts: bool) -> list[str]:
+def requeue(conn, tenant: str, ids: list[str], now: float, reset_attempts: bool) -> list[str]:
     """Requeue the listed rows that are still retryable, in short batches; the ids requeued."""
     retryable = " OR ".join(f"({sql})" for sql in RETRYABLE_SQL.values())
     statement = _REQUEUE.format(retryable=retryable)
@@ -328,17 +350,23 @@ def requeue(conn, ids: list[str], now: float, reset_attempts: bool) -> list[str]
     for start in range(0, len(unique), REQUEUE_BATCH):
         with write(conn):
             for message_id in unique[start : start + REQUEUE_BATCH]:
-                params = {"id": message_id, "now": now, "now_s": int(now), "reset": reset_attempts}
+                params = {"tenant": tenant, "id": message_id, "now": now, "now_s": int(now),
+                          "reset": reset_attempts}  # fmt: skip
                 conn.execute(statement, params)
                 if conn.changes():
                     done.append(message_id)
     return done
 
 
-def existing_ids(conn, ids: Iterable[str]) -> set[str]:
-    """Which of these ids are stored."""
-    return {
-        message_id
-        for message_id in dict.fromkeys(ids)
-        if conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone()
-    }
+def existing_ids(conn, tenant: str, ids: Iterable[str]) -> set[str]:
+    """Which of these ids are stored (in the tenant)."""
+    return {message_id for message_id in dict.fromkeys(ids) if _exists(conn, tenant, message_id)}
+
+
+def _exists(conn, tenant: str, message_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM messages WHERE tenant_id = ? AND id = ?", (tenant, message_id)
+        ).fetchone()
+        is not None
+    )

@@ -5,22 +5,25 @@ from __future__ import annotations
 import json
 
 from common import intake, store
+from common.enums import DEFAULT_TENANT
 from tests.support.factories import T0
 
 
-def enqueue(conn, config, *items: dict, now: float = T0) -> list[str]:
+def enqueue(conn, config, *items: dict, now: float = T0, tenant: str = DEFAULT_TENANT) -> list[str]:
     """Accept items as the API does (wake-up datagram included); any rejection fails the test.
 
     Real processes read the real clock: pass ``now=time.time()`` when they are to send.
     """
-    result = intake.accept_batch(conn, config, list(items), now)
+    result = intake.accept_batch(conn, config, tenant, list(items), now)
     assert not result.rejected, result.rejected
     return result.queued
 
 
-def row(conn, message_id: str) -> dict:
+def row(conn, message_id: str, tenant: str = DEFAULT_TENANT) -> dict:
     """The message's row, every column."""
-    return conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return conn.execute(
+        "SELECT * FROM messages WHERE tenant_id = ? AND id = ?", (tenant, message_id)
+    ).fetchone()
 
 
 def attempts(conn, message_id: str | None = None, *, outcome: str | None = None) -> list[dict]:
@@ -41,17 +44,18 @@ def record_outcome(
     refused=None,
     duplicate=False,
     attempts=1,
+    tenant=DEFAULT_TENANT,
 ) -> None:
     """Enqueue a message, then give it a terminal outcome as a dispatcher would."""
     new = store.messages.NewMessage(
         message_id, None, 2, {"id": message_id}, None, f"<{message_id}@x.example>"
     )
-    store.messages.enqueue(conn, [new], at - 1)
+    store.messages.enqueue(conn, tenant, [new], at - 1)
     with store.db.write(conn):
         conn.execute(
             "UPDATE messages SET sent_ts = :sent, error_ts = :failed, error = :error, "
             "attempts = :attempts, smtp_code = :code, refused = :refused, "
-            "possible_duplicate = :dup, outcome_at = :at WHERE id = :id",
+            "possible_duplicate = :dup, outcome_at = :at WHERE tenant_id = :tenant AND id = :id",
             {
                 "sent": None if error else int(at),
                 "failed": int(at) if error else None,
@@ -62,5 +66,6 @@ def record_outcome(
                 "dup": int(duplicate),
                 "at": at,
                 "id": message_id,
+                "tenant": tenant,
             },
         )

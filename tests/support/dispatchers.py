@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import random
 import subprocess
 from pathlib import Path
 
-from common import store, wakeup
+from common import wakeup
 from common.ratelimit import Ledger
+from dispatcher import metering
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
 from dispatcher.guard import Guard
@@ -27,7 +27,7 @@ def make_dispatcher(
     Dispatchers made on one config share its rate-limit ledger, as processes do.
     """
     clock = clock or Clock()
-    ledger = Ledger(config.ratelimit_dir, functools.partial(store.attempts.send_starts, conn))
+    ledger = Ledger(config.ratelimit_dir, metering.history(conn))
     guard = Guard()  # deadlines run on the real monotonic clock, whatever ``clock`` says
     pool = Pool(context=cert.client_context() if cert else None, clock=clock, guard=guard)
     return Dispatcher(

@@ -21,7 +21,7 @@ def var_dir(tmp_path, monkeypatch):
     path.mkdir()
     monkeypatch.setenv("ASYNCMAIL_VAR_DIR", str(path))
     yield path
-    web_db.close_pools()  # the API's connections to this test's database
+    web_db.close_pools()  # the API's pooled connections to this test's database
 
 
 @pytest.fixture

@@ -4,12 +4,18 @@ Each takes the database connection and the configuration, does the whole action 
 wake-ups) and returns what both callers show.  A refusal raises ``Refused`` with a sentence
 a person can act on and a ``kind`` the caller maps to its own answer (HTTP status or exit
 code).
+
+Every action on accounts, messages and suppressions names its tenant.  The service-wide ones
+(status, run-now, suspend/activate, cleanup) take ``tenant=None`` for the whole service (the
+admin naming no tenant), or a tenant for that tenant alone.  The actions on tenants
+themselves are in ``common.operations.tenants``.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import time
 from dataclasses import dataclass, field
 
 from common import crypto, replication, store, wakeup
@@ -17,7 +23,7 @@ from common.addresses import parse_address_list
 from common.config import Config
 from common.enums import Status
 from common.models import Account
-from common.ratelimit import WINDOWS, Ledger, Limits
+from common.ratelimit import WINDOWS, Ledger, Limits, Meter
 
 MAX_SECONDS = 2**63 - 1  # an age larger than any SQLite integer is not a real age
 # A process beats every second between units of work, and between the messages of a batch;
@@ -47,17 +53,38 @@ class Refused(Exception):
         self.kind = kind
 
 
-def status(conn, config: Config, now: float) -> dict:
-    """The scheduler switch, message counts and every process's heartbeat."""
-    return {
-        "active": store.settings.is_active(conn, config.active),
+def status(conn, config: Config, now: float, tenant: str | None = None) -> dict:
+    """The scheduler switch, message counts and every process's heartbeat: of the whole
+    service with a breakdown per tenant (``tenant`` None), or of one tenant."""
+    active = store.settings.is_active(conn, config.active)
+    answer = {
+        "active": active,
         "test_mode": config.test_mode,
-        "counts": store.messages.status_counts(conn, now),
-        "pending_by_priority": store.messages.pending_by_priority(conn),
-        "oldest_ready_age_seconds": round(store.messages.oldest_ready_age(conn, now), 3),
+        **_queue(conn, now, tenant),
         "processes": heartbeats(conn, now),
-        "replication": replication.state(config, now),
-        "circuits": store.circuits.list_all(conn, now),
+        "circuits": store.circuits.list_all(conn, now, tenant),
+    }
+    if tenant is None:
+        answer["replication"] = replication.state(config, now)
+        answer["tenants"] = [
+            {"id": t["id"], "name": t["name"], "active": t["active"],
+             "dispatching": t["dispatching"], **_queue(conn, now, t["id"]),
+             "unreported": store.reports.unreported_count(conn, t["id"])}
+            for t in store.tenants.list_all(conn)
+        ]  # fmt: skip
+    else:
+        switches = store.tenants.get(conn, tenant)
+        answer["tenant"] = tenant
+        answer["active"] = active and switches["active"] and switches["dispatching"]
+    return answer
+
+
+def _queue(conn, now: float, tenant: str | None) -> dict:
+    """Counts per status and priority, and the oldest ready message's wait."""
+    return {
+        "counts": store.messages.status_counts(conn, now, tenant),
+        "pending_by_priority": store.messages.pending_by_priority(conn, tenant),
+        "oldest_ready_age_seconds": round(store.messages.oldest_ready_age(conn, now, tenant), 3),
     }
 
 
@@ -113,17 +140,22 @@ class RunNow:
     probing: int | None = None  # with flush: accounts whose open circuit is probed at once
 
 
-def run_now(conn, config: Config, now: float, flush: bool = False) -> RunNow:
+def run_now(
+    conn, config: Config, now: float, flush: bool = False, tenant: str | None = None
+) -> RunNow:
     """Record the request and wake every dispatcher and the reporter.
 
     With ``flush``, messages waiting for a retry become ready first (``retry`` of every
     deferred message, attempts kept) and every open circuit is probed at once, so a server
-    back from an outage gets them now.
+    back from an outage gets them now: the tenant's, or with ``tenant`` None every tenant's.
     """
     flushed = probing = None
     if flush:
-        flushed = retry(conn, config, now, status=Status.DEFERRED.value).requeued
-        probing = store.circuits.probe_now(conn, now)
+        tenants = [tenant] if tenant else [t["id"] for t in store.tenants.list_all(conn)]
+        flushed = sum(
+            retry(conn, config, t, now, status=Status.DEFERRED.value).requeued for t in tenants
+        )
+        probing = store.circuits.probe_now(conn, now, tenant)
     store.settings.record_run_now(conn, now)
     woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
     return RunNow(woken + wakeup.notify(config.run_dir, wakeup.REPORTER), flushed, probing)
@@ -140,6 +172,7 @@ class Retry:
 def retry(
     conn,
     config: Config,
+    tenant: str,
     now: float,
     *,
     ids: list[str] | None = None,
@@ -153,18 +186,17 @@ def retry(
     deferred by its client's own deferred_ts (never attempted) is not a retry: it is kept.
     """
     statuses = _retry_statuses(ids, account_id, status)
-    if account_id is not None and store.accounts.get(conn, account_id) is None:
-        raise Refused(
-            f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
-            Refusal.NOT_FOUND,
-        )
+    if account_id is not None:
+        _account(conn, tenant, account_id)
     chosen = (
-        ids if ids is not None else store.messages.retryable_ids(conn, now, statuses, account_id)
+        ids
+        if ids is not None
+        else store.messages.retryable_ids(conn, tenant, now, statuses, account_id)
     )
-    requeued = store.messages.requeue(conn, chosen, now, reset_attempts)
+    requeued = store.messages.requeue(conn, tenant, chosen, now, reset_attempts)
     done = Retry(len(requeued), "reset" if reset_attempts else "kept")
     if ids is not None:
-        existing = store.messages.existing_ids(conn, ids)
+        existing = store.messages.existing_ids(conn, tenant, ids)
         taken = set(requeued)
         done.not_found.extend(i for i in dict.fromkeys(ids) if i not in existing)
         done.not_retryable.extend(i for i in existing if i not in taken)
@@ -190,25 +222,30 @@ def _retry_statuses(ids, account_id, status) -> tuple[Status, ...]:
     return (Status(status),)
 
 
-def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
+def _account(conn, tenant: str, account_id: str) -> dict:
+    """The tenant's account, or Refused (NOT_FOUND)."""
+    account = store.accounts.get(conn, tenant, account_id)
+    if account is None:
+        raise Refused(
+            f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
+            Refusal.NOT_FOUND,
+        )
+    return account
+
+
+def usage(conn, config: Config, tenant: str, account_id: str | None, now: float) -> dict:
     """An account's sends in each rate-limit window against its limit (None: the [smtp] one).
 
     ``used`` is what the rate-limit ledger counts (it also holds sends still in flight), or
     the recorded attempts where they prove more (a ledger not rebuilt yet after a reboot,
     or one too large to read while dispatchers wait for it).
     """
-    account = None
-    if account_id is not None:
-        account = store.accounts.get(conn, account_id)
-        if account is None:
-            raise Refused(
-                f"No account {account_id!r}; GET /accounts (asyncmail accounts list) lists them.",
-                Refusal.NOT_FOUND,
-            )
+    account = None if account_id is None else _account(conn, tenant, account_id)
     limits = Limits.from_account(account)
-    recorded = store.attempts.sends_in_windows(conn, account_id, now, [s for _, s in WINDOWS])
+    windows = [s for _, s in WINDOWS]
+    recorded = store.attempts.sends_in_windows(conn, tenant, account_id, now, windows)
     readable = limits and limits.capacity <= LEDGER_READ_MAX
-    ledger = Ledger(config.ratelimit_dir).starts(account_id) if readable else []
+    ledger = Ledger(config.ratelimit_dir).starts(Meter(tenant, account_id)) if readable else []
 
     def window(name: str, seconds: float) -> dict:
         limit = getattr(limits, name)
@@ -221,7 +258,7 @@ def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
             nth = (
                 in_window[-limit]
                 if len(in_window) >= limit
-                else store.attempts.nth_latest_send(conn, account_id, limit, now - seconds)
+                else store.attempts.nth_latest_send(conn, tenant, account_id, limit, now - seconds)
             )
             entry["free_at"] = None if nth is None else math.ceil(nth + seconds)
         return entry
@@ -233,9 +270,14 @@ def usage(conn, config: Config, account_id: str | None, now: float) -> dict:
     }
 
 
-def set_active(conn, config: Config, active: bool) -> None:
-    """Suspend or resume claiming (persisted); resuming wakes the dispatchers."""
-    store.settings.set_active(conn, active)
+def set_active(conn, config: Config, active: bool, tenant: str | None = None) -> None:
+    """Suspend or resume claiming (persisted): the whole service's switch, or with a tenant
+    that tenant's own (the operator's suspension of a tenant is ``tenants.set_active``);
+    resuming wakes the dispatchers."""
+    if tenant is None:
+        store.settings.set_active(conn, active)
+    else:
+        store.tenants.set_switch(conn, tenant, "dispatching", active, time.time())
     if active:
         wakeup.notify(config.run_dir, wakeup.DISPATCHER)
 
@@ -246,12 +288,15 @@ class Cleanup:
     note: str | None = None  # why nothing was tried, when nothing was
 
 
-def cleanup(conn, config: Config, now: float, older_than: object = None) -> Cleanup:
-    """Purge messages finished more than ``older_than`` seconds ago (default: the retention).
+def cleanup(
+    conn, config: Config, now: float, older_than: object = None, tenant: str | None = None
+) -> Cleanup:
+    """Purge messages finished more than ``older_than`` seconds ago (default: the retention),
+    of one tenant or (None) of all.
 
-    With delivery reports configured a message counts as finished once it was reported;
-    without them, once it was sent or failed.  A retention of 0 means "keep forever":
-    without an explicit age nothing is removed.
+    With delivery reports configured (for its tenant) a message counts as finished once it
+    was reported; without them, once it was sent or failed.  A retention of 0 means "keep
+    forever": without an explicit age nothing is removed.
     """
     if older_than is None:
         older_than = config.delivery_report_retention_seconds
@@ -266,25 +311,29 @@ def cleanup(conn, config: Config, now: float, older_than: object = None) -> Clea
     if not 0 <= older_than <= MAX_SECONDS:
         raise Refused(f"'older_than_seconds' must be between 0 and {MAX_SECONDS}", Refusal.INVALID)
     cutoff = now - min(older_than, now)
-    return Cleanup(store.reports.purge_finished(conn, cutoff, config.reports_enabled))
+    silent = store.tenants.without_upstream(conn, config.reports_enabled)
+    silent = [t for t in silent if tenant in (None, t)]
+    return Cleanup(store.reports.purge_finished(conn, cutoff, silent, tenant=tenant))
 
 
-def save_account(conn, config: Config, account: Account, now: float) -> dict:
+def save_account(conn, config: Config, tenant: str, account: Account, now: float) -> dict:
     """Create or replace an account (password sealed); the stored account, no password."""
     row = account.model_dump()
     row["password"] = crypto.seal(account.password, config.secret_key)
-    store.accounts.upsert(conn, row, int(now))
+    store.accounts.upsert(conn, tenant, row, int(now))
     wakeup.notify(config.run_dir, wakeup.DISPATCHER)
-    return store.accounts.get(conn, account.id)
+    return store.accounts.get(conn, tenant, account.id)
 
 
-def delete_account(conn, account_id: str, purge: bool, now: float) -> store.accounts.Deletion:
+def delete_account(
+    conn, tenant: str, account_id: str, purge: bool, now: float
+) -> store.accounts.Deletion:
     """Delete an account (with ``purge`` its unsent messages no dispatcher holds right now).
 
     Messages whose delivery report is not out yet outlive the account (see
     ``store.accounts``), so the client still hears of every one of them.
     """
-    done = store.accounts.delete(conn, account_id, purge, now)
+    done = store.accounts.delete(conn, tenant, account_id, purge, now)
     if done.deleted:
         return done
     if done.found:
@@ -303,16 +352,18 @@ def delete_account(conn, account_id: str, purge: bool, now: float) -> store.acco
 MAX_SUPPRESSIONS_PAGE = 1000
 
 
-def suppressions(conn, limit: int = 100, cursor: str = "") -> tuple[list[dict], str | None]:
+def suppressions(
+    conn, tenant: str, limit: int = 100, cursor: str = ""
+) -> tuple[list[dict], str | None]:
     """A page of the suppression list in address order, and the next page's cursor."""
     if not 1 <= limit <= MAX_SUPPRESSIONS_PAGE:
         raise Refused(
             f"'limit' must be an integer between 1 and {MAX_SUPPRESSIONS_PAGE}", Refusal.INVALID
         )
-    return store.suppressions.page(conn, limit, cursor)
+    return store.suppressions.page(conn, tenant, limit, cursor)
 
 
-def suppress(conn, address: object, reason: object, now: float) -> dict:
+def suppress(conn, tenant: str, address: object, reason: object, now: float) -> dict:
     """Put an address on the suppression list by hand; the stored entry."""
     if not isinstance(address, str):
         raise Refused("'address' must be an email address string", Refusal.INVALID)
@@ -324,12 +375,12 @@ def suppress(conn, address: object, reason: object, now: float) -> dict:
         raise Refused(
             f"'reason' must be one of {', '.join(store.suppressions.REASONS)}", Refusal.INVALID
         )
-    return store.suppressions.add(conn, checked, reason, None, None, now)
+    return store.suppressions.add(conn, tenant, checked, reason, None, None, now)
 
 
-def unsuppress(conn, address: str) -> None:
+def unsuppress(conn, tenant: str, address: str) -> None:
     """Take an address off the suppression list: it is sent to again."""
-    if not store.suppressions.remove(conn, address.strip()):
+    if not store.suppressions.remove(conn, tenant, address.strip()):
         raise Refused(
             f"{address!r} is not on the suppression list; GET /suppressions "
             "(asyncmail suppressions list) shows it.",
