@@ -88,7 +88,7 @@ def test_what_a_killed_dispatcher_sent_is_not_sent_again(conn, config, start, sm
     groups): its journal records them, so only the message in hand may go twice."""
     gate = Gate()
     peer = smtp_server(behavior=Behavior(gate=gate))
-    store.accounts.upsert(conn, peer.account(), int(time.time()))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
     for index in range(5):
         gate.open(index)  # the sixth message's reply is held: it is in hand when the kill comes
     [victim] = start(1, lease_seconds=2)
