@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import apsw
 
-from common import crypto, metrics, store, wakeup
+from common import crypto, store, wakeup
 from common.config import Config
 from common.enums import DEFAULT_TENANT, FINAL_NEXT, MAYBE_DELIVERED, Outcome
 from common.logs import fields
@@ -39,7 +39,7 @@ from dispatcher.guard import Guard
 from dispatcher.journal import Journal, recover
 from dispatcher.leases import Leases
 from dispatcher.metering import Metering
-from dispatcher.outcomes import AccountHealth, Judge, count, label, still_to_send
+from dispatcher.outcomes import AccountHealth, Judge, count, label, series, still_to_send
 from dispatcher.pool import Endpoint
 from dispatcher.recipients import deliver
 from dispatcher.smtp import Phase, Result
@@ -378,7 +378,7 @@ class Dispatcher:
             self.pool.discard(account)
             result = Result(Outcome.UNCERTAIN, Phase.REPLY, None, f"internal error: {exc!r}")
         duration = self.clock() - start
-        metrics.SMTP_SEND_SECONDS.labels(*metrics.labels_of(*account)).observe(duration)
+        series(*account).send_seconds.observe(duration)
         result = bounces.after_send(self.conn, row, result, suppressed, self.config, self.clock())
         return self.judge.after(row, result, start, self.clock(), duration), reached(result)
 

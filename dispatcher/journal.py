@@ -34,17 +34,17 @@ from common.store.claims import Attempt, Transition
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one for every line: dumps builds one a call
 
 
 def encode(t: Transition) -> bytes:
     """One journal line: the transition, as ``record`` would apply it."""
     a = t.attempt
     return (
-        json.dumps(
+        _ENCODER.encode(
             [a.tenant_id, a.message_id, a.account_id, a.ts, a.outcome.value, a.smtp_code, a.detail,
              a.duration, t.state.value, t.now, t.ready_at, t.error, t.refused,
-             t.possible_duplicate, t.rcpt_done],
-            separators=(",", ":"),
+             t.possible_duplicate, t.rcpt_done]
         ).encode()
         + b"\n"
     )  # fmt: skip

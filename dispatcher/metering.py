@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from common import metrics, store
 from common.enums import Next, Outcome
-from common.ratelimit import Ledger, Limits, Meter, Rebuild
+from common.ratelimit import WINDOWS, Ledger, Limits, Meter, Rebuild
 from common.store.claims import Attempt, Transition
+
+LIMIT_COLUMNS = tuple("limit_" + name for name, _ in WINDOWS)
 
 
 def history(conn) -> Rebuild:
@@ -36,6 +38,8 @@ class Metering:
     def reserve(self, row: dict, account: dict | None, tenant: dict | None, now: float):
         """Take the send's slots and return None, or take none and return when they free."""
         self.blocked = None
+        if not (_limited(account) or _limited(tenant)):
+            return None  # the common case, checked without building a meter
         meters = [(Meter(row["tenant_id"], row["account_id"]), Limits.from_account(account))]
         whole = Limits.from_account(tenant)
         if whole:
@@ -59,6 +63,11 @@ class Metering:
             return Transition(attempt, Next.ERROR, now, error=f"{what} exceeded")
         attempt = _attempt(row, now, Outcome.DEFERRED, f"{what}: next slot in {free_at - now:.3f}s")
         return Transition(attempt, Next.DEFERRED, now, ready_at=free_at)
+
+
+def _limited(row: dict | None) -> bool:
+    """Whether an account or tenant row sets any ``limit_per_*``."""
+    return row is not None and any(row.get(column) is not None for column in LIMIT_COLUMNS)
 
 
 def _attempt(row: dict, now: float, outcome: Outcome, detail: str) -> Attempt:
