@@ -431,16 +431,6 @@ def test_retry_delays_jitter_and_repeat(conn, make_config):
     assert min(dispatcher.retry_delay(1, uncertain=True) for _ in range(200)) >= 20
 
 
-def test_rows_a_dead_holder_may_have_sent_are_flagged(conn, config, account):
-    enqueue(conn, config, *[message(f"m{i}", "acct", priority="immediate" if i < 3 else "low")
-                            for i in range(10)])  # fmt: skip
-    dead = store.claims.claim(conn, "dead", T0, 120, 50, False, sending_ahead=8)
-    assert [m["id"] for m in dead.messages][:3] == ["m0", "m1", "m2"]
-    taken = store.claims.claim(conn, "next", T0 + 121, 120, 50, False)  # its lease ran out
-    flags = {m["id"]: row(conn, m["id"])["possible_duplicate"] for m in taken.messages}
-    assert sorted(i for i, flag in flags.items() if flag) == [m["id"] for m in dead.messages][:8]
-
-
 def test_a_clean_run_flags_nothing(conn, make_config, smtp_server):
     config = make_config(batch_size_per_account=30)
     peer = smtp_server(behavior=Behavior(rcpt={"x@example.com": "550 no"}))

@@ -64,3 +64,49 @@ def test_a_dead_holders_sends_are_recorded_and_a_live_ones_left(conn, make_confi
     assert not dead.path.exists() and live.path.exists()
     assert journal.recover(conn, tmp_path, "d-3") == 0  # nothing is replayed twice
     live.close()
+
+
+def test_only_the_message_in_hand_is_flagged(conn, make_config, tmp_path):
+    """m0 sent and noted, m1 refused for good, m2 going out when the process died: only m2
+    may have a copy with the server."""
+    enqueue(conn, make_config(smtp_host="127.0.0.1"), *(message(f"m{n}") for n in range(4)))
+    store.claims.claim(conn, "d:1", T0, 60, 10, True)
+    dead = journal.Journal(tmp_path, "d:1")
+    dead.sending(("default", "m0"))
+    dead.note(sent("m0"))
+    dead.sending(("default", "m1"))
+    refused = Attempt("m1", None, T0, Outcome.PERMANENT, 550, "no such user")
+    dead.note(Transition(refused, Next.ERROR, T0, error="550 no such user"))
+    dead.sending(("default", "m2"))
+    dead.close(keep=True)
+
+    assert journal.recover(conn, tmp_path, "d-2") == 1  # m0's outcome
+    assert row(conn, "m0")["sent_ts"] is not None
+    assert [row(conn, f"m{n}")["maybe_sent"] for n in range(4)] == [0, 0, 1, 0]
+    taken = store.claims.claim(conn, "d:2", T0 + 61, 60, 10, True)  # d:1's leases ran out
+    flagged = {m["id"] for m in taken.messages if row(conn, m["id"])["possible_duplicate"]}
+    assert [m["id"] for m in taken.messages] == ["m1", "m2", "m3"] and flagged == {"m2"}
+
+
+def test_a_message_in_hand_taken_already_is_flagged_at_once(conn, make_config, tmp_path):
+    enqueue(conn, make_config(smtp_host="127.0.0.1"), message("m0"))
+    store.claims.claim(conn, "d:1", T0, 60, 10, True)
+    dead = journal.Journal(tmp_path, "d:1")
+    dead.sending(("default", "m0"))
+    dead.close(keep=True)
+    store.claims.claim(conn, "d:2", T0 + 61, 60, 10, True)  # replayed late: d:2 has it
+
+    journal.recover(conn, tmp_path, "d-2")
+    assert row(conn, "m0")["possible_duplicate"] == 1 and row(conn, "m0")["lease_owner"] == "d:2"
+
+
+def test_a_partial_send_is_kept_like_a_sent_one(tmp_path):
+    """Some recipients have it, the rest got a 452: a replay must not send it to them again."""
+    kept = journal.Journal(tmp_path, "d:1")
+    kept.sending(("default", "m"))
+    partial = Attempt("m", None, T0, Outcome.TEMPORARY, 452, "too many recipients")
+    kept.note(Transition(partial, Next.RETRY, T0, ready_at=T0 + 60, rcpt_done=["a@b.org"]))
+    lines = kept.path.read_bytes().splitlines()
+    assert journal.decode(lines[0]) == ("default", "m")
+    assert journal.decode(lines[1]).rcpt_done == ["a@b.org"]
+    kept.close()

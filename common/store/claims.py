@@ -26,10 +26,10 @@ rows are ordered for fairness, round-robin across tenants first, then round-robi
 the accounts of a tenant, then by priority and age within an account.  Message ids are
 unique within a tenant only, so a row is named by its key (tenant, id).
 
-``maybe_sent`` makes crash resends visible: the holder sets it, in the transactions it commits
-anyway, on the rows it may send before its next commit; outcomes and releases clear it.  A
-claim that still finds it set took the row from a holder that died mid-batch, and marks the
-message ``possible_duplicate``.
+``maybe_sent`` makes crash resends visible: the replay of a dead holder's journal sets it on
+the message that holder had in hand (dispatcher/journal.py), and a restore on every row the
+lost host may have sent; outcomes and releases clear it.  A claim that finds it set marks
+the message ``possible_duplicate``.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def key(row: dict) -> Key:
 
 _LEASE = """
 UPDATE messages SET lease_owner = ?, lease_expires = ?, ready_at = ?,
-    possible_duplicate = max(possible_duplicate, maybe_sent), maybe_sent = ?
+    possible_duplicate = max(possible_duplicate, maybe_sent), maybe_sent = 0
 WHERE tenant_id = ? AND id = ?
 """
 
@@ -138,10 +138,9 @@ def claim(
     lease_seconds: float,
     default_batch: int,
     include_default: bool,
-    sending_ahead: int = 0,
 ) -> Claim:
     """Lease up to each account's batch of ready messages, of the tenants switched on; in
-    fair order (the module docstring).  The first ``sending_ahead`` rows get ``maybe_sent``.
+    fair order (the module docstring).
 
     ``include_default``: the [smtp] account exists (it belongs to the default tenant).
     """
@@ -169,10 +168,7 @@ def claim(
         rows = fair_order(by_account)
         conn.executemany(
             _LEASE,
-            [
-                (owner, expires, expires, int(n < sending_ahead), row["tenant_id"], row["id"])
-                for n, row in enumerate(rows)
-            ],
+            [(owner, expires, expires, row["tenant_id"], row["id"]) for row in rows],
         )
     live = {k: a for k, a in accounts.items() if a["deleted_at"] is None}
     failures = {k: c["failures"] for k, c in circuits.items()}
@@ -368,26 +364,35 @@ def record(
     process: str,
     owner: str,
     durable: str | None = None,
-    sending_next: list[Key] | None = None,
+    maybe_sent: Key | None = None,
 ) -> list[Transition]:
     """Apply the owner's outcomes and write their attempts rows, in one short transaction.
 
     Returns the stale transitions: rows ``owner`` no longer holds, left as they are (see
-    the module docstring).  ``sending_next``: rows the owner may send before its next
-    commit (``maybe_sent``).
+    the module docstring).  ``maybe_sent``: a message a dead owner had in hand (a copy may
+    be with the server): its next claim flags it, or, taken already, it is flagged now.
     """
     stale = []
     with _synchronous(conn, durable), write(conn):
         for t in transitions:
             if not _apply(conn, t, process, owner):
                 stale.append(t)
-        if sending_next:
-            conn.executemany(
-                "UPDATE messages SET maybe_sent = 1 WHERE tenant_id = ? AND id = ? "
-                "AND lease_owner = ?",
-                [(tenant, message_id, owner) for tenant, message_id in sending_next],
-            )
+        if maybe_sent is not None:
+            _suspect(conn, maybe_sent, owner)
     return stale
+
+
+def _suspect(conn, message: Key, owner: str) -> None:
+    conn.execute(
+        "UPDATE messages SET maybe_sent = 1 WHERE tenant_id = ? AND id = ? AND lease_owner = ?",
+        (*message, owner),
+    )
+    if not conn.changes():  # another holder has it: its copy would be the second
+        conn.execute(
+            "UPDATE messages SET possible_duplicate = 1 WHERE tenant_id = ? AND id = ? "
+            "AND sent_ts IS NULL AND error_ts IS NULL",
+            message,
+        )
 
 
 def _apply(conn, t: Transition, process: str, owner: str) -> bool:
