@@ -1,6 +1,6 @@
 """Enqueue cost over HTTP, against gunicorn started the way ``make run`` starts it.
 
-gunicorn runs ``etc/gunicorn.conf.py`` with 2 gthread workers (one thread each),
+gunicorn runs ``etc/gunicorn.conf.py`` with its 2 gevent workers (``web.front.ApiWorker``),
 ``synchronous=FULL``, a private var dir, an API token and a default ``[smtp]`` account (so
 messages validate); no dispatcher runs, so the figures are the API's alone.  Clients use
 keep-alive ``requests`` sessions.
@@ -143,7 +143,7 @@ def measure_single(base: str) -> dict:
         probe = session.get(base + "/health")
     return {
         "requests": len(samples),
-        # sync workers would close every connection; gthread keeps it open
+        # sync workers would close every connection; ours keep it open
         "server_keeps_connection_alive": probe.headers.get("Connection", "").lower() != "close",
         "p50_ms": _ms(percentile(samples, 0.50)),
         "p90_ms": _ms(percentile(samples, 0.90)),
@@ -216,7 +216,7 @@ def run() -> dict:
             batch = measure_batches(base)
             concurrent = measure_concurrent(base)
     return {
-        "server": "gunicorn etc/gunicorn.conf.py, 2 gthread workers x 1 thread, synchronous=FULL",
+        "server": "gunicorn etc/gunicorn.conf.py, 2 gevent workers, synchronous=FULL",
         "single_message": single,
         "batch_1000": batch,
         "concurrent": concurrent,

@@ -8,6 +8,7 @@ here: the dispatcher imports this module without the models.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import secrets
 
@@ -69,20 +70,26 @@ def split_addresses(text: str) -> list[str]:
 def parse_address_list(value: str | list[str]) -> list[tuple[str, str]]:
     """(name, address) pairs from a list or a comma-separated string; raises on a bad one."""
     items = [value] if isinstance(value, str) else value
+    return [pair for item in items for pair in _parse_item(item)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_item(item: str) -> tuple[tuple[str, str], ...]:
+    """One string's pairs.  Cached: intake reads a message's addresses several times
+    (validation, recipients, the Message-ID's domain), and senders repeat across messages."""
+    no_line_breaks(item)
     pairs = []
-    for item in items:
-        no_line_breaks(item)
-        for piece in split_addresses(item):
-            simple = SIMPLE_NAMED.match(piece)
-            if ADDR_SPEC.match(piece) or simple:  # these need no RFC 5322 parser
-                name, addr = simple.groups() if simple else ("", piece)
-                pairs.append((" ".join(name.split()), _check_address(addr)))
-                continue
-            name, addr = email.utils.parseaddr(piece)
-            if not addr:
-                raise ValueError(f"{piece!r} is not an email address")
-            pairs.append((name, _check_address(addr)))
-    return pairs
+    for piece in split_addresses(item):
+        simple = SIMPLE_NAMED.match(piece)
+        if ADDR_SPEC.match(piece) or simple:  # these need no RFC 5322 parser
+            name, addr = simple.groups() if simple else ("", piece)
+            pairs.append((" ".join(name.split()), _check_address(addr)))
+            continue
+        name, addr = email.utils.parseaddr(piece)
+        if not addr:
+            raise ValueError(f"{piece!r} is not an email address")
+        pairs.append((name, _check_address(addr)))
+    return tuple(pairs)
 
 
 def angle_brackets(value: str) -> str:
