@@ -77,7 +77,7 @@ def _lose_a_host(var_dir, settings: dict, peer) -> tuple[dict[str, float], float
         acks = _post_batches(stack.url)
         status = requests.get(stack.url + "/status", timeout=10).json()["replication"]
         assert status["enabled"] and status["up"], status
-        assert status["lag_seconds"] is not None and status["lag_seconds"] < 30, status
+        assert status["last_sync_ts"] is not None and status["lag_seconds"] is not None, status
         scraped = requests.get(stack.url + "/metrics", timeout=10).text
         assert "asyncmail_replication_lag_seconds " in scraped
         assert SECRET not in json.dumps(status) and SECRET not in scraped
