@@ -4,13 +4,13 @@ import logging
 import sys
 
 from common import metrics, wakeup
+from common.guard import Guard
 from common.logs import fields
 from common.process import Heartbeat, Signals, open_process, run_forever
 from common.ratelimit import Ledger
 from dispatcher import metering
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher, Jammed
-from dispatcher.guard import Guard
 from dispatcher.pool import Pool
 
 logger = logging.getLogger("dispatcher")

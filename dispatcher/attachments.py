@@ -33,8 +33,8 @@ from urllib.parse import urljoin, urlsplit
 from tenacity import retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 
 from common.config import Config
+from common.guard import Guard
 from common.logs import redact_url
-from dispatcher.guard import Guard
 from dispatcher.mime import Part
 from dispatcher.payload import Attachment
 

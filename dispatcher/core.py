@@ -7,7 +7,7 @@ Whatever goes wrong with one message becomes that message's recorded outcome; th
 goes on with the next one.
 
 While a claim is held the guard's thread renews its leases (``dispatcher.leases``) and cuts
-any exchange that outlives its deadline (``dispatcher.guard``).  A connection failure
+any exchange that outlives its deadline (``common.guard``).  A connection failure
 opens the account's circuit (``store.circuits``): the rest of its claim goes back at once,
 without another connection attempt or attempt row per message, and no dispatcher claims
 the account again before the circuit's backoff has passed.
@@ -30,12 +30,12 @@ import apsw
 from common import crypto, store, wakeup
 from common.config import Config
 from common.enums import DEFAULT_TENANT, FINAL_NEXT, MAYBE_DELIVERED, Outcome
+from common.guard import Guard
 from common.logs import fields
 from common.store.claims import AccountKey, Claim, Transition, key
 from dispatcher import bounces, mime, payload
 from dispatcher.attachments import AttachmentError
 from dispatcher.circuit import Breaker, reached
-from dispatcher.guard import Guard
 from dispatcher.journal import Journal, recover
 from dispatcher.leases import Leases
 from dispatcher.metering import Metering

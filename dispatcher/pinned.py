@@ -12,28 +12,17 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from common.tracked import TrackingAdapter
 
 
-class PinnedAdapter(HTTPAdapter):
+class PinnedAdapter(TrackingAdapter):
     """Connects where the request URL says (the checked address) but speaks TLS to the name.
 
     The URL carries the address the SSRF check approved; the Host header carries the name,
-    which becomes the TLS server name (SNI) and the name the certificate must match.
+    which becomes the TLS server name (SNI) and the name the certificate must match.  Every
+    new connection goes to ``track`` (the fetch deadline).
     """
-
-    def __init__(self, track: Callable[[object], None]):
-        self.track = track  # set first: HTTPAdapter.__init__ builds the pool manager
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        """requests' pool manager, whose pools hand every new connection to ``track``."""
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _tracking(HTTPConnectionPool, self.track),
-            "https": _tracking(HTTPSConnectionPool, self.track),
-        }
 
     def build_connection_pool_key_attributes(self, request, verify, cert=None):
         """requests' pool key, plus the TLS server name taken from the Host header."""
@@ -44,18 +33,6 @@ class PinnedAdapter(HTTPAdapter):
         if host_params["scheme"] == "https" and name:
             pool_kwargs.update(server_hostname=name, assert_hostname=name)
         return host_params, pool_kwargs
-
-
-def _tracking(pool_class: type, track: Callable[[object], None]) -> type:
-    """A urllib3 pool class whose new connections go to ``track`` (their ``sock`` is cut)."""
-
-    class TrackingPool(pool_class):
-        def _new_conn(self):
-            connection = super()._new_conn()
-            track(connection)
-            return connection
-
-    return TrackingPool
 
 
 def pinned_session(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from common import crypto
 from common.config import Config
 from common.enums import Outcome
-from dispatcher.guard import Guard
+from common.guard import Guard
 from dispatcher.smtp import Phase, Result, classify, error_text, transaction
 
 NOOP_AFTER_IDLE = 3.0  # seconds: servers drop idle clients; a NOOP proves the link first

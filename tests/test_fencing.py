@@ -13,8 +13,8 @@ import time
 
 from common import store
 from common.enums import Next, Outcome
+from common.guard import Guard
 from common.store.claims import Attempt, Transition
-from dispatcher.guard import Guard
 from tests.support import procs
 from tests.support.db import attempts, enqueue, row
 from tests.support.dispatchers import make_dispatcher

@@ -18,6 +18,8 @@ from reporter.reporter import CHECKPOINT_EVERY, POLL_SECONDS, Reporter
 from reporter.stream import BACKOFF_MAX, RUN_NOW_WINDOW, backoff_delay
 from tests.support.db import record_outcome
 from tests.support.factories import T0
+from tests.support.hostile import DrippingSource
+from tests.support.procs import wait_for
 from tests.support.upstream import Upstream
 
 PATIENT = (5.0, 10.0)  # connect / read timeouts: ample on a loaded CI machine
@@ -425,3 +427,38 @@ def test_retention_purges_reported_rows_at_most_once_a_minute(upstream, make_rep
     reporter.run_once(T0 + 61)
     assert store.messages.get(conn, "default", "recent", T0) is None
     assert store.messages.get(conn, "default", "unreported", T0) is not None
+
+
+# -- the deadline of a whole POST ---------------------------------------------------------------
+def test_an_upstream_dripping_its_answer_is_cut_at_the_deadline():
+    """One byte every 0.2 s of a 1000-byte answer would hold the POST 200 s: every read is
+    quick, so only the deadline of the whole request ends it."""
+    drip = DrippingSource(interval=0.2, length=1000)
+    client = SyncClient(drip.url, deadline=1.0)
+    try:
+        answer = client.post([{"id": "m1"}], T0)
+        assert (answer.ok, answer.status, answer.reason) == (
+            False,
+            None,
+            "no whole answer within 1 s",
+        )
+        wait_for(lambda: drip.cut == 1, message="the upstream saw its connection cut")
+    finally:
+        client.close()
+        drip.stop()
+
+
+def test_a_kept_alive_connection_is_under_the_next_posts_deadline():
+    with Upstream() as upstream:
+        # reads may wait 600 s, past the upstream's own limit on hanging (it then answers 200):
+        # only the deadline, cutting the reused connection, can fail this POST
+        client = SyncClient(upstream.url, timeout=(5, 600), deadline=0.5)
+        try:
+            assert client.post([{"id": "m1"}], T0).ok  # the connection stays open, pooled
+            upstream.hang()
+            answer = client.post([{"id": "m2"}], T0)
+            assert (answer.ok, answer.reason) == (False, "no whole answer within 0.5 s")
+            assert len(upstream.requests) == 2  # the same upstream got both: the second was cut
+        finally:
+            upstream.release(200)
+            client.close()

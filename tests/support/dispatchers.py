@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 from common import wakeup
+from common.guard import Guard
 from common.ratelimit import Ledger
 from dispatcher import metering
 from dispatcher.attachments import Fetcher
 from dispatcher.core import Dispatcher
-from dispatcher.guard import Guard
 from dispatcher.pool import Pool
 from tests.support import procs
 from tests.support.db import enqueue

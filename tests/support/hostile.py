@@ -53,6 +53,10 @@ class RefusingServer:
 class _Drip(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def do_POST(self):  # noqa: N802 - a report upstream that drips its answer
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.do_GET()
+
     def do_GET(self):  # noqa: N802 - http.server's naming
         source: DrippingSource = self.server.source
         source.requests += 1
@@ -74,7 +78,8 @@ class _Drip(BaseHTTPRequestHandler):
 
 
 class DrippingSource:
-    """An HTTP attachment source that sends its body one byte every ``interval`` seconds."""
+    """An HTTP server (an attachment source, or a report upstream for POST) that sends its
+    body one byte every ``interval`` seconds."""
 
     def __init__(self, interval: float = 1.0, length: int = 1000):
         self.interval, self.length = interval, length

@@ -1,11 +1,13 @@
-"""The watchdog beside a dispatcher's main thread: deadlines that cut I/O, and lease renewal.
+"""The watchdog beside a thread doing network I/O: deadlines that cut it, and a periodic task.
 
-Socket timeouts bound each read or write, not an exchange: a server that answers one byte
-every few seconds, or a reply that never comes within a 600 s command timeout, would hold
-the dispatcher and outlive its lease.  So every network exchange of an attempt runs
-``within`` a deadline, and the connections it uses are ``track``-ed; when the deadline
-passes, this thread shuts their sockets down, the blocked call in the main thread fails
-at once, and the attempt ends with whatever outcome its phase gives (``cut`` says why).
+Used by the dispatcher (SMTP exchanges, attachment downloads, lease renewal) and by the
+reporter (each POST to a report upstream).  Socket timeouts bound each read or write, not
+an exchange: a server that answers one byte every few seconds, or a reply that never comes
+within a 600 s command timeout, would hold the dispatcher and outlive its lease.  So every
+network exchange runs ``within`` a deadline, and the connections it uses are ``track``-ed;
+when the deadline passes, this thread shuts their sockets down, the blocked call in the
+main thread fails at once, and the exchange ends with whatever outcome its phase gives
+(``cut`` says why).
 
 The same thread runs the lease renewal while a claim is held (``every``), so a long
 attempt keeps its rows: a thread rather than renewals between SMTP phases, because the
