@@ -129,11 +129,20 @@ def _ms(seconds: float) -> float:
 
 def single_samples(base: str, requests_n: int = SINGLE_REQUESTS) -> list[float]:
     """Seconds of each one-message request on one keep-alive connection, after a warm-up."""
+    return [seconds for _began, seconds in timed_samples(base, requests_n)]
+
+
+def timed_samples(base: str, requests_n: int = SINGLE_REQUESTS) -> list[tuple[float, float]]:
+    """(epoch seconds it began, seconds it took) of each request of ``single_samples``."""
     url = base + "/commands/add-messages"
+    samples = []
     with _session() as session:
         for i in range(WARMUP):
             _post(session, url, [message(f"warm-{i}")])
-        return [_post(session, url, [message(f"single-{i}")]) for i in range(requests_n)]
+        for i in range(requests_n):
+            began = time.time()
+            samples.append((began, _post(session, url, [message(f"single-{i}")])))
+    return samples
 
 
 def measure_single(base: str) -> dict:

@@ -9,19 +9,26 @@ cheapest replica to write, so the cost measured is Litestream's work on this hos
 network's), ``sync_interval`` 1 s.  Enqueue percentiles pool every round's requests (a
 single round's p99 swings by half on a shared host); dispatch is the median of the rounds.
 The target is a cost of at most 10 % on each figure.
+
+One more round with replication on, outside those figures, logs Litestream's work at debug
+level and tells where the slow requests fall: the share of the requests at or above that
+round's p99 that overlapped one of Litestream's syncs (reading the new WAL frames into its
+own file, or copying those to the replica), against the share of all requests that did.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from bench.dispatch import Sink, _item
-from bench.enqueue import percentile, serve, single_samples
+from bench.enqueue import percentile, serve, single_samples, timed_samples
 from common import intake, replication, store, wakeup
 from common.config import load_config
 from tests.support import litestream as litestream_proc
@@ -31,10 +38,15 @@ ROUNDS = 5
 DISPATCHERS = 2
 MESSAGES = 5000
 MAX_COST = 0.10  # the issue's budget: replication may cost at most 10 %
+# Litestream's debug log: a sync of the WAL runs from "sync" to "db sync", an upload to the
+# replica from "replica sync" to its last "ltx file uploaded"
+WORK_MARKS = {"sync": "db sync", "replica sync": "ltx file uploaded"}
+LOG_LINE = re.compile(r'^time=(?P<time>\S+) level=\S+ msg=(?P<msg>"[^"]*"|\S+)')
+LOG_SLACK = 0.001  # seconds: Litestream logs with millisecond precision
 
 
 @contextlib.contextmanager
-def service(root: Path, replicated: bool):
+def service(root: Path, replicated: bool, log_level: str | None = None):
     """A var dir with the reporter running, and Litestream when ``replicated``."""
     root.mkdir(parents=True)
     ini = root / "asyncmail.ini"
@@ -49,7 +61,7 @@ def service(root: Path, replicated: bool):
     litestream = None
     try:
         if replicated:
-            litestream = litestream_proc.start(config, root / "litestream.log")
+            litestream = litestream_proc.start(config, root / "litestream.log", log_level)
         yield config, conn, env
     finally:
         for proc in running:
@@ -65,6 +77,47 @@ def enqueue_samples(root: Path, replicated: bool) -> list[float]:
         settings = {"replica_url": config.replica_url} if replicated else {}
         with serve(config.var_dir, **settings) as base:
             return single_samples(base)
+
+
+def where_slow_requests_fall(root: Path) -> dict:
+    """How many of the slowest enqueues overlapped Litestream's work, against all of them."""
+    with service(root, True, log_level="debug") as (config, _conn, _env):
+        with serve(config.var_dir, replica_url=config.replica_url) as base:
+            samples = timed_samples(base)
+    spans = litestream_work(root / "litestream.log")
+    p99 = percentile([seconds for _began, seconds in samples], 0.99)
+    slow = [sample for sample in samples if sample[1] >= p99]
+    return {
+        "slow_requests": len(slow),
+        "slow_share_during_litestream_work": _share_overlapping(slow, spans),
+        "all_share_during_litestream_work": _share_overlapping(samples, spans),
+    }
+
+
+def litestream_work(log: Path) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of each sync and upload in Litestream's debug log."""
+    spans, began = [], {}  # began: end mark -> when the work it ends began
+    for line in log.read_text().splitlines():
+        match = LOG_LINE.match(line)
+        if match is None:
+            continue
+        at = datetime.fromisoformat(match["time"].replace("Z", "+00:00")).timestamp()
+        msg = match["msg"].strip('"')
+        if msg in WORK_MARKS:
+            began[WORK_MARKS[msg]] = at
+        elif msg in began:  # one upload span per file: their union runs to the last one
+            spans.append((began[msg], at))
+    return spans
+
+
+def _share_overlapping(samples: list[tuple[float, float]], spans) -> float:
+    def overlaps(began: float, seconds: float) -> bool:
+        return any(
+            began <= end + LOG_SLACK and began + seconds >= start - LOG_SLACK
+            for start, end in spans
+        )
+
+    return round(sum(overlaps(*sample) for sample in samples) / len(samples), 3)
 
 
 def dispatch_rate(root: Path, replicated: bool, sink: Sink) -> float:
@@ -121,6 +174,7 @@ def run() -> dict:
                 on = mode == "on"
                 samples[mode] += enqueue_samples(root / f"e{n}-{mode}", on)
                 rates[mode].append(dispatch_rate(root / f"d{n}-{mode}", on, sink))
+        where = where_slow_requests_fall(root / "where")
     finally:
         sink.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -142,6 +196,7 @@ def run() -> dict:
         "dispatch_msgs_per_s": {m: round(v, 1) for m, v in rate.items()},
         "dispatch_rounds": {m: [round(r) for r in v] for m, v in rates.items()},
         "cost": cost,
+        "where_slow_enqueues_fall": where,
         "max_cost": MAX_COST,
         "within_budget": all(c <= MAX_COST for c in cost.values()),
     }

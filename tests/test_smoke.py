@@ -8,6 +8,7 @@ import logging
 import sys
 
 from bench import __main__ as bench_main
+from bench import replication as bench_replication
 from common import store
 
 
@@ -50,3 +51,25 @@ def test_bench_records_a_failing_section_and_keeps_the_others(monkeypatch, capsy
 
 def test_bench_refuses_unknown_section_names(capsys):
     assert bench_main.main(["nonsense"]) == 2
+
+
+def test_bench_finds_litestreams_work_in_its_debug_log(tmp_path):
+    log = tmp_path / "litestream.log"
+    log.write_text(
+        "time=2026-11-28T10:00:00.000Z level=DEBUG msg=sync txid=2\n"
+        'time=2026-11-28T10:00:00.007Z level=DEBUG msg="db sync" status=ok\n'
+        'time=2026-11-28T10:00:00.100Z level=INFO msg="replica sync" db=2\n'
+        'time=2026-11-28T10:00:00.102Z level=INFO msg="ltx file uploaded" level=0\n'
+        'time=2026-11-28T10:00:00.105Z level=INFO msg="ltx file uploaded" level=0\n'
+        "time=2026-11-28T10:00:00.250Z level=DEBUG msg=sync txid=3\n"  # nothing new: no end
+        "a line that is not Litestream's\n"
+    )
+    t0 = 1795860000.0  # 2026-11-28T10:00:00Z
+    spans = bench_replication.litestream_work(log)
+    assert [(round(a - t0, 3), round(b - t0, 3)) for a, b in spans] == [
+        (0.0, 0.007),
+        (0.1, 0.102),
+        (0.1, 0.105),
+    ]
+    inside, near, outside = (t0 + 0.003, 0.001), (t0 + 0.1055, 0.001), (t0 + 0.2, 0.001)
+    assert bench_replication._share_overlapping([inside, near, outside], spans) == 0.667

@@ -13,11 +13,17 @@ from common import replication
 from tests.support.procs import wait_for
 
 
-def start(config, log_path: Path) -> subprocess.Popen:
-    """``litestream replicate`` for this configuration; returns once it has synced once."""
+def start(config, log_path: Path, log_level: str | None = None) -> subprocess.Popen:
+    """``litestream replicate`` for this configuration; returns once it has synced once.
+
+    ``log_level`` replaces the generated one (``debug`` logs the start and end of every sync).
+    """
     config.run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     generated = replication.config_path(config)
-    write_private(generated, replication.litestream_config(config))
+    document = json.loads(replication.litestream_config(config))
+    if log_level is not None:
+        document["logging"]["level"] = log_level
+    write_private(generated, json.dumps(document, indent=2) + "\n")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [replication.binary(), "replicate", "-config", str(generated), "-no-expand-env"],
