@@ -14,8 +14,6 @@ from web.caller import scope, tenant
 from web.db import get_config, get_conn
 from web.inputs import json_body
 
-REFUSAL_STATUS = {operations.Refusal.NOT_FOUND: 404, operations.Refusal.CONFLICT: 409}
-
 blueprint = Blueprint("commands", __name__, url_prefix="/commands")
 
 
@@ -23,10 +21,7 @@ blueprint = Blueprint("commands", __name__, url_prefix="/commands")
 def cleanup_messages():
     """Purge messages reported longer ago than older_than_seconds (default: the retention)."""
     older = json_body(optional=True).get("older_than_seconds")
-    try:
-        done = operations.cleanup(get_conn(), get_config(), time.time(), older, scope())
-    except operations.Refused as exc:
-        abort(400, f"{exc}.")
+    done = operations.cleanup(get_conn(), get_config(), time.time(), older, scope())
     answer = {"ok": True, "removed": done.removed}
     if done.note:
         answer["note"] = done.note
@@ -66,19 +61,16 @@ def retry():
     ids = _field(body, "ids", list, "a list of message id strings")
     if ids is not None and not all(isinstance(i, str) for i in ids):
         abort(400, "'ids' must be a list of message id strings.")
-    try:
-        done = operations.retry(
-            get_conn(),
-            get_config(),
-            tenant(),
-            time.time(),
-            ids=ids,
-            account_id=_field(body, "account_id", str, "an account id string"),
-            status=_field(body, "status", str, "'error' or 'deferred'"),
-            reset_attempts=_field(body, "reset_attempts", bool, "true or false", False),
-        )
-    except operations.Refused as exc:
-        abort(REFUSAL_STATUS.get(exc.kind, 400), f"{exc}.")
+    done = operations.retry(
+        get_conn(),
+        get_config(),
+        tenant(),
+        time.time(),
+        ids=ids,
+        account_id=_field(body, "account_id", str, "an account id string"),
+        status=_field(body, "status", str, "'error' or 'deferred'"),
+        reset_attempts=_field(body, "reset_attempts", bool, "true or false", False),
+    )
     answer = {"ok": True, "requeued": done.requeued, "attempts": done.attempts}
     if ids is not None:
         answer |= {"not_found": done.not_found, "not_retryable": done.not_retryable}

@@ -8,6 +8,7 @@ import apsw
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
+from common import operations
 from common.logs import fields
 from web.db import get_config
 
@@ -17,6 +18,11 @@ DRAIN_LIMIT = 32 * 1024 * 1024  # most bytes of a refused body read so the clien
 # answered before the body was read (or while it was too slow): the rest of it is not read,
 # the connection is closed instead (web.front makes gunicorn honour Connection: close)
 CLOSE_UNREAD = frozenset({401, 403, 408, 415})
+REFUSAL_STATUS = {
+    operations.Refusal.INVALID: 400,
+    operations.Refusal.NOT_FOUND: 404,
+    operations.Refusal.CONFLICT: 409,
+}
 
 
 def error_response(status: int, message: str, **extra) -> Response:
@@ -79,6 +85,11 @@ def _drain_body() -> None:
         remaining -= len(chunk)
 
 
+def _refused(exc: operations.Refused) -> Response:
+    """An operator action said no (common/operations): its sentence, with its kind's status."""
+    return error_response(REFUSAL_STATUS[exc.kind], str(exc))
+
+
 def _storage_unavailable(exc: Exception) -> Response:
     """The database stayed locked past its busy timeout, or the disk is full: retry later."""
     logger.error(fields(event="storage_unavailable", path=request.path, error=exc))
@@ -103,6 +114,7 @@ def _internal_error(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     """Install the JSON error answers."""
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(operations.Refused, _refused)
     app.register_error_handler(apsw.BusyError, _storage_unavailable)
     app.register_error_handler(apsw.FullError, _storage_unavailable)
     app.register_error_handler(Exception, _internal_error)

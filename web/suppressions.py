@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from common import operations
 from web.caller import tenant
@@ -31,20 +31,14 @@ def suppressions():
 def suppress():
     """Stop sending to an address: {"address", "reason"?: manual|complaint|hard_bounce}."""
     body = json_body()
-    try:
-        entry = operations.suppress(
-            get_conn(), tenant(), body.get("address"), body.get("reason", "manual"), time.time()
-        )
-    except operations.Refused as exc:
-        abort(400, str(exc) + ".")
+    entry = operations.suppress(
+        get_conn(), tenant(), body.get("address"), body.get("reason", "manual"), time.time()
+    )
     return jsonify(ok=True, suppression=entry)
 
 
 @blueprint.delete("/suppressions/<path:address>")
 def unsuppress(address: str):
     """Send to an address again."""
-    try:
-        operations.unsuppress(get_conn(), tenant(), address)
-    except operations.Refused as exc:
-        abort(404, str(exc))
+    operations.unsuppress(get_conn(), tenant(), address)
     return jsonify(ok=True, removed=address.strip().lower())

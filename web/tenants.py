@@ -8,7 +8,6 @@ import time
 from flask import Blueprint, abort, jsonify
 from pydantic import ValidationError
 
-from common import operations
 from common.models import explain
 from common.operations import tenants as actions
 from common.tenants import NewTenant, TenantSettings
@@ -17,12 +16,6 @@ from web.db import get_config, get_conn
 from web.inputs import flag, json_body
 
 blueprint = Blueprint("tenants", __name__, url_prefix="/tenants")
-
-REFUSAL_STATUS = {operations.Refusal.NOT_FOUND: 404, operations.Refusal.CONFLICT: 409}
-
-
-def _refused(exc: operations.Refused):
-    abort(REFUSAL_STATUS.get(exc.kind, 400), str(exc))
 
 
 def _valid(model, body: dict):
@@ -37,10 +30,7 @@ def _valid(model, body: dict):
 def create():
     """Create a tenant; the answer carries its token, the only time it is shown."""
     new = _valid(NewTenant, json_body())
-    try:
-        tenant, token = actions.create(get_conn(), get_config(), new, time.time())
-    except operations.Refused as exc:
-        _refused(exc)
+    tenant, token = actions.create(get_conn(), get_config(), new, time.time())
     return jsonify(ok=True, tenant=tenant, token=token), 201
 
 
@@ -55,10 +45,7 @@ def list_tenants():
 @admin_only
 def show(tenant_id: str):
     """One tenant (never its token or its report secrets)."""
-    try:
-        return jsonify(ok=True, tenant=actions.find(get_conn(), get_config(), tenant_id))
-    except operations.Refused as exc:
-        _refused(exc)
+    return jsonify(ok=True, tenant=actions.find(get_conn(), get_config(), tenant_id))
 
 
 @blueprint.patch("/<tenant_id>")
@@ -66,10 +53,7 @@ def show(tenant_id: str):
 def change(tenant_id: str):
     """Change a tenant's name, report upstream or limits (null clears an optional one)."""
     changes = _valid(TenantSettings, json_body())
-    try:
-        tenant = actions.update(get_conn(), get_config(), tenant_id, changes, time.time())
-    except operations.Refused as exc:
-        _refused(exc)
+    tenant = actions.update(get_conn(), get_config(), tenant_id, changes, time.time())
     return jsonify(ok=True, tenant=tenant)
 
 
@@ -77,18 +61,12 @@ def change(tenant_id: str):
 @admin_only
 def rotate_token(tenant_id: str):
     """A new token; the old one stops working at once."""
-    try:
-        tenant, token = actions.rotate_token(get_conn(), get_config(), tenant_id, time.time())
-    except operations.Refused as exc:
-        _refused(exc)
+    tenant, token = actions.rotate_token(get_conn(), get_config(), tenant_id, time.time())
     return jsonify(ok=True, tenant=tenant, token=token)
 
 
 def _switch(tenant_id: str, active: bool):
-    try:
-        tenant = actions.set_active(get_conn(), get_config(), tenant_id, active, time.time())
-    except operations.Refused as exc:
-        _refused(exc)
+    tenant = actions.set_active(get_conn(), get_config(), tenant_id, active, time.time())
     return jsonify(ok=True, tenant=tenant)
 
 
@@ -111,9 +89,6 @@ def activate(tenant_id: str):
 def delete(tenant_id: str):
     """Remove a tenant and all of its data; 409 while it owes mail or reports, unless
     ?purge=true."""
-    try:
-        done = actions.delete(get_conn(), get_config(), tenant_id, flag("purge"), time.time())
-    except operations.Refused as exc:
-        _refused(exc)
+    done = actions.delete(get_conn(), get_config(), tenant_id, flag("purge"), time.time())
     return jsonify(ok=True, removed=tenant_id, purged_messages=done.purged,
                    in_flight=done.in_flight)  # fmt: skip

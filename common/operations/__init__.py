@@ -208,17 +208,17 @@ def retry(
 def _retry_statuses(ids, account_id, status) -> tuple[Status, ...]:
     if ids is not None and (account_id is not None or status is not None):
         raise Refused(
-            "give either 'ids', or 'account_id' and/or 'status', not both", Refusal.INVALID
+            "give either 'ids', or 'account_id' and/or 'status', not both.", Refusal.INVALID
         )
     if ids is None and account_id is None and status is None:
         raise Refused(
-            "say which messages: 'ids', 'account_id' or 'status' (error or deferred)",
+            "say which messages: 'ids', 'account_id' or 'status' (error or deferred).",
             Refusal.INVALID,
         )
     if status is None:
         return RETRY_STATUSES
     if status not in {s.value for s in RETRY_STATUSES}:
-        raise Refused("'status' must be 'error' or 'deferred'", Refusal.INVALID)
+        raise Refused("'status' must be 'error' or 'deferred'.", Refusal.INVALID)
     return (Status(status),)
 
 
@@ -307,9 +307,9 @@ def cleanup(
                 "removed; give an age to remove older reported messages",
             )
     if isinstance(older_than, bool) or not isinstance(older_than, int):
-        raise Refused("'older_than_seconds' must be a non-negative integer", Refusal.INVALID)
+        raise Refused("'older_than_seconds' must be a non-negative integer.", Refusal.INVALID)
     if not 0 <= older_than <= MAX_SECONDS:
-        raise Refused(f"'older_than_seconds' must be between 0 and {MAX_SECONDS}", Refusal.INVALID)
+        raise Refused(f"'older_than_seconds' must be between 0 and {MAX_SECONDS}.", Refusal.INVALID)
     cutoff = now - min(older_than, now)
     silent = store.tenants.without_upstream(conn, config.reports_enabled)
     silent = [t for t in silent if tenant in (None, t)]
@@ -358,7 +358,7 @@ def suppressions(
     """A page of the suppression list in address order, and the next page's cursor."""
     if not 1 <= limit <= MAX_SUPPRESSIONS_PAGE:
         raise Refused(
-            f"'limit' must be an integer between 1 and {MAX_SUPPRESSIONS_PAGE}", Refusal.INVALID
+            f"'limit' must be an integer between 1 and {MAX_SUPPRESSIONS_PAGE}.", Refusal.INVALID
         )
     return store.suppressions.page(conn, tenant, limit, cursor)
 
@@ -366,14 +366,15 @@ def suppressions(
 def suppress(conn, tenant: str, address: object, reason: object, now: float) -> dict:
     """Put an address on the suppression list by hand; the stored entry."""
     if not isinstance(address, str):
-        raise Refused("'address' must be an email address string", Refusal.INVALID)
+        raise Refused("'address' must be an email address string.", Refusal.INVALID)
     try:
         [(_, checked)] = parse_address_list(address.strip())
     except ValueError:
-        raise Refused(f"'address': {address!r} is not one email address", Refusal.INVALID) from None
+        message = f"'address': {address!r} is not one email address."
+        raise Refused(message, Refusal.INVALID) from None
     if reason not in store.suppressions.REASONS:
         raise Refused(
-            f"'reason' must be one of {', '.join(store.suppressions.REASONS)}", Refusal.INVALID
+            f"'reason' must be one of {', '.join(store.suppressions.REASONS)}.", Refusal.INVALID
         )
     return store.suppressions.add(conn, tenant, checked, reason, None, None, now)
 
