@@ -44,7 +44,7 @@ restart:
 
 # SIGHUP: every process re-reads the configuration; gunicorn replaces its workers gracefully
 reload:
-	$(ASYNCMAIL) ctl signal HUP all
+	$(ASYNCMAIL) reload
 
 status:
 	$(ASYNCMAIL) ctl status

@@ -218,6 +218,7 @@ def _stack(sub, common) -> None:
         sub, "ctl", stack.cmd_ctl, common, epilog="Example: asyncmail ctl stop 'dispatcher:*'"
     )
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER, help="supervisorctl arguments")
+    _command(sub, "reload", stack.cmd_reload, common)
     stop = _command(sub, "shutdown", stack.cmd_shutdown, common)
     stop.add_argument(
         "--timeout",

@@ -1,4 +1,4 @@
-"""Starting and stopping the supervisord process tree: ``asyncmail supervisord|ctl|shutdown``.
+"""The supervisord process tree: ``asyncmail supervisord|ctl|reload|shutdown``.
 
 The launcher is the only place that prepares ``var/`` for a run.  Before supervisord starts
 (and only then, when no program can be writing) it wipes ``var/metrics`` and forgets old
@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = ROOT / "etc" / "supervisord.conf"
 BIN_DIR = Path(sys.executable).parent  # the virtualenv's bin/, not the resolved interpreter
 SHUTDOWN_TIMEOUT = 200  # seconds: above the longest stopwaitsecs in etc/supervisord.conf
+# the programs that re-read the configuration on SIGHUP (gunicorn; common/process.py).  Not
+# Litestream: it exits on SIGHUP, without its last upload, and its configuration is written
+# by the launcher at start, so [replication] changes take a restart of the stack.
+RELOADING = ("web", "dispatcher:*", "reporter")
 
 
 def socket_path(config: Config) -> Path:
@@ -111,6 +115,17 @@ def cmd_ctl(config: Config, args) -> int:
     sys.stdout.flush()
     os.execve(argv[0], argv, stack_env(config, os.environ))
     return OK  # not reached
+
+
+def reload_targets(config: Config) -> list[str]:
+    """The supervisord names ``reload`` sends SIGHUP to (the bouncer only when it runs)."""
+    return [*RELOADING, *(["bouncer:*"] if config.bounces_enabled else [])]
+
+
+def cmd_reload(config: Config, args) -> int:
+    """Make every process re-read the configuration (SIGHUP); Litestream keeps running."""
+    args.ctl_args = ["signal", "HUP", *reload_targets(config)]
+    return cmd_ctl(config, args)
 
 
 def _supervisord_pid(config: Config) -> int | None:

@@ -147,7 +147,7 @@ def operate(stack: Stack, ini, sender: Sender) -> None:
     workers = descendants(before["web"])
     assert not activity_logged(stack.var_dir)
     ini.write_text("[logging]\ndelivery_activity = true\n")
-    stack.ctl("signal", "HUP", "dispatcher:*", "reporter", "web", check=True)
+    stack.run("reload", check=True)  # make reload
     wait_for(lambda: activity_logged(stack.var_dir), message="configuration re-read on HUP")
     wait_for(lambda: not workers & descendants(before["web"]), message="web workers replaced")
     wait_for(lambda: reloaded(stack.var_dir), message="every worker process reloaded")

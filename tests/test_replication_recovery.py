@@ -82,11 +82,23 @@ def _lose_a_host(var_dir, settings: dict, peer) -> tuple[dict[str, float], float
         assert "asyncmail_replication_lag_seconds " in scraped
         assert SECRET not in json.dumps(status) and SECRET not in scraped
         assert "litestream" in stack.status()
+        _reload_leaves_litestream_running(stack)
         killed_at = _kill_everything(stack)
     finally:
         stack.stop()
     logs = _logs(var_dir) + (var_dir.parent / "supervisord.out").read_text(errors="replace")
     return acks, killed_at, logs
+
+
+def _reload_leaves_litestream_running(stack: Stack) -> None:
+    """``make reload`` re-reads the configuration without a HUP to Litestream (it would exit)."""
+    litestream = stack.program_pid("litestream")
+    reporter_log = stack.var_dir / "log" / "reporter.log"
+    reloads = reporter_log.read_text().count("event=reloaded")
+    stack.run("reload", check=True)
+    wait_for(lambda: reporter_log.read_text().count("event=reloaded") > reloads)
+    assert stack.status()["litestream"] == "RUNNING"
+    assert stack.program_pid("litestream") == litestream
 
 
 def _restore(var_dir, settings: dict) -> dict:

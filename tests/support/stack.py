@@ -59,15 +59,23 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, expect_running: tuple[str, ...] = ("web",), timeout: float = 30) -> Stack:
-        """Launch and wait until the named programs are RUNNING and /health answers."""
+        """Launch and wait until the named programs are RUNNING and /health answers.
+
+        A stack that never gets there is stopped before the failure is raised: its processes
+        run in their own session and would otherwise outlive the test.
+        """
         self.launch()
-        wait_for(
-            lambda: all(self.status().get(n) == "RUNNING" for n in expect_running),
-            timeout,
-            interval=0.2,
-            message=f"{expect_running} RUNNING",
-        )
-        wait_for(self.healthy, timeout, interval=0.1, message="/health")
+        try:
+            wait_for(
+                lambda: all(self.status().get(n) == "RUNNING" for n in expect_running),
+                timeout,
+                interval=0.2,
+                message=f"{expect_running} RUNNING",
+            )
+            wait_for(self.healthy, timeout, interval=0.1, message="/health")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def launch(self) -> Stack:
@@ -91,8 +99,13 @@ class Stack:
         return False
 
     def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        """``asyncmail ctl ARGS``: supervisorctl against this stack."""
+        return self.run("ctl", *args, check=check)
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        """One ``asyncmail`` command with this stack's environment."""
         done = subprocess.run(
-            [ASYNCMAIL, "ctl", *args],
+            [ASYNCMAIL, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -100,7 +113,7 @@ class Stack:
             timeout=200,
         )
         if check and done.returncode != 0:
-            raise AssertionError(f"supervisorctl {args}: {done.stdout}{done.stderr}")
+            raise AssertionError(f"asyncmail {args}: {done.stdout}{done.stderr}")
         return done
 
     def status(self) -> dict[str, str]:
