@@ -28,7 +28,7 @@ import time
 from common import crypto
 from common.config import Config
 
-TIMEOUT = 30.0  # seconds for connect and for every reply once the server has begun one
+TIMEOUT = 30.0  # seconds for connect, and for each exchange to be answered whole
 IDLE_RENEW = 25 * 60.0  # seconds: RFC 2177 lets a server end an IDLE after 30 minutes
 MAX_FETCH_BYTES = 4 * 1024 * 1024  # of a mail: the status part comes before the original
 RECV_BYTES = 65536
@@ -38,14 +38,37 @@ _idle_tags = (f"idle{n}".encode() for n in itertools.count(1))  # imaplib's tags
 
 
 class _Buffered:
-    """imaplib's reads from a buffer of our own, so ``ready()`` sees what is waiting."""
+    """imaplib's reads from a buffer of our own, so ``ready()`` sees what is waiting.
+
+    Every read also runs against the deadline of the exchange in hand (the greeting, a
+    command and its whole answer, a line announced during IDLE): a socket timeout bounds
+    one read, and a server that drips its answer a byte at a time would hold the bouncer
+    for ever, so each read waits only for what is left of ``TIMEOUT``.
+    """
 
     def open(self, *args, **kwargs) -> None:
         self._pending = bytearray()
+        self._deadline = time.monotonic() + TIMEOUT  # for the greeting
         super().open(*args, **kwargs)
 
+    def exchange(self) -> None:
+        """Start the clock of one exchange: its answer must be whole within TIMEOUT."""
+        self._deadline = time.monotonic() + TIMEOUT
+        self.sock.settimeout(TIMEOUT)
+
+    def _command(self, name, *args):  # every imaplib command goes through here
+        self.exchange()
+        return super()._command(name, *args)
+
     def _fill(self) -> None:
-        data = self.sock.recv(RECV_BYTES)
+        left = self._deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            self.sock.settimeout(left)
+            data = self.sock.recv(RECV_BYTES)
+        except TimeoutError:
+            raise imaplib.IMAP4.abort(f"no whole answer within {TIMEOUT:g} s") from None
         if not data:
             raise imaplib.IMAP4.abort("socket error: EOF")
         self._pending += data
@@ -162,6 +185,7 @@ class Mailbox:
             return True
         deadline = time.monotonic() + seconds
         while self.imap.ready(max(0.0, deadline - time.monotonic())):
+            self.imap.exchange()
             line = self.imap.readline()
             if line.startswith(b"* BYE"):
                 raise imaplib.IMAP4.abort(line.decode(errors="replace").strip())
@@ -172,6 +196,7 @@ class Mailbox:
 
     def _begin_idle(self, now: float) -> None:
         tag = next(_idle_tags)
+        self.imap.exchange()
         self.imap.send(tag + b" IDLE\r\n")
         line = self.imap.readline()
         while line.startswith(b"* "):  # untagged news sent before the continuation
@@ -185,6 +210,7 @@ class Mailbox:
             return
         tag, _ = self._idle
         self._idle = None
+        self.imap.exchange()
         self.imap.send(b"DONE\r\n")
         while not (line := self.imap.readline()).startswith(tag + b" "):
             pass  # untagged news: the caller searches the folder anyway

@@ -169,6 +169,23 @@ class _Deadline:
         self.guard._exit()
 
 
+def tracking_pool(pool_class: type, track: Callable[[object], None]) -> type:
+    """A urllib3 connection pool class whose lent connections go to ``track``.
+
+    For the HTTP clients that bound each read only (requests, boto3): every connection a
+    request uses, new or kept alive, is handed over before it is used, so the deadline in
+    force can shut its socket down.
+    """
+
+    class TrackingPool(pool_class):
+        def _get_conn(self, timeout=None):
+            connection = super()._get_conn(timeout)
+            track(connection)
+            return connection
+
+    return TrackingPool
+
+
 def _shut(connection) -> None:
     """Shut a socket down (both ways) so a call blocked on it in another thread returns."""
     sock = connection if isinstance(connection, socket.socket) else connection.sock

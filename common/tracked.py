@@ -5,7 +5,7 @@ time holds a request for ever.  Handing the connection a request uses (new, or k
 from an earlier request) to ``Guard.track`` before it is used lets the guard's deadline
 shut its socket down, and the blocked call fails at once.
 Imported only where requests already is: the reporter, and the dispatcher's first URL
-attachment.
+attachment (its S3 client's pools are wrapped the same way: dispatcher/attachments.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from common.guard import tracking_pool
 
 
 class TrackingAdapter(HTTPAdapter):
@@ -26,18 +28,6 @@ class TrackingAdapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": _tracking(HTTPConnectionPool, self.track),
-            "https": _tracking(HTTPSConnectionPool, self.track),
+            "http": tracking_pool(HTTPConnectionPool, self.track),
+            "https": tracking_pool(HTTPSConnectionPool, self.track),
         }
-
-
-def _tracking(pool_class: type, track: Callable[[object], None]) -> type:
-    """A urllib3 pool class whose lent connections go to ``track`` (their ``sock`` is cut)."""
-
-    class TrackingPool(pool_class):
-        def _get_conn(self, timeout=None):
-            connection = super()._get_conn(timeout)
-            track(connection)
-            return connection
-
-    return TrackingPool

@@ -33,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 from tenacity import retry, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 
 from common.config import Config
-from common.guard import Guard
+from common.guard import Guard, tracking_pool
 from common.logs import redact_url
 from dispatcher.mime import Part
 from dispatcher.payload import Attachment
@@ -272,7 +272,19 @@ class Fetcher:
                     ignore_configured_endpoint_urls=True,
                 ),
             )
+            self._track_s3_connections()
         return self._s3
+
+    def _track_s3_connections(self) -> None:
+        """Hand every connection the S3 client lends to the guard, as the URL session does.
+
+        botocore bounds each read only, so without this a dripping or mute endpoint would
+        hold the fetch past its deadline.  botocore has no public hook for its pool classes:
+        they are replaced in the mapping its pool managers share (a test fails if it moves).
+        """
+        pools = self._s3._endpoint.http_session._pool_classes_by_scheme
+        for scheme, pool_class in pools.items():
+            pools[scheme] = tracking_pool(pool_class, self.guard.track)
 
 
 def _is_public(address: str) -> bool:

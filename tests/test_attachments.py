@@ -281,6 +281,22 @@ def test_a_dripping_source_is_cut_at_the_fetch_deadline(make_config, hostile):
     procs.wait_for(lambda: drip.cut == 1, message="the source saw the connection cut")
 
 
+def test_a_dripping_s3_endpoint_is_cut_at_the_fetch_deadline(make_config, hostile):
+    drip = hostile(DrippingSource, interval=0.2, length=40)  # 8 s, were it read to its end
+    config = make_config(
+        s3_endpoint_url=f"http://127.0.0.1:{drip.port}",
+        s3_region="us-east-1",
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+        s3_allowed_buckets=("mail",),
+        attachment_timeout_seconds=1,
+    )
+    with pytest.raises(AttachmentError, match="not fetched within 1 s") as caught:
+        fetch(config, s3={"bucket": "mail", "key": "slow.bin"})
+    assert not caught.value.final  # temporary: the message is retried later
+    procs.wait_for(lambda: drip.cut == 1, message="the endpoint saw the connection cut")
+
+
 def test_a_dripping_attachment_defers_its_message(conn, make_config, smtp_server, hostile):
     drip = hostile(DrippingSource, interval=0.2)
     config = make_config(allow_private_attachment_urls=True, attachment_timeout_seconds=1)

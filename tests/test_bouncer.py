@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bouncer import imap
 from bouncer.bouncer import Bouncer
 from bouncer.imap import Mailbox
 from common import crypto, operations, store
@@ -14,7 +15,9 @@ from reporter.reporter import Reporter
 from tests.support.db import attempts, row
 from tests.support.dispatchers import send_ready
 from tests.support.factories import T0, Clock, message
+from tests.support.hostile import DrippingGreeter
 from tests.support.imap import Cutter, dsn_mail
+from tests.support.procs import wait_for
 from tests.support.upstream import Upstream
 
 RECIPIENT = "rcpt@example.com"
@@ -294,6 +297,25 @@ def test_an_unreachable_mailbox_backs_off_and_says_why(make_config, conn, caplog
     b.run_once(clock())
     assert b.failures == 2 and b.retry_at == clock.t + 2
     assert "event=mailbox_failed" in caplog.text and "ConnectionRefusedError" in caplog.text
+
+
+def test_a_dripping_mailbox_server_is_given_up_at_the_deadline(make_config, hostile, monkeypatch):
+    monkeypatch.setattr(imap, "TIMEOUT", 1.0)
+    server = hostile(DrippingGreeter, text=b"* OK " + b"." * 60 + b"\r\n", interval=0.1)
+    config = make_config(imap_host=server.host, imap_port=server.port, imap_user="u",
+                         imap_password="p", imap_security="none")  # fmt: skip
+    with pytest.raises(imap.ERRORS, match="no whole answer within 1 s"):
+        Mailbox.open(config)  # each byte comes well within a read's timeout: 6 s in all
+    wait_for(lambda: server.cut == 1, message="the server saw the connection closed")
+
+
+def test_a_mute_mailbox_server_is_given_up_at_the_deadline(make_config, hostile, monkeypatch):
+    monkeypatch.setattr(imap, "TIMEOUT", 1.0)
+    server = hostile(DrippingGreeter, text=b"* OK IMAP4rev1 ready\r\n", interval=0)
+    config = make_config(imap_host=server.host, imap_port=server.port, imap_user="u",
+                         imap_password="p", imap_security="none")  # fmt: skip
+    with pytest.raises(imap.ERRORS, match="no whole answer within 1 s"):  # no CAPABILITY
+        Mailbox.open(config)
 
 
 def test_the_message_detail_lists_its_bounces(world, conn):

@@ -1,6 +1,7 @@
 """Hostile peers for tests: servers that refuse, drip or watch, each a real socket in a thread.
 
     refusing = RefusingServer()        # accepts TCP, greets "421", hangs up: a refusal
+    greeter = DrippingGreeter(b"* OK ready\r\n", interval=0.5)  # drips a greeting, then mute
     drip = DrippingSource(interval=1)  # HTTP 200 whose body comes one byte per interval
     imds = MetadataStandIn()           # where AWS_EC2_METADATA_SERVICE_ENDPOINT may point
 
@@ -47,6 +48,44 @@ class RefusingServer:
         return {"id": account_id, "host": self.host, "port": self.port, **extra}
 
     def stop(self) -> None:
+        self.sock.close()
+
+
+class DrippingGreeter:
+    """A TCP server that sends ``text`` one byte every ``interval`` seconds, then nothing
+    (interval 0: the whole text at once, then a mute server); ``cut`` counts the
+    connections the client closed before the end of the text."""
+
+    def __init__(self, text: bytes, interval: float = 0.5):
+        self.text, self.interval = text, interval
+        self.cut = 0
+        self.stopped = threading.Event()
+        self.sock = socket.create_server((HOST, 0))
+        self.host, self.port = HOST, self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
+
+    def _greet(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                if self.interval == 0:
+                    conn.sendall(self.text)
+                for byte in self.text if self.interval else ():
+                    conn.sendall(bytes([byte]))
+                    if self.stopped.wait(self.interval):
+                        return
+            except OSError:
+                self.cut += 1
+                return
+            self.stopped.wait()  # mute from now on
+
+    def stop(self) -> None:
+        self.stopped.set()
         self.sock.close()
 
 
