@@ -86,6 +86,24 @@ def test_retry_requeues_errors_and_they_owe_a_fresh_report(conn, cfg):
     assert [(r["id"], r["sent_ts"] is not None) for r in owed] == [("failed", True)]
 
 
+def test_the_purge_keeps_a_message_while_a_bounce_of_it_is_owed(conn, cfg):
+    """A bounce arriving near the end of the retention is still reported, then purged."""
+    now = time.time()
+    enqueue(conn, cfg, message("bounced"), message("quiet"))
+    for message_id in ("bounced", "quiet"):
+        outcome(conn, message_id, Next.SENT, now, result=Outcome.SENT)
+    owed = store.reports.fetch_unreported(conn, "default", 10)
+    store.reports.mark_reported(conn, "default", owed, int(now))
+    event = store.bounces.Event("bounced", "a@example.org", "hard", "failed", "5.1.1", "gone")
+    store.bounces.record_mail(conn, "k1", "processed", "rfc3464", [event], [], now, "default")
+
+    assert store.reports.purge_finished(conn, now + 10**6) == 1  # "quiet" only
+    assert row(conn, "bounced") is not None
+    late = store.bounces.fetch_unreported(conn, "default", 10)
+    store.bounces.mark_reported(conn, late, int(now))
+    assert store.reports.purge_finished(conn, now + 10**6) == 1
+
+
 def test_retry_resets_attempts_when_asked(conn, cfg):
     now = time.time()
     enqueue(conn, cfg, message("m"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.store.bounces import NO_BOUNCE_OWED
 from common.store.db import write
 
 ACCOUNT_COLUMNS = (
@@ -114,7 +115,10 @@ def delete(conn, tenant: str, account_id: str, purge: bool, now: float) -> Delet
             f"DELETE FROM messages WHERE {_UNSENT} AND coalesce(lease_expires, 0) <= :now", key
         )
         purged = conn.changes()
-        conn.execute(f"DELETE FROM messages WHERE {mine} AND reported_ts IS NOT NULL", key)
+        conn.execute(
+            f"DELETE FROM messages WHERE {mine} AND reported_ts IS NOT NULL AND {NO_BOUNCE_OWED}",
+            key,
+        )
         kept = conn.execute(f"SELECT count(*) AS n FROM messages WHERE {mine}", key).fetchone()["n"]
         if kept:
             conn.execute(

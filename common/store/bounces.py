@@ -98,6 +98,13 @@ def forget_mails(conn, before: float) -> int:
         return conn.changes()
 
 
+# A message row stays while a bounce of it waits for its late report (the purge and an
+# account's deletion remove reported rows only when nothing more is owed about them).
+NO_BOUNCE_OWED = (
+    "NOT EXISTS (SELECT 1 FROM bounces AS ob WHERE ob.tenant_id = messages.tenant_id "
+    "AND ob.message_id = messages.id AND ob.reported_ts IS NULL AND ob.action = 'failed')"
+)
+
 # A bounce is reported after its message's own report, never before: an upstream reads
 # the items of one id in order (docs/reporting.md).
 _UNREPORTED = """

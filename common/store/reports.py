@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from common.store.bounces import NO_BOUNCE_OWED
 from common.store.db import write
 
 PURGE_BATCH = 500  # rows deleted per write transaction: short enough never to stall enqueues
@@ -70,7 +71,7 @@ def oldest_unreported_age(conn, now: float, tenant: str | None = None) -> float:
 # Each picks, through its own partial index, rows finished before the cutoff.
 _REPORTED_BEFORE = (
     "SELECT rowid FROM messages WHERE reported_ts IS NOT NULL AND reported_ts < :before "
-    "AND (:tenant IS NULL OR tenant_id = :tenant) LIMIT :batch"
+    f"AND (:tenant IS NULL OR tenant_id = :tenant) AND {NO_BOUNCE_OWED} LIMIT :batch"
 )
 _UNREPORTED_BEFORE = (
     "SELECT rowid FROM messages INDEXED BY messages_unreported WHERE tenant_id = :tenant "
