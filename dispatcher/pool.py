@@ -21,6 +21,7 @@ from common.guard import Guard
 from dispatcher.smtp import Phase, Result, classify, error_text, transaction
 
 NOOP_AFTER_IDLE = 3.0  # seconds: servers drop idle clients; a NOOP proves the link first
+QUIT_SECONDS = 5.0  # for the QUITs of every pooled connection at shutdown, together
 DEFAULT_TTL = 300  # seconds a default-account connection lives ([smtp] has no ttl key)
 DEFAULT_TIMEOUT = 30.0  # seconds per connect and per command for the default account
 # One transaction's deadline: a timeout each for connecting (greeting, EHLO, TLS, AUTH),
@@ -187,13 +188,13 @@ class Pool:
     def _acquire(self, key, endpoint: Endpoint) -> tuple[_Pooled | Result, bool]:
         now = self.clock()
         pooled = self._open.get(key)
+        if pooled is not None:
+            self.guard.track(pooled.smtp)  # before its QUIT, NOOP or send: all cut at once
         if pooled is not None and (
             pooled.endpoint != endpoint or now - pooled.opened >= endpoint.ttl
         ):
             self.discard(key, polite=True)
             pooled = None
-        if pooled is not None:
-            self.guard.track(pooled.smtp)
         if pooled is not None and now - pooled.used >= NOOP_AFTER_IDLE and not _alive(pooled):
             self.discard(key)
             pooled = None
@@ -233,9 +234,11 @@ class Pool:
             pooled.smtp.close()
 
     def close(self) -> None:
-        """QUIT and close every connection (shutdown)."""
-        for key in list(self._open):
-            self.discard(key, polite=True)
+        """QUIT and close every connection (shutdown), all within QUIT_SECONDS."""
+        with self.guard.within(QUIT_SECONDS, f"QUIT not answered within {QUIT_SECONDS:g} s"):
+            for key, pooled in list(self._open.items()):
+                self.guard.track(pooled.smtp)
+                self.discard(key, polite=True)
 
 
 def _alive(pooled: _Pooled) -> bool:

@@ -15,6 +15,8 @@ from common import store
 from common.enums import Next, Outcome
 from common.guard import Guard
 from common.store.claims import Attempt, Transition
+from dispatcher import pool as pool_module
+from dispatcher.pool import Endpoint, Pool
 from tests.support import procs
 from tests.support.db import attempts, enqueue, row
 from tests.support.dispatchers import make_dispatcher
@@ -109,3 +111,16 @@ def test_the_lease_is_renewed_while_a_slow_server_answers(conn, make_config, smt
     assert len(peer.received) == 1 and row(other, "m1")["sent_ts"] is not None
     other.close()
     holder.close()
+
+
+def test_shutdown_quits_every_pooled_connection_within_one_deadline(smtp_server, monkeypatch):
+    monkeypatch.setattr(pool_module, "QUIT_SECONDS", 0.5)
+    peer = smtp_server(behavior=Behavior(quit_delay=3600))  # never answers QUIT, in effect
+    pool = Pool()
+    endpoint = Endpoint(host=peer.host, port=peer.port, user=None, password=None,
+                        implicit_tls=False, starttls=False, timeout=30, ttl=300)  # fmt: skip
+    sent = pool.send("acct", endpoint, "a@example.org", ["b@example.org"], b"Subject: x\r\n\r\nhi")
+    assert sent.outcome is Outcome.SENT
+    pool.close()  # without its deadline: the account's 30 s timeout
+    assert pool.guard.cut == "QUIT not answered within 0.5 s"
+    pool.guard.close()

@@ -73,6 +73,7 @@ class Behavior:
     messages_per_connection: after this many messages a connection answers MAIL with 421
     max_rcpt:    recipients per transaction; the next ones get 452 (too many recipients)
     gate:        a Gate: each end-of-DATA reply waits until the test lets one through
+    quit_delay:  seconds to wait before replying to QUIT (3600: never, in effect)
     """
 
     rcpt: dict[str, str] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class Behavior:
     messages_per_connection: int = 0
     max_rcpt: int = 0
     gate: Gate | None = None
+    quit_delay: float = 0.0
 
 
 class Gate:
@@ -156,6 +158,11 @@ class RecordingHandler:
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        if self.behavior.quit_delay:
+            await asyncio.sleep(self.behavior.quit_delay)
+        return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope):
         item = Received(
