@@ -20,6 +20,7 @@ import json
 import shutil
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -139,16 +140,34 @@ class Lag:
 
 
 class ControlConnection(http.client.HTTPConnection):
-    """HTTP to Litestream's control socket (a Unix socket)."""
+    """HTTP to Litestream's control socket (a Unix socket), the whole exchange within
+    ``timeout`` seconds: a stuck Litestream that drips its answer is given up all the same."""
 
     def __init__(self, path: Path, timeout: float = SOCKET_TIMEOUT):
         super().__init__("litestream", timeout=timeout)
         self.path = path
 
     def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.deadline = time.monotonic() + self.timeout
         self.sock.settimeout(self.timeout)
         self.sock.connect(str(self.path))
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket each of whose reads waits only for what is left of one deadline."""
+
+    deadline = 0.0  # time.monotonic() by which the answer must be whole
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no whole answer in time")
+        self.settimeout(left)
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except TimeoutError:
+            raise TimeoutError("no whole answer in time") from None
 
 
 def _get(path: Path, url: str) -> dict:

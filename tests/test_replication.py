@@ -17,6 +17,7 @@ from cli.output import CliError
 from common import intake, metrics, operations, replication, store
 from tests.support import factories
 from tests.support import litestream as litestream_proc
+from tests.support.hostile import DrippingGreeter
 from tests.support.procs import wait_for
 from web.app import create_app
 
@@ -152,6 +153,14 @@ def test_a_stopped_litestream_is_down_with_the_reason(replicated, litestream):
     problems = operations.replication_problems(replication.state(replicated, time.time()), True)
     assert problems and problems[0].startswith("replication: litestream does not answer")
     assert operations.replication_problems(replication.state(replicated, time.time()), False) == []
+
+
+def test_a_litestream_that_drips_its_answer_is_given_up(replicated, hostile):
+    replicated.run_dir.mkdir(parents=True, exist_ok=True)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"  # 8 s at this pace
+    hostile(DrippingGreeter, text=answer, interval=0.2, path=replication.socket_path(replicated))
+    lag = replication.lag(replicated, time.time())
+    assert not lag.up and "no whole answer in time" in lag.problem
 
 
 # -- restore --from-replica ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import contextlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -52,16 +53,21 @@ class RefusingServer:
 
 
 class DrippingGreeter:
-    """A TCP server that sends ``text`` one byte every ``interval`` seconds, then nothing
-    (interval 0: the whole text at once, then a mute server); ``cut`` counts the
-    connections the client closed before the end of the text."""
+    """A TCP server (or a Unix one at ``path``) that sends ``text`` one byte every
+    ``interval`` seconds, then nothing (interval 0: the whole text at once, then a mute
+    server); ``cut`` counts the connections the client closed before the end of the text."""
 
-    def __init__(self, text: bytes, interval: float = 0.5):
+    def __init__(self, text: bytes, interval: float = 0.5, path: Path | None = None):
         self.text, self.interval = text, interval
         self.cut = 0
         self.stopped = threading.Event()
-        self.sock = socket.create_server((HOST, 0))
-        self.host, self.port = HOST, self.sock.getsockname()[1]
+        if path is None:
+            self.sock = socket.create_server((HOST, 0))
+            self.host, self.port = HOST, self.sock.getsockname()[1]
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(str(path))
+            self.sock.listen()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
