@@ -7,6 +7,7 @@ import json
 import socket
 import time
 
+import apsw
 import pytest
 import requests
 
@@ -165,3 +166,36 @@ def test_listing_huge_messages_keeps_the_worker_small(var_dir, config):
         peak = _peak_rss_mib(worker)
     assert seen == [(f"big{n}", 24 * MIB) for n in range(10)]
     assert peak < 150, f"worker peak RSS {peak:.0f} MiB"
+
+
+def test_a_client_that_stops_reading_is_dropped_and_frees_the_wal(var_dir, config):
+    """A streamed listing holds a read transaction while it is written: a client that stops
+    reading it must not keep the WAL from starting again (web/front.py, "answer")."""
+    conn = store.db.connect(config.database)
+    for n in range(3):
+        item = message(f"big{n}", body="x" * 8 * MIB)
+        new = store.messages.NewMessage(f"big{n}", None, 2, item, None, f"<big{n}@x.example>")
+        store.messages.enqueue(conn, "default", [new], time.time())
+    checker = apsw.Connection(str(config.database))  # no busy timeout: answers at once
+
+    def truncated() -> bool:
+        return checker.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0] == 0
+
+    with gunicorn_server(var_dir, api_token=TOKEN, workers=1) as server:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", server.port))
+        stalled.sendall(
+            f"GET /messages?include=payload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"X-API-Token: {TOKEN}\r\n\r\n".encode()
+        )
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")  # then it reads nothing more
+        queued = requests.post(server.base + "/commands/add-messages", headers=AUTH,
+                               json={"messages": [message("after")]}, timeout=10)  # fmt: skip
+        assert queued.ok
+        assert not truncated()  # the stalled answer's snapshot holds the WAL
+        wait_for(truncated, timeout=60, interval=0.5, message="the stalled reader dropped")
+        stalled.close()
+        assert "event=slow_reader" in server.log.read_text()
+    checker.close()
+    conn.close()

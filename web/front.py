@@ -11,6 +11,11 @@ per connection ran out at 2: docs/operations.md has the figures).  On top of gev
             next request is already arriving is answered, with ``Connection: close``)
   body      a body must arrive at ``BODY_MIN_RATE`` bytes/s after ``BODY_GRACE_SECONDS``,
             or the request answers 408 and the connection is closed
+  answer    each piece of an answer must be taken by the client within
+            ``ANSWER_GRACE_SECONDS`` plus its size at ``ANSWER_MIN_RATE``, or the connection
+            is dropped: a client that stops reading would otherwise hold its request open
+            for ever, and with it the read transaction of a streamed listing, which keeps
+            the WAL from starting again (docs/operations.md, "Bounded WAL")
   refusals  an answer carrying ``Connection: close`` (401 before the body is read, 408,
             413) closes the connection instead of reading the rest of the body
   errors    gunicorn's own answers to malformed requests (400, 414, 431, ...) are the API's
@@ -21,10 +26,13 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import errno
 import json
+import logging
 import select
 import socket
 import time
+from collections.abc import Iterator
 
 import gevent
 from gunicorn import util
@@ -32,9 +40,15 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
+from common.logs import fields
+
+logger = logging.getLogger(__name__)
+
 BODY_GRACE_SECONDS = 10.0  # a body's first bytes may take this long (a slow link, TLS, ...)
 BODY_MIN_RATE = 16 * 1024  # bytes/s a body must keep up after the grace: 25 MiB in ~27 min
 CHUNK = 64 * 1024  # most bytes one timed read asks for
+ANSWER_GRACE_SECONDS = 10.0  # a piece of an answer may wait this long for a reader
+ANSWER_MIN_RATE = 16 * 1024  # bytes/s a reader must keep up, beyond the grace
 
 ERROR_SENTENCES = {  # gunicorn's refusals of a malformed request, as sentences
     400: "Malformed HTTP request ({detail}); the connection is closed.",
@@ -101,8 +115,41 @@ class DeadlineInput:
         return iter(self.readline, b"")
 
 
+class SlowReader(OSError):
+    """The client took a piece of the answer too slowly: the connection is dropped.
+
+    An EPIPE, so that gunicorn closes the connection as it does for a client that went
+    away, without a traceback; ``timed_answer`` logs the event itself.
+    """
+
+    def __init__(self):
+        super().__init__(errno.EPIPE, "the client read the answer too slowly")
+
+
+def timed_answer(answer, path: str) -> Iterator[bytes]:
+    """The app's answer, each piece written to the client under its deadline."""
+    try:
+        for piece in answer:
+            seconds = ANSWER_GRACE_SECONDS + len(piece) / ANSWER_MIN_RATE
+            timer = gevent.Timeout(seconds, SlowReader)
+            began = time.monotonic()
+            timer.start()
+            try:
+                yield piece  # gunicorn writes it meanwhile: the timer cuts a blocked write
+            except GeneratorExit:
+                if time.monotonic() - began >= seconds:
+                    logger.warning(fields(event="slow_reader", path=path, seconds=seconds))
+                raise
+            finally:
+                timer.cancel()
+    finally:
+        close = getattr(answer, "close", None)
+        if close is not None:
+            close()
+
+
 def with_deadlines(app):
-    """The WSGI app with a timed body and ``Connection: close`` honoured by gunicorn."""
+    """The WSGI app with a timed body and answer, and ``Connection: close`` honoured."""
 
     def guarded(environ, start_response):
         body = environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], time.monotonic())
@@ -113,7 +160,7 @@ def with_deadlines(app):
                 start_response.__self__.force_close()
             return start_response(status, headers, exc_info)
 
-        return app(environ, start)
+        return timed_answer(app(environ, start), environ.get("PATH_INFO", ""))
 
     return guarded
 
