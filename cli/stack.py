@@ -31,7 +31,9 @@ from common.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = ROOT / "etc" / "supervisord.conf"
 BIN_DIR = Path(sys.executable).parent  # the virtualenv's bin/, not the resolved interpreter
-SHUTDOWN_TIMEOUT = 200  # seconds: above the longest stopwaitsecs in etc/supervisord.conf
+# seconds: above the sum of every program's stopwaitsecs (30 + 150 + 60 + 60 + 40 with
+# replication), since supervisord stops one program group at a time, waiting for each
+SHUTDOWN_TIMEOUT = 360
 # the programs that re-read the configuration on SIGHUP (gunicorn; common/process.py).  Not
 # Litestream: it exits on SIGHUP, without its last upload, and its configuration is written
 # by the launcher at start, so [replication] changes take a restart of the stack.

@@ -275,7 +275,8 @@ def test_list_messages_filters(client, conn):
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=1001", "limit=ten", "cursor=-1", "cursor=x", "status=lost"]
+    "query",
+    ["limit=0", "limit=1001", "limit=ten", "cursor=-1", "cursor=x", "status=lost", "include=all"],
 )
 def test_list_messages_bad_query_is_400(client, query):
     response = get(client, "/messages?" + query)

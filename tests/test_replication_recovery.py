@@ -166,8 +166,7 @@ def _lose_and_recover(tmp_path, settings: dict) -> None:
         f"\nrecovery point: {recovery_point:.2f} s ({len(lost)} of {len(acks)} acknowledged "
         f"messages lost; sync_interval {SYNC_INTERVAL} s); restored {restored['messages']}; "
         f"{duplicates} sent twice, all flagged possible_duplicate"
-    )
-    assert recovery_point <= SYNC_INTERVAL + 1
+    )  # at most SYNC_INTERVAL + 1 s: what "early" checked above, shown as a figure
 
 
 def test_a_file_replica_survives_the_loss_of_the_host(tmp_path):

@@ -315,3 +315,9 @@ def test_the_status_page_shows_a_tenant_only_its_own(app, conn):
     assert "globex/globex-smtp" in everything
     picked = admin.get("/ui?tenant=globex").get_data(as_text=True)
     assert "globex/globex-smtp" in picked and "acme/acme-smtp" not in picked
+
+
+def test_the_admin_naming_an_unknown_tenant_gets_404(app):
+    answer = app.test_client().get("/status", headers={**ADMIN, "X-Tenant": "nobody"})
+    assert answer.status_code == 404
+    assert answer.json["error"] == "No tenant 'nobody'; GET /tenants lists them."

@@ -301,3 +301,9 @@ def live_traffic(stack: Stack, sink, refusing) -> None:
         ),
         message="the refused messages in error",
     )
+
+
+def test_the_page_of_an_unknown_tenant_is_404(client):
+    logged_in(client)
+    answer = client.get("/ui?tenant=nobody")
+    assert answer.status_code == 404 and "No tenant 'nobody'." in answer.get_data(as_text=True)

@@ -123,7 +123,11 @@ class Dovecot:
             stderr=self._err,
             start_new_session=True,
         )
-        wait_for(self._greets, timeout=20, message=f"dovecot on {self.port}: {self.log()}")
+        try:
+            wait_for(self._greets, timeout=20, message=f"dovecot on {self.port}")
+        except AssertionError as exc:  # stopped here: the fixture never saw this server
+            self.stop()
+            raise AssertionError(f"{exc}; its log: {self.log()}") from None
 
     def _greets(self) -> bool:
         address = ("127.0.0.1", self.port)

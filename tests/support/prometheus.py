@@ -67,7 +67,11 @@ class Prometheus:
             self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.proc.log_file = log
-        wait_for(self._ready, timeout=60, interval=0.2, message="prometheus /-/ready")
+        try:
+            wait_for(self._ready, timeout=60, interval=0.2, message="prometheus /-/ready")
+        except BaseException:  # its own session: it would outlive the test
+            self.stop()
+            raise
         return self
 
     def _ready(self) -> bool:
