@@ -96,7 +96,7 @@ class Dispatcher:
         self.breaker = Breaker(conn, clock, self.rng)
         self.guard = guard or pool.guard  # the pool's and the fetcher's, in the process
         self.leases = Leases(self._connect, self.owner, config.lease_seconds,
-                             self.guard.interrupt, clock)  # fmt: skip
+                             self.guard.interrupt, clock, self._alive_in_attempt)  # fmt: skip
         self._renewing = False  # the guard runs the renewal from the first claim on
         self.failed_turns = 0
         self.next_ready: float | None = None
@@ -117,6 +117,14 @@ class Dispatcher:
     def _connect(self):
         """The lease renewal's own connection (opened in the guard's thread)."""
         return store.db.connect(self.config.database, self.config.synchronous, migrate=False)
+
+    def _alive_in_attempt(self, conn) -> None:
+        """The heartbeat from the lease renewal (the guard's thread), while the attempt in
+        hand is within its deadline: one long send or download must not look like a dead
+        process, and one stuck past its deadline must."""
+        remaining = self.guard.remaining()
+        if remaining is None or remaining > 0:
+            store.heartbeats.beat(conn, self.name, wakeup.DISPATCHER, os.getpid(), self.clock())
 
     def reconfigure(self, config: Config) -> None:
         """Adopt a re-read configuration (SIGHUP); the pool reconnects where it changed."""

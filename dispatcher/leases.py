@@ -37,9 +37,11 @@ class Leases:
         lease_seconds: float,
         interrupt: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        renewed: Callable[[object], None] = lambda conn: None,
     ):
         self.connect, self.owner, self.lease_seconds = connect, owner, lease_seconds
         self.interrupt, self.clock = interrupt, clock
+        self.renewed = renewed  # called with the renewal's connection after each renewal
         self.expires = 0.0  # the lease of every held row runs at least until this time
         self.current: Key | None = None  # the message in hand, while its I/O runs
         self._held: set[Key] = set()
@@ -89,6 +91,7 @@ class Leases:
         with self._lock:
             self.expires = expires
             self._taken.update(lost)
+        self.renewed(self._conn)
         if current is not None and current in lost and current == self.current:
             logger.warning(fields(event="lease_lost", tenant=current[0], id=current[1]))
             self.interrupt("the lease was taken over by another dispatcher")

@@ -161,3 +161,22 @@ def test_unopenable_database_exits_with_one_line(var_dir, tmp_path):
     procs.stop(proc)
     lines = log.read_text().strip().splitlines()
     assert len(lines) == 1 and "event=database_unavailable" in lines[0]
+
+
+def test_a_long_send_within_its_deadline_keeps_the_heartbeat_fresh(
+    conn, config, start, smtp_server
+):
+    """The lease renewal beats while one slow end-of-DATA holds the main thread."""
+    peer = smtp_server(behavior=Behavior(data_delay=8.0))
+    store.accounts.upsert(conn, "default", peer.account(), int(time.time()))
+    start(1, lease_seconds=2)  # renewed every 0.5 s
+    queue(conn, config, 1)
+    procs.wait_for(lambda: peer.handler.attempted, message="the message in DATA")
+
+    def beat() -> float:
+        rows = store.heartbeats.list_all(conn, time.time())
+        return max(r["ts"] for r in rows if r["kind"] == "dispatcher")
+
+    began = beat()
+    procs.wait_for(lambda: beat() >= began + 2 and not peer.received, timeout=6,
+                   message="a heartbeat during the send")  # fmt: skip

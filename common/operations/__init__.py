@@ -27,8 +27,8 @@ from common.ratelimit import WINDOWS, Ledger, Limits, Meter
 
 MAX_SECONDS = 2**63 - 1  # an age larger than any SQLite integer is not a real age
 # A process beats every second between units of work, and between the messages of a batch;
-# one unit may hold it for the SMTP timeout (30 s by default) or a report POST's read
-# timeout (30 s).  Silent for twice that, it is stuck or gone.
+# a dispatcher also beats from its lease renewal while a long attempt runs within its
+# deadline, and a report POST lasts at most 30 s.  Silent for 60 s, it is stuck or gone.
 STALE_AFTER = 60.0
 RETRY_STATUSES = (Status.ERROR, Status.DEFERRED)
 # A healthy replica is at most two sync_intervals behind (Litestream syncs on a tick even when
