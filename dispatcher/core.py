@@ -100,8 +100,10 @@ class Dispatcher:
         self._renewing = False  # the guard runs the renewal from the first claim on
         self.failed_turns = 0
         self.next_ready: float | None = None
-        self.run_now_seen = store.settings.run_now_at(conn)
-        self.draining = False  # test_mode: a run-now was seen; claim until the queue is dry
+        self.run_now_seen = store.settings.run_now_times(conn)  # {tenant or None: when}
+        # test_mode: the tenants whose run-now was seen (None: the whole service's), claimed
+        # until nothing of theirs is ready
+        self.draining: set[str | None] = set()
         self._pending: list[Transition] = []  # outcomes not yet committed
         self._accounts: dict[AccountKey, tuple] = {}  # key -> (row snapshot, Endpoint)
         self.metering = Metering(ledger)
@@ -168,9 +170,10 @@ class Dispatcher:
             self.config.lease_seconds,
             self.config.batch_size_per_account,
             self.config.has_default_account,
+            only_tenants=self._draining_tenants(),
         )
         if not claim.messages:
-            self.draining = False
+            self.draining.clear()
             keys = list(claim.accounts)
             if self.config.has_default_account:
                 keys.append((DEFAULT_TENANT, None))
@@ -195,12 +198,20 @@ class Dispatcher:
     def _may_claim(self) -> bool:
         if not store.settings.is_active(self.conn, self.config.active):
             return False  # suspended: reporting goes on, sending does not
-        if not self.config.test_mode or self.draining:
+        if not self.config.test_mode:
             return True
-        run_now = store.settings.run_now_at(self.conn)
-        if run_now > self.run_now_seen:
-            self.run_now_seen, self.draining = run_now, True
-        return self.draining
+        requested = store.settings.run_now_times(self.conn)
+        for tenant, at in requested.items():
+            if at > self.run_now_seen.get(tenant, 0.0):
+                self.draining.add(tenant)
+        self.run_now_seen = requested
+        return bool(self.draining)
+
+    def _draining_tenants(self) -> set[str] | None:
+        """test_mode: only the tenants a run-now named (None: no such restriction)."""
+        if not self.config.test_mode or None in self.draining:
+            return None
+        return {t for t in self.draining if t is not None}
 
     def _deliver_claim(self, claim: Claim) -> None:
         # account (or tenant, when its tenant-wide limit is full) -> when its rows may go

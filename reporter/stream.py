@@ -54,7 +54,7 @@ class Stream:
         self.failures = 0
         self.retry_at = 0.0  # BACKOFF until this time
         self.last_post_at = now  # the idle report is due client_sync_idle_seconds after this
-        self.run_now_seen = store.settings.run_now_at(conn)  # one from before us is old news
+        self.run_now_seen = store.settings.run_now_at(conn, tenant)  # older ones are old news
         self.open_until = 0.0  # test_mode: reporting allowed until this time
         for result in metrics.REPORT_RESULTS:  # the series exist before the first request
             metrics.REPORT_BATCHES.labels(tenant, result)
@@ -148,7 +148,7 @@ class Stream:
 
     def _saw_run_now(self, now: float) -> bool:
         """True once per run-now: it posts at once, past any backoff, and opens test_mode."""
-        requested = store.settings.run_now_at(self.conn)
+        requested = store.settings.run_now_at(self.conn, self.tenant)
         if requested <= self.run_now_seen:
             return False
         self.run_now_seen = requested

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from common import metrics, store
+from common import metrics, operations, store
 from common.enums import Next
 from common.ratelimit import Limits
 from reporter.client import SyncClient
@@ -321,3 +321,26 @@ def test_the_admin_naming_an_unknown_tenant_gets_404(app):
     answer = app.test_client().get("/status", headers={**ADMIN, "X-Tenant": "nobody"})
     assert answer.status_code == 404
     assert answer.json["error"] == "No tenant 'nobody'; GET /tenants lists them."
+
+
+def test_in_test_mode_a_tenants_run_now_sends_its_mail_only(app, conn, make_config, smtp_server):
+    client = app.test_client()
+    config = make_config(test_mode=True)
+    sinks = {"acme": smtp_server(), "globex": smtp_server()}
+    for tenant, sink in sinks.items():
+        own = headers(create_tenant(client, tenant))
+        assert client.post("/account", json=sink.account("main"), headers=own).status_code == 200
+        item = message(f"{tenant}-1", "main", subject=tenant)
+        assert client.post("/commands/add-messages", json={"messages": [item]},
+                           headers=own).json["queued"] == 1  # fmt: skip
+    dispatcher = make_dispatcher(conn, config, clock=Clock(time.time()))
+    assert dispatcher.run_once(time.time()) is False  # test_mode: nothing before a run-now
+    operations.run_now(conn, config, time.time(), tenant="acme")
+    while dispatcher.run_once(time.time()):
+        pass
+    assert (sinks["acme"].subjects(), sinks["globex"].subjects()) == (["acme"], [])
+    operations.run_now(conn, config, time.time())  # the admin's: the whole service
+    while dispatcher.run_once(time.time()):
+        pass
+    assert sinks["globex"].subjects() == ["globex"]
+    dispatcher.close()

@@ -156,7 +156,7 @@ def run_now(
             retry(conn, config, t, now, status=Status.DEFERRED.value).requeued for t in tenants
         )
         probing = store.circuits.probe_now(conn, now, tenant)
-    store.settings.record_run_now(conn, now)
+    store.settings.record_run_now(conn, now, tenant)
     woken = wakeup.notify(config.run_dir, wakeup.DISPATCHER)
     return RunNow(woken + wakeup.notify(config.run_dir, wakeup.REPORTER), flushed, probing)
 

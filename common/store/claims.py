@@ -138,17 +138,27 @@ def claim(
     lease_seconds: float,
     default_batch: int,
     include_default: bool,
+    only_tenants: set[str] | None = None,
 ) -> Claim:
     """Lease up to each account's batch of ready messages, of the tenants switched on; in
     fair order (the module docstring).
 
     ``include_default``: the [smtp] account exists (it belongs to the default tenant).
+    ``only_tenants``: these tenants' messages only (None: every tenant's).
     """
     expires = now + lease_seconds
     by_account: dict[AccountKey, list[dict]] = {}
     with write(conn):
-        tenants = {t["id"]: t for t in conn.execute(_SENDING_TENANTS)}
-        accounts = {(a["tenant_id"], a["id"]): a for a in conn.execute(_SENDING_ACCOUNTS)}
+        tenants = {
+            t["id"]: t
+            for t in conn.execute(_SENDING_TENANTS)
+            if only_tenants is None or t["id"] in only_tenants
+        }
+        accounts = {
+            (a["tenant_id"], a["id"]): a
+            for a in conn.execute(_SENDING_ACCOUNTS)
+            if a["tenant_id"] in tenants
+        }
         circuits = {
             (c["tenant_id"], c["account"]): c for c in conn.execute("SELECT * FROM circuits")
         }
