@@ -207,8 +207,8 @@ def test_the_bounce_panel_shows_the_list_and_the_last_days_bounces(make_config, 
     assert "Bounce mailbox read by the bouncer" in panel and "suppression at send time" in panel
     assert "gone@example.org" in panel and "smtp; 550 5.1.1 &lt;gone&gt;" in panel
     assert '<td class="n">1</td><td class="n">0</td>\n      <td class="n">1</td>' in panel
-    assert "No live bouncer." in html  # configured, and no bouncer has beaten
-    assert "No live dispatcher." not in html
+    assert "No live bouncer: none has beaten" in html  # configured, and no bouncer has beaten
+    assert "No live dispatcher" not in html
     assert "imap-pw-5521" not in html
 
 

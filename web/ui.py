@@ -154,9 +154,9 @@ def overview(conn, config, now: float, tenant: str | None = None) -> dict:
         "lag_limit": operations.REPLICATION_LAG_LIMIT,
         "bounces": _bounces(conn, config, now, tenant),
     }
-    problems = operations.health(processes, supervisor_runs=False)
     # the page cannot see supervisord: a live heartbeat says the stack runs
     runs = any(not p["stale"] for p in processes)
+    problems = operations.health(processes, runs, config.bounces_enabled)
     if view["replication"] is not None:
         problems += operations.replication_problems(view["replication"], runs)
     view["alerts"] = _alerts(view, problems)
@@ -219,10 +219,6 @@ def _alerts(view: dict, problems: list[str]) -> list[tuple[str, str]]:
     alerts = [("bad", problem) for problem in problems]
     if not view["processes"]:
         alerts.append(("bad", "No dispatcher or reporter has a heartbeat: is the stack running?"))
-    else:
-        kinds = {p["kind"] for p in view["processes"] if not p["stale"]}
-        expected = ("dispatcher", "reporter", *(("bouncer",) if view["bounces"]["enabled"] else ()))
-        alerts += [("bad", f"No live {k}.") for k in expected if k not in kinds]
     alerts += [
         (
             "bad",

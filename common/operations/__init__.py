@@ -111,7 +111,7 @@ def health(processes: list[dict], supervisor_runs: bool, bouncer: bool = False) 
     if supervisor_runs:
         alive = {p["kind"] for p in processes if not p["stale"]}
         problems += [
-            f"supervisord runs but no {kind} has beaten in the last {STALE_AFTER:.0f} s"
+            f"No live {kind}: none has beaten in the last {STALE_AFTER:.0f} s."
             for kind in ("dispatcher", "reporter", *(("bouncer",) if bouncer else ()))
             if kind not in alive
         ]
