@@ -142,14 +142,6 @@ def set_switch(conn, tenant_id: str, name: str, on: bool, now: float) -> bool:
         return conn.changes() > 0
 
 
-def sending(conn) -> list[dict]:
-    """The tenants whose mail may be claimed now (switched on, not deleted), with limits."""
-    return conn.execute(
-        "SELECT id, limit_per_minute, limit_per_hour, limit_per_day, limit_behavior "
-        f"FROM tenants WHERE {_LIVE} AND active AND dispatching ORDER BY id"
-    ).fetchall()
-
-
 def without_upstream(conn, default_reports: bool) -> list[str]:
     """The live tenants whose outcomes are never reported (no upstream); ``default_reports``:
     the default tenant has one ([client] client_sync_url)."""
